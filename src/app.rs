@@ -1,0 +1,149 @@
+//! The two commands: `check` validates and describes a configuration; `start`
+//! builds the snapshot, binds listeners, starts the background tasks and runs
+//! the signal loop, then drains.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Config};
+use crate::lifecycle::{self, PidFile};
+use crate::provider::HealthRegistry;
+use crate::proxy::Proxy;
+use crate::server::{listener, Drain};
+use crate::state::Snapshot;
+
+/// Loads, validates and builds; on failure prints every problem to stderr.
+fn load(path: &Path) -> Option<(Snapshot, HealthRegistry)> {
+    let config = match config::load_file(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}: configuration is invalid:\n{errors}", path.display());
+            return None;
+        }
+    };
+    let health = HealthRegistry::default();
+    match Snapshot::build(config, &health) {
+        Ok(snapshot) => Some((snapshot, health)),
+        Err(errors) => {
+            eprintln!(
+                "{}: configuration is invalid:\n{}",
+                path.display(),
+                errors.join("\n")
+            );
+            None
+        }
+    }
+}
+
+pub fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Some((snapshot, _)) => {
+            print!("{}", describe(&snapshot.config));
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// What a configuration sets up, for `check` and the start-up log.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::from("listeners:\n");
+    if let Some(addr) = config.http {
+        let _ = writeln!(out, "  http   {addr}");
+    }
+    if let Some(https) = &config.https {
+        let _ = writeln!(
+            out,
+            "  https  {} (cert {})",
+            https.addr,
+            https.cert_file.display()
+        );
+    }
+    let _ = writeln!(out, "routes:");
+    for p in &config.providers {
+        let mut route = p.host.clone();
+        if let Some(port) = p.host_port {
+            let _ = write!(route, ":{port}");
+        }
+        route.push_str(p.path_prefix.as_deref().unwrap_or(""));
+        let scheme = if p.tls { "https" } else { "http" };
+        let _ = writeln!(
+            out,
+            "  {route} -> [{}] {} {scheme}://{}:{} weight={} priority={}{} keys={}",
+            p.index,
+            p.kind.as_str(),
+            p.endpoint,
+            p.port,
+            p.weight,
+            p.priority,
+            if p.is_fallback { " fallback" } else { "" },
+            p.api_keys.len()
+        );
+    }
+    let _ = writeln!(out, "client keys: {} global", config.auth_keys.len());
+    out
+}
+
+pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
+    let Some((snapshot, health)) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    if snapshot.config.https.is_some() {
+        eprintln!("{}: https_port is set, but this build serves plain HTTP only; remove https_port or use http_port", path.display());
+        return ExitCode::FAILURE;
+    }
+    let http_addr = snapshot.config.http;
+    let proxy = Arc::new(Proxy::new(snapshot, health));
+    let drain = Drain::new();
+    if let Some(addr) = http_addr {
+        let listener = match listener::bind(addr).and_then(tokio::net::TcpListener::from_std) {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %local, "listening for HTTP");
+        tokio::spawn(listener::serve_http(
+            listener,
+            proxy.clone(),
+            drain.handle(),
+        ));
+    }
+    let _pid = match pid_file.map(PidFile::write).transpose() {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("cannot write pid file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let health_task = tokio::spawn(crate::health::run(proxy.clone()));
+    let pools = proxy.pools.clone();
+    let sweeper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            pools.sweep();
+        }
+    });
+    tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = lifecycle::signal_loop(proxy.clone(), path.to_path_buf()).await {
+        eprintln!("cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    health_task.abort();
+    sweeper.abort();
+    let grace = proxy.snapshot.load().graceful_shutdown_timeout;
+    if tokio::time::timeout(grace, drain.wait()).await.is_err() {
+        tracing::warn!(
+            seconds = grace.as_secs(),
+            "graceful shutdown timed out; closing remaining connections"
+        );
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,147 @@
+//! The configuration: YAML text in, a validated [`Config`] out.
+//!
+//! `raw` holds the serde structs that mirror the file (unknown keys rejected),
+//! `env` expands `${VAR}` in string values, `validate` turns raw into the typed
+//! structs below and collects every problem, naming the key and the provider.
+//! This module knows nothing about sockets, requests or the runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A fully validated configuration. Every field has its default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Plain HTTP listener (`http_port` / `http_bind_address`).
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener (`https_port` / `https_bind_address` + cert files).
+    pub https: Option<HttpsConfig>,
+    /// Global client keys (`auth_keys`), accepted by every provider.
+    pub auth_keys: Vec<String>,
+    pub health_check: HealthCheckSettings,
+    /// `http_max_header_size`, default 4096, 1024..=1 MiB.
+    pub http_max_header_size: usize,
+    /// `connect_tunnel_enabled`, default false.
+    pub connect_tunnel_enabled: bool,
+    /// `graceful_shutdown_timeout` in seconds, default 30.
+    pub graceful_shutdown_timeout: Duration,
+    /// `connect_timeout` in seconds (upstream TCP + TLS connect), default 10.
+    pub connect_timeout: Duration,
+    /// Top-level `ca_file`: extra PEM roots trusted for upstream TLS.
+    pub ca_file: Option<PathBuf>,
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpsConfig {
+    pub addr: SocketAddr,
+    pub cert_file: PathBuf,
+    pub private_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    /// `health_check.enabled`, default false.
+    pub enabled: bool,
+    /// `health_check.interval` in seconds, default 60, must be > 0.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderType {
+    OpenAi,
+    Gemini,
+    Anthropic,
+    Forward,
+}
+
+impl ProviderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::OpenAi => "openai",
+            ProviderType::Gemini => "gemini",
+            ProviderType::Anthropic => "anthropic",
+            ProviderType::Forward => "forward",
+        }
+    }
+}
+
+/// Where a provider key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecretSource {
+    /// A key written in the file (after `${VAR}` expansion).
+    Literal(String),
+    /// `$(command)`: the command text between `$(` and the final `)`, run with `sh -c`.
+    Command(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyConfig {
+    pub source: SecretSource,
+    /// Relative weight among the provider's keys, > 0. `api_key` alone gets 1.0.
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Position in `providers[]`, for messages.
+    pub index: usize,
+    pub kind: ProviderType,
+    /// The routing host name from `host`, lower-cased, without port or path.
+    pub host: String,
+    /// The `:port` written in `host`, if any.
+    pub host_port: Option<u16>,
+    /// The `/prefix` written in `host`, if any: starts with `/`, no trailing `/`.
+    pub path_prefix: Option<String>,
+    /// Upstream host name or IP from `endpoint`, without port.
+    pub endpoint: String,
+    /// Upstream port: `:port` in `endpoint`, else `port`, else 443 with TLS / 80 without.
+    pub port: u16,
+    /// `tls`, default true.
+    pub tls: bool,
+    /// `weight`, default 1.0, > 0.
+    pub weight: f64,
+    /// `priority`, default 0; higher is preferred.
+    pub priority: i64,
+    /// `is_fallback`, default false.
+    pub is_fallback: bool,
+    /// From `api_key` (one key, weight 1) or `api_keys`. Empty only for `forward`.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// The provider's own client keys, accepted in addition to the global ones.
+    pub auth_keys: Vec<String>,
+    pub health_check: Option<ProviderHealthCheck>,
+    /// Per-provider `ca_file`; overrides the top-level one.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ProviderConfig {
+    /// `providers[3] (host "x.local")` — the prefix of every message about this provider.
+    pub fn label(&self) -> String {
+        format!("providers[{}] (host \"{}\")", self.index, self.host)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHealthCheck {
+    /// Upper-case method, default GET.
+    pub method: String,
+    /// Must start with `/`.
+    pub path: String,
+    pub body: Option<String>,
+    /// `"Name: value"` lines split at the first colon, both sides trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+mod address;
+mod env;
+mod error;
+mod health_check;
+mod provider;
+mod raw;
+mod secret;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use validate::{from_yaml_str, load_file, ConfigError, ConfigErrors};

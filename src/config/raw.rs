@@ -1,0 +1,437 @@
+//! The serde mirror of the YAML file, and the step from text to it.
+//!
+//! Every struct rejects unknown keys so a typo is reported with its line. Values
+//! are kept as written (strings unexpanded, numbers unchecked, defaults absent):
+//! `validate` owns meaning, defaults and `${VAR}` expansion. Required keys that
+//! `validate` can report with more context (`host`, `type`, ...) are `Option`s
+//! here so that their absence is collected with the other problems.
+//!
+//! Extension keys: at the top level and inside each provider, keys starting
+//! with `x-` are ignored (as in docker compose). They exist to hold YAML anchors,
+//! e.g. `x-defaults: &defaults {...}` reused with `<<: *defaults`.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::error::ConfigError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub cert_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub https_port: Option<i64>,
+    pub https_bind_address: Option<String>,
+    pub http_port: Option<i64>,
+    pub http_bind_address: Option<String>,
+    pub auth_keys: Option<Vec<String>>,
+    pub health_check: Option<RawHealthCheck>,
+    pub http_max_header_size: Option<i64>,
+    pub connect_tunnel_enabled: Option<bool>,
+    /// Seconds; fractions allowed.
+    pub graceful_shutdown_timeout: Option<f64>,
+    /// Seconds; fractions allowed.
+    pub connect_timeout: Option<f64>,
+    pub ca_file: Option<String>,
+    pub providers: Option<Vec<AllowExtensions<RawProvider>>>,
+}
+
+/// Top-level `health_check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `enabled` and `interval`"
+)]
+pub(crate) struct RawHealthCheck {
+    pub enabled: Option<bool>,
+    /// Seconds; fractions allowed.
+    pub interval: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProvider {
+    /// Read as a string so an unknown type is reported with the provider label.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub host: Option<String>,
+    pub endpoint: Option<String>,
+    pub port: Option<i64>,
+    pub tls: Option<bool>,
+    pub weight: Option<f64>,
+    pub priority: Option<i64>,
+    pub is_fallback: Option<bool>,
+    pub api_key: Option<String>,
+    pub api_keys: Option<Vec<RawApiKey>>,
+    pub auth_keys: Option<Vec<String>>,
+    pub health_check: Option<RawProviderHealthCheck>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `key` and optional `weight`"
+)]
+pub(crate) struct RawApiKey {
+    pub key: String,
+    pub weight: Option<f64>,
+}
+
+/// A provider's `health_check` (a request description, unlike the top-level one).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `path` and optional `method`, `body`, `headers`"
+)]
+pub(crate) struct RawProviderHealthCheck {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub body: Option<String>,
+    /// `"Name: value"` lines.
+    pub headers: Option<Vec<String>>,
+}
+
+/// Parses the file text into [`RawConfig`].
+///
+/// serde_yaml 0.9 only applies `<<` merge keys on a `Value`, and a `Value` has
+/// no positions. So files without merge keys are deserialized straight from the
+/// text (errors carry line and column). Files with them are merged, written
+/// back to YAML and deserialized from that: errors then still name the key path
+/// (`providers[1].port`), but their line numbers would point into the rewritten
+/// text, so they are dropped and the message says why.
+pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| yaml_error(&e, Lines::Keep))?;
+    if value.is_null() {
+        return Err(ConfigError::new(
+            "(document)",
+            "the configuration is empty: at least `providers` and a port are required",
+        ));
+    }
+    if !has_merge_key(&value) {
+        return deserialize(text, Lines::Keep);
+    }
+    value
+        .apply_merge()
+        .map_err(|e| yaml_error(&e, Lines::Keep))?;
+    let merged = serde_yaml::to_string(&value).map_err(|e| yaml_error(&e, Lines::Drop))?;
+    deserialize(&merged, Lines::Drop)
+}
+
+fn deserialize(text: &str, lines: Lines) -> Result<RawConfig, ConfigError> {
+    serde_yaml::from_str::<AllowExtensions<RawConfig>>(text)
+        .map(|parsed| parsed.0)
+        .map_err(|e| yaml_error(&e, lines))
+}
+
+/// Whether an error's position refers to the user's file.
+#[derive(Clone, Copy, PartialEq)]
+enum Lines {
+    Keep,
+    Drop,
+}
+
+fn has_merge_key(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Mapping(map) => map
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        serde_yaml::Value::Sequence(items) => items.iter().any(has_merge_key),
+        serde_yaml::Value::Tagged(tagged) => has_merge_key(&tagged.value),
+        _ => false,
+    }
+}
+
+/// Turns a serde_yaml error into one line that shows where the problem is.
+fn yaml_error(err: &serde_yaml::Error, lines: Lines) -> ConfigError {
+    let mut message = redact_strings(&err.to_string());
+    match (lines, err.location()) {
+        (Lines::Keep, Some(loc)) => {
+            // serde_yaml omits the position when it is line 1 column 1.
+            if !message.contains(" at line ") {
+                message.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
+            }
+        }
+        (Lines::Keep, None) => {}
+        (Lines::Drop, _) => {
+            // The position is always the last thing serde_yaml appends.
+            if let Some(at) = message.rfind(" at line ") {
+                message.truncate(at);
+            }
+            message.push_str(" (no line number: the file uses `<<` merge keys)");
+        }
+    }
+    // serde_yaml prefixes the path of the failing value ("providers[0].port: ...").
+    let key = message
+        .split_once(": ")
+        .map(|(prefix, _)| prefix)
+        .filter(|p| !p.is_empty() && !p.contains(char::is_whitespace))
+        .unwrap_or("(document)")
+        .to_string();
+    ConfigError::new(key, format!("invalid configuration: {message}"))
+}
+
+/// Replaces each `string "..."` that serde quotes in type errors with `a string`:
+/// the misplaced value may be a key (`api_keys: ["sk-..."]`), and secrets must
+/// not reach logs. The key path and line still say where it is.
+fn redact_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let quoted = &rest[at + QUOTED.len()..];
+        // serde prints the string with `{:?}`, so `"` and `\` inside are escaped
+        // and the first unescaped `"` ends it.
+        let mut escaped = false;
+        let mut end = quoted.len();
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Deserializes `T` from a mapping after dropping every `x-...` key and its value.
+///
+/// The keys still go through the YAML deserializer one by one, so an unknown
+/// key keeps the line and column serde_yaml attaches to it.
+#[derive(Debug, Default)]
+pub(crate) struct AllowExtensions<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AllowExtensions<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ExtensionsVisitor(PhantomData))
+    }
+}
+
+struct ExtensionsVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ExtensionsVisitor<T> {
+    type Value = AllowExtensions<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(SkipExtensions(map))).map(AllowExtensions)
+    }
+}
+
+/// A [`MapAccess`] that hides `x-...` entries from the struct being built.
+struct SkipExtensions<A>(A);
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipExtensions<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        mut seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            match self.0.next_key_seed(KeyFilter(seed))? {
+                None => return Ok(None),
+                Some(Key::Kept(key)) => return Ok(Some(key)),
+                Some(Key::Skipped(unused)) => {
+                    self.0.next_value::<IgnoredAny>()?;
+                    seed = unused;
+                }
+            }
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+}
+
+/// A key either handed to the struct's own field seed or skipped; a skipped key
+/// gives the seed back so the next key can use it.
+enum Key<S, V> {
+    Kept(V),
+    Skipped(S),
+}
+
+struct KeyFilter<K>(K);
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeyFilter<K> {
+    type Value = Key<K, K::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for KeyFilter<K> {
+    type Value = Key<K, K::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        if key.starts_with("x-") {
+            return Ok(Key::Skipped(self.0));
+        }
+        // An unknown key fails here, inside the YAML deserializer's key, which
+        // is what attaches the key's line and column to the error.
+        self.0.deserialize(key.into_deserializer()).map(Key::Kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match parse(text) {
+            Ok(raw) => panic!("expected an error, got {raw:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_key_reports_its_line() {
+        let e = err("http_port: 8080\nhttp_prot: 8081\nproviders: []\n");
+        assert!(e.message.contains("unknown field `http_prot`"), "{e:?}");
+        assert!(e.message.contains("line 2 column 1"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_key_on_first_line_still_reports_the_line() {
+        let e = err("bogus: 1\n");
+        assert!(e.message.contains("line 1 column 1"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_provider_key_reports_line_and_path() {
+        let text = "http_port: 8080\nproviders:\n  - type: openai\n    host: a\n    wieght: 2\n";
+        let e = err(text);
+        assert!(e.message.contains("unknown field `wieght`"), "{e:?}");
+        assert!(e.message.contains("line 5 column 5"), "{e:?}");
+        assert_eq!(e.key, "providers[0]");
+    }
+
+    #[test]
+    fn type_error_reports_key_and_line() {
+        let e = err("http_port: eighty\n");
+        assert!(e.message.contains("line 1"), "{e:?}");
+        assert_eq!(e.key, "http_port");
+        let e = err("http_port: 80\nproviders:\n  - host: a\n    tls: maybe\n");
+        assert!(e.message.contains("line 4"), "{e:?}");
+        assert_eq!(e.key, "providers[0].tls");
+    }
+
+    #[test]
+    fn quoted_values_are_redacted_from_type_errors() {
+        let text = "http_port: 1\nproviders:\n  - api_keys: [\"sk-se\\\"cret\", \"sk-two\"]\n";
+        let e = err(text);
+        assert!(!e.message.contains("sk-"), "{e:?}");
+        assert!(
+            e.message
+                .contains("invalid type: a string, expected a mapping with `key`"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("line 3"), "{e:?}");
+        assert_eq!(e.key, "providers[0].api_keys[0]");
+        assert_eq!(
+            redact_strings(r#"a string "x\\" y", b"#),
+            "a a string y\", b"
+        );
+    }
+
+    #[test]
+    fn syntax_error_reports_line() {
+        let e = err("http_port: 8080\nproviders:\n  - type: [openai\n");
+        assert!(e.message.contains("line "), "{e:?}");
+    }
+
+    #[test]
+    fn empty_document_is_reported() {
+        assert!(err("").message.contains("empty"));
+        assert!(err("# only a comment\n").message.contains("empty"));
+    }
+
+    #[test]
+    fn extension_keys_are_ignored_at_top_level_and_in_providers() {
+        let text = "x-note: hello\nhttp_port: 8080\nproviders:\n  - host: a\n    x-owner: team\n";
+        let raw = match parse(text) {
+            Ok(raw) => raw,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(raw.http_port, Some(8080));
+        let providers = raw.providers.unwrap_or_default();
+        assert_eq!(providers[0].0.host.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn extension_keys_are_not_allowed_in_nested_structs() {
+        let e = err("http_port: 1\nhealth_check:\n  x-a: 1\n");
+        assert!(e.message.contains("unknown field `x-a`"), "{e:?}");
+    }
+
+    #[test]
+    fn merge_keys_apply_and_explicit_keys_win() {
+        let text = "\
+x-defaults: &defaults
+  type: openai
+  endpoint: api.openai.com
+  weight: 2.0
+http_port: 8080
+providers:
+  - <<: *defaults
+    host: a.example
+  - <<: *defaults
+    host: b.example
+    weight: 3.0
+";
+        let raw = match parse(text) {
+            Ok(raw) => raw,
+            Err(e) => panic!("{e:?}"),
+        };
+        let providers = raw.providers.unwrap_or_default();
+        assert_eq!(providers.len(), 2);
+        assert_eq!(providers[0].0.kind.as_deref(), Some("openai"));
+        assert_eq!(providers[0].0.weight, Some(2.0));
+        assert_eq!(providers[1].0.endpoint.as_deref(), Some("api.openai.com"));
+        assert_eq!(providers[1].0.weight, Some(3.0));
+    }
+
+    #[test]
+    fn errors_in_merged_files_say_lines_are_unavailable() {
+        let text = "x-d: &d\n  type: openai\nproviders:\n  - <<: *d\n    bogus: 1\n";
+        let e = err(text);
+        assert!(e.message.contains("unknown field `bogus`"), "{e:?}");
+        assert!(e.message.contains("merge keys"), "{e:?}");
+        assert_eq!(e.key, "providers[0]");
+        assert!(!e.message.contains(" line 5"), "{e:?}");
+    }
+
+    #[test]
+    fn plain_aliases_work_without_merge() {
+        let text = "x-key: &k sk-1\nproviders:\n  - host: a\n    api_key: *k\n";
+        let raw = match parse(text) {
+            Ok(raw) => raw,
+            Err(e) => panic!("{e:?}"),
+        };
+        let providers = raw.providers.unwrap_or_default();
+        assert_eq!(providers[0].0.api_key.as_deref(), Some("sk-1"));
+    }
+}

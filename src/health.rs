@@ -1,0 +1,118 @@
+//! Active health checks: every `health_check.interval`, each provider with a
+//! `health_check` block gets its request, sent through the same pipeline as
+//! client traffic (so the real key and Host are used); a 2xx marks it healthy,
+//! anything else unhealthy. Transitions are logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::task::JoinSet;
+
+use crate::body::Body;
+use crate::error::ErrorStyle;
+use crate::provider::Provider;
+use crate::proxy::{Plan, Proxy, RequestHead};
+use crate::state::Snapshot;
+
+/// A check slower than this counts as a failure.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this much of a check's answer is read.
+const MAX_CHECK_BODY: usize = 1024 * 1024;
+
+/// Runs checks forever, re-reading the snapshot each round so a reload applies.
+pub async fn run(proxy: Arc<Proxy>) {
+    loop {
+        let snapshot = proxy.snapshot.load_full();
+        if snapshot.health_check.enabled {
+            check_all(&proxy, &snapshot).await;
+        } else {
+            for provider in &snapshot.providers {
+                provider.health.set(true);
+            }
+        }
+        tokio::time::sleep(snapshot.health_check.interval).await;
+    }
+}
+
+async fn check_all(proxy: &Arc<Proxy>, snapshot: &Arc<Snapshot>) {
+    let mut checks = JoinSet::new();
+    for provider in snapshot
+        .providers
+        .iter()
+        .filter(|p| p.health_check.is_some())
+    {
+        let (proxy, snapshot, provider) = (proxy.clone(), snapshot.clone(), provider.clone());
+        checks.spawn(async move {
+            let outcome =
+                tokio::time::timeout(CHECK_TIMEOUT, check(&proxy, snapshot, provider.clone()))
+                    .await;
+            let outcome = outcome.unwrap_or_else(|_| Err("timed out".into()));
+            record(&provider, outcome);
+        });
+    }
+    while checks.join_next().await.is_some() {}
+}
+
+fn record(provider: &Provider, outcome: Result<(), String>) {
+    let healthy = outcome.is_ok();
+    let was = provider.health.set(healthy);
+    match (was, outcome) {
+        (true, Err(why)) => {
+            tracing::warn!(provider = provider.index, route = %provider.route_label, %why, "provider is now unhealthy")
+        }
+        (false, Ok(())) => {
+            tracing::info!(provider = provider.index, route = %provider.route_label, "provider is healthy again")
+        }
+        _ => {}
+    }
+}
+
+async fn check(
+    proxy: &Proxy,
+    snapshot: Arc<Snapshot>,
+    provider: Arc<Provider>,
+) -> Result<(), String> {
+    let Some(spec) = provider.health_check.clone() else {
+        return Ok(());
+    };
+    let method =
+        Method::from_bytes(spec.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &spec.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {name}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+        headers.append(name, value);
+    }
+    let body = spec
+        .body
+        .map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
+    let head = RequestHead {
+        method,
+        authority: None,
+        target: spec.path.clone(),
+        headers,
+        default_port: 0,
+    };
+    let plan = Plan {
+        snapshot,
+        style: ErrorStyle::from(provider.kind),
+        target: spec.path,
+        provider,
+    };
+    let response = proxy
+        .forward(&plan, head, body)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status;
+    // Read the answer so the connection can go back to the pool.
+    let _ = response.body.collect(MAX_CHECK_BODY).await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}

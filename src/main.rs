@@ -1,0 +1,25 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use openproxy::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    openproxy::telemetry::init();
+    match cli.command {
+        Command::Check { config } => openproxy::app::check(&config),
+        Command::Start { config, pid_file } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(openproxy::app::start(&config, pid_file.as_deref()))
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Client-key checks, in constant time per key so a wrong guess learns nothing
+//! from how long the answer took.
+
+use subtle::{Choice, ConstantTimeEq};
+
+/// Whether `presented` opens a provider that accepts the `global` keys plus its
+/// `own`. With no keys configured at all, access is open.
+pub fn accepts(presented: Option<&[u8]>, global: &[Box<[u8]>], own: &[Box<[u8]>]) -> bool {
+    if global.is_empty() && own.is_empty() {
+        return true;
+    }
+    let Some(presented) = presented else {
+        return false;
+    };
+    // Every key is compared, match or not, so timing does not tell which matched.
+    let mut matched = Choice::from(0);
+    for key in global.iter().chain(own) {
+        matched |= key.as_ref().ct_eq(presented);
+    }
+    matched.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<Box<[u8]>> {
+        list.iter().map(|k| k.as_bytes().into()).collect()
+    }
+
+    #[test]
+    fn open_when_nothing_configured() {
+        assert!(accepts(None, &[], &[]));
+        assert!(accepts(Some(b"any"), &[], &[]));
+    }
+
+    #[test]
+    fn global_and_own_keys_both_open() {
+        let global = keys(&["g1", "g2"]);
+        let own = keys(&["p1"]);
+        assert!(accepts(Some(b"g2"), &global, &own));
+        assert!(accepts(Some(b"p1"), &global, &own));
+        assert!(accepts(Some(b"p1"), &[], &own));
+        assert!(!accepts(Some(b"p"), &global, &own));
+        assert!(!accepts(Some(b"g1x"), &global, &own));
+        assert!(!accepts(None, &global, &own));
+        assert!(!accepts(Some(b"g1"), &[], &own));
+    }
+}

@@ -1,0 +1,173 @@
+//! Routing: `Host` (or `:authority`) plus an optional path prefix picks the
+//! group of providers that may serve a request. Built once per snapshot.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::ProviderType;
+use crate::provider::Provider;
+
+/// Providers that share one `host` value (name, port and prefix).
+#[derive(Debug)]
+pub struct Route {
+    pub port: Option<u16>,
+    pub prefix: Option<String>,
+    pub kind: ProviderType,
+    pub providers: Vec<Arc<Provider>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Miss {
+    UnknownHost,
+    NoPrefix,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    by_host: HashMap<String, Vec<Route>>,
+}
+
+impl Router {
+    /// `entries` are (host name, host port, prefix, provider); validation already
+    /// made sure providers sharing a route share a type.
+    pub fn new<'a>(
+        entries: impl IntoIterator<Item = (&'a str, Option<u16>, Option<&'a str>, Arc<Provider>)>,
+    ) -> Self {
+        let mut by_host: HashMap<String, Vec<Route>> = HashMap::new();
+        for (host, port, prefix, provider) in entries {
+            let routes = by_host.entry(host.to_string()).or_default();
+            match routes
+                .iter_mut()
+                .find(|r| r.port == port && r.prefix.as_deref() == prefix)
+            {
+                Some(route) => route.providers.push(provider),
+                None => routes.push(Route {
+                    port,
+                    prefix: prefix.map(String::from),
+                    kind: provider.kind,
+                    providers: vec![provider],
+                }),
+            }
+        }
+        // Most specific first: longer prefix, then an explicit port.
+        for routes in by_host.values_mut() {
+            routes.sort_by_key(|r| {
+                (
+                    std::cmp::Reverse(r.prefix.as_ref().map_or(0, String::len)),
+                    r.port.is_none(),
+                )
+            });
+        }
+        Router { by_host }
+    }
+
+    /// The route for `authority` (a `Host` value) and `path`, with the path the
+    /// upstream should see (prefix removed). `default_port` is the listener's
+    /// scheme port, used when the authority names none.
+    pub fn find<'p>(
+        &self,
+        authority: &str,
+        default_port: u16,
+        path: &'p str,
+    ) -> Result<(&Route, Cow<'p, str>), Miss> {
+        let (name, port) = split_authority(authority).ok_or(Miss::UnknownHost)?;
+        let port = port.unwrap_or(default_port);
+        let routes = match self.by_host.get(name) {
+            Some(routes) => routes,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
+                .by_host
+                .get(&name.to_ascii_lowercase())
+                .ok_or(Miss::UnknownHost)?,
+            None => return Err(Miss::UnknownHost),
+        };
+        let mut port_matched = false;
+        for route in routes.iter().filter(|r| r.port.is_none_or(|p| p == port)) {
+            port_matched = true;
+            if let Some(rest) = strip_prefix(path, route.prefix.as_deref()) {
+                return Ok((route, rest));
+            }
+        }
+        Err(if port_matched {
+            Miss::NoPrefix
+        } else {
+            Miss::UnknownHost
+        })
+    }
+}
+
+/// `name[:port]` or `[v6][:port]` → (name, port). `None` when malformed.
+pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (&rest[..end], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((name, port))
+}
+
+/// `path` without `prefix` when it is under it: `/p` and `/p/...` and `/p?...`
+/// match `/p`; `/p2` does not.
+fn strip_prefix<'p>(path: &'p str, prefix: Option<&str>) -> Option<Cow<'p, str>> {
+    let Some(prefix) = prefix else {
+        return Some(Cow::Borrowed(path));
+    };
+    let rest = path.strip_prefix(prefix)?;
+    match rest.as_bytes().first() {
+        None => Some(Cow::Borrowed("/")),
+        Some(b'/') => Some(Cow::Borrowed(rest)),
+        Some(b'?') => Some(Cow::Owned(format!("/{rest}"))),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(split_authority("a.b"), Some(("a.b", None)));
+        assert_eq!(split_authority("a.b:8080"), Some(("a.b", Some(8080))));
+        assert_eq!(split_authority("[::1]:9"), Some(("::1", Some(9))));
+        assert_eq!(split_authority("[::1]"), Some(("::1", None)));
+        assert_eq!(split_authority("a:b"), None);
+        assert_eq!(split_authority(":80"), None);
+        assert_eq!(split_authority("[::1]x"), None);
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert_eq!(
+            strip_prefix("/openai", Some("/openai")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            strip_prefix("/openai/v1/x", Some("/openai")).as_deref(),
+            Some("/v1/x")
+        );
+        assert_eq!(
+            strip_prefix("/openai?a=1", Some("/openai")).as_deref(),
+            Some("/?a=1")
+        );
+        assert_eq!(strip_prefix("/openai2", Some("/openai")), None);
+        assert_eq!(strip_prefix("/v1", None).as_deref(), Some("/v1"));
+    }
+}

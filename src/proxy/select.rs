@@ -1,0 +1,107 @@
+//! Provider selection as a pure function: among usable candidates prefer
+//! non-fallback ones, then the highest priority, then pick at random by weight.
+//! Failover is "choose again without the ones that failed".
+
+use rand::Rng;
+
+/// What selection needs to know of a candidate.
+#[derive(Debug, Clone, Copy)]
+pub struct Class {
+    pub usable: bool,
+    pub fallback: bool,
+    pub priority: i64,
+    pub weight: f64,
+}
+
+/// The chosen item, or `None` when no candidate is usable.
+pub fn choose<'a, T>(
+    items: &'a [T],
+    class: impl Fn(&T) -> Class,
+    rng: &mut impl Rng,
+) -> Option<&'a T> {
+    // Tier order: non-fallback before fallback, then higher priority.
+    let tier = |c: &Class| (!c.fallback, c.priority);
+    let best = items
+        .iter()
+        .map(&class)
+        .filter(|c| c.usable)
+        .map(|c| tier(&c))
+        .max()?;
+    let in_tier = |item: &&T| {
+        let c = class(item);
+        c.usable && tier(&c) == best
+    };
+    let total: f64 = items.iter().filter(in_tier).map(|i| class(i).weight).sum();
+    let mut point = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
+    let mut last = None;
+    for item in items.iter().filter(in_tier) {
+        let weight = class(item).weight;
+        if point < weight {
+            return Some(item);
+        }
+        point -= weight;
+        last = Some(item);
+    }
+    last // floating-point rounding can leave `point` a hair above the total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn c(usable: bool, fallback: bool, priority: i64, weight: f64) -> Class {
+        Class {
+            usable,
+            fallback,
+            priority,
+            weight,
+        }
+    }
+
+    fn counts(items: &[Class], draws: usize) -> Vec<usize> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut counts = vec![0; items.len()];
+        for _ in 0..draws {
+            let chosen = choose(items, |c| *c, &mut rng).unwrap();
+            let index = items.iter().position(|i| std::ptr::eq(i, chosen)).unwrap();
+            counts[index] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weights_split_traffic_proportionally() {
+        let items = [c(true, false, 0, 1.0), c(true, false, 0, 3.0)];
+        let n = 20_000;
+        let got = counts(&items, n);
+        // Expected 5000/15000; 4 standard deviations (~245) of a binomial.
+        assert!((got[0] as i64 - 5000).abs() < 250, "{got:?}");
+    }
+
+    #[test]
+    fn fallbacks_only_when_no_primary_is_usable() {
+        let items = [c(true, true, 9, 100.0), c(true, false, 0, 1.0)];
+        assert_eq!(counts(&items, 1000), vec![0, 1000]);
+        let items = [c(true, true, 0, 1.0), c(false, false, 0, 1.0)];
+        assert_eq!(counts(&items, 100), vec![100, 0]);
+    }
+
+    #[test]
+    fn highest_priority_wins_within_a_tier() {
+        let items = [
+            c(true, false, 1, 1.0),
+            c(true, false, 5, 1.0),
+            c(false, false, 9, 1.0),
+        ];
+        assert_eq!(counts(&items, 500), vec![0, 500, 0]);
+    }
+
+    #[test]
+    fn nothing_usable_is_none() {
+        let items = [c(false, false, 0, 1.0)];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert!(choose(&items, |c| *c, &mut rng).is_none());
+        assert!(choose(&[] as &[Class], |c| *c, &mut rng).is_none());
+    }
+}

@@ -1,0 +1,121 @@
+//! Idle HTTP/1.1 upstream connections, per endpoint. Last in, first out (the
+//! warmest connection is the least likely to have been closed), bounded in
+//! count and age, and each one checked for a peer close before it is reused.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::connect::{connect, Stream};
+use super::{Endpoint, UpstreamError};
+
+/// How long an idle connection is kept. Below the common 60 s server keep-alive,
+/// so we usually drop a connection before the upstream does.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// At most this many idle connections per endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// An upstream connection and the bytes read from it but not yet consumed.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: Stream,
+    pub buf: BytesMut,
+    pub pool_key: Arc<str>,
+    /// Whether it came from the pool (and so may have gone stale).
+    pub reused: bool,
+}
+
+/// A pooled connection and when it went idle.
+type Idle = (Conn, Instant);
+
+#[derive(Debug, Default)]
+pub struct Pools {
+    // A std mutex: held only to push or pop a Vec entry, never across an await.
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+}
+
+impl Pools {
+    /// A live idle connection to `endpoint`, or a new one.
+    pub async fn checkout(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+    ) -> Result<Conn, UpstreamError> {
+        while let Some(mut conn) = self.pop(&endpoint.key) {
+            if is_open(&mut conn.stream) {
+                conn.reused = true;
+                return Ok(conn);
+            }
+        }
+        self.checkout_fresh(endpoint, connect_timeout).await
+    }
+
+    /// A new connection, bypassing the idle list.
+    pub async fn checkout_fresh(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+    ) -> Result<Conn, UpstreamError> {
+        let stream = connect(endpoint, connect_timeout).await?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            pool_key: endpoint.key.clone(),
+            reused: false,
+        })
+    }
+
+    fn pop(&self, key: &Arc<str>) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub fn put(&self, conn: Conn) {
+        if !conn.buf.is_empty() {
+            return; // the upstream sent bytes nobody asked for: not safe to reuse
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(conn.pool_key.clone()).or_default();
+        list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes idle connections past their age; run now and then so endpoints no
+    /// longer used do not hold sockets forever.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.values_mut() {
+            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// Whether an idle connection is still open: one read attempt that must not
+/// complete. EOF means the peer closed; data means it sent something unasked
+/// (then the connection is out of step and is dropped too).
+fn is_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
