@@ -1,0 +1,194 @@
+//! The command line and process lifecycle: `check`, start-up errors, pid file,
+//! graceful stop, and configuration reload on SIGHUP.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn openproxy(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+#[test]
+fn check_describes_a_valid_config() {
+    let (_dir, path) = write_config(
+        "http_port: 8080\nhttp_bind_address: 127.0.0.1\nproviders:\n  - type: openai\n    host: a.local/v\n    endpoint: api.example.com\n    api_key: sk-secret-value\n    weight: 2\n",
+    );
+    let (code, stdout, _) = openproxy(&["check", "-c", &path]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("http   127.0.0.1:8080"), "{stdout}");
+    assert!(
+        stdout.contains("a.local/v -> [0] openai https://api.example.com:443 weight=2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(
+        !stdout.contains("sk-secret-value"),
+        "check must not print keys"
+    );
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_1() {
+    let (_dir, path) = write_config(
+        "https_port: 8443\nproviders:\n  - type: openai\n    host: a.local\n    endpoint: api.example.com\n    weight: -1\n  - type: mystery\n    host: b.local\n    endpoint: b.example.com\n",
+    );
+    let (code, stdout, stderr) = openproxy(&["check", "-c", &path]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    for needle in [
+        "cert_file",
+        "providers[0] (host \"a.local\")",
+        "weight",
+        "api_key",
+        "providers[1] (host \"b.local\")",
+        "mystery",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_reported_with_their_line() {
+    let (_dir, path) = write_config("http_port: 8080\nproviders:\n  - type: openai\n    host: a\n    endpoint: e\n    api_key: k\n    wieght: 2\n");
+    let (code, _, stderr) = openproxy(&["check", "-c", &path]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("wieght") && stderr.contains("line 7"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_with_a_bad_config_exits_1() {
+    let (_dir, path) = write_config("providers: []\n");
+    let (code, _, stderr) = openproxy(&["start", "-c", &path]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("configuration is invalid"), "{stderr}");
+    let (code, _, stderr) = openproxy(&["start", "-c", "/nonexistent/openproxy.yml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/openproxy.yml"), "{stderr}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, stdout, _) = openproxy(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("openproxy "), "{stdout}");
+    let (code, stdout, _) = openproxy(&["start", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("--config") && stdout.contains("--pid-file"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn pid_file_and_graceful_stop() {
+    let up = MockUpstream::start("u").await;
+    let mut proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    // Restart with a pid file: TestProxy::start has no flag for it, so run by hand.
+    let pid_path = proxy.dir.path().join("openproxy.pid");
+    let port = free_port();
+    let config = std::fs::read_to_string(proxy.config_path())
+        .unwrap()
+        .replace(&proxy.addr.port().to_string(), &port.to_string());
+    let config_path = proxy.dir.path().join("second.yml");
+    std::fs::write(&config_path, config).unwrap();
+    proxy.signal("TERM");
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "SIGTERM exits cleanly"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .args(["start", "-c"])
+        .arg(&config_path)
+        .arg("-p")
+        .arg(&pid_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+        != child.id().to_string()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid file never written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!pid_path.exists(), "pid file removed on exit");
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let up = MockUpstream::start("u").await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let headers = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    send(proxy.addr, "GET", "/v1/a", &headers, "").await;
+    let original = std::fs::read_to_string(proxy.config_path()).unwrap();
+    std::fs::write(
+        proxy.config_path(),
+        original.replace("real-key", "rotated-key"),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        send(proxy.addr, "GET", "/v1/b", &headers, "").await;
+        let last = up.recorded().last().cloned().unwrap();
+        if last.header("authorization") == Some("Bearer rotated-key") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(proxy.config_path(), "providers: [oops\n").unwrap();
+    proxy.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.logs().contains("reload failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad reload not reported:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = send(proxy.addr, "GET", "/v1/c", &headers, "").await;
+    assert_eq!(status, 200, "the running config survives a bad reload");
+    assert_eq!(
+        up.recorded().last().unwrap().header("authorization"),
+        Some("Bearer rotated-key")
+    );
+}
