@@ -113,14 +113,15 @@ async fn send_and_receive(
     let mut sent = None;
     let head = loop {
         tokio::select! {
-            result = &mut send, if sent.is_none() => sent = Some(result),
+            result = &mut send, if sent.is_none() => match result {
+                // A client body that broke is the client's failure, and the upstream,
+                // still waiting for the rest, would never answer: give up now.
+                Err(UpstreamError::ClientBody(e)) => return Err(UpstreamError::ClientBody(e)),
+                other => sent = Some(other),
+            },
             head = &mut recv => break head,
         }
     };
-    // A client body that broke is the client's failure, whatever the upstream said.
-    if let Some(Err(UpstreamError::ClientBody(e))) = sent {
-        return Err(UpstreamError::ClientBody(e));
-    }
     let head = head?;
     let sent = match sent {
         Some(result) => result,

@@ -1,0 +1,838 @@
+//! HTTP/1.1 message framing through the real binary: keep-alive and pooling,
+//! request and response bodies byte for byte (lengths, chunks, trailers,
+//! read-to-close), 100-continue, bodiless answers, HTTP/1.0 and upstream failures.
+
+mod support;
+
+use support::*;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use wire::{Msg, Wire};
+
+/// Route host and client credentials every good request carries.
+const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";
+
+fn config(upstream: u16) -> String {
+    one_provider("openai", "a.local", upstream, "")
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\n{AUTH}\r\n").into_bytes()
+}
+
+/// Deterministic binary data covering every byte value.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
+}
+
+/// A raw upstream that answers each request on a connection with `answer`,
+/// and counts the connections it accepted.
+async fn scripted(
+    answer: impl Fn(&Msg) -> Vec<u8> + Send + Sync + 'static,
+) -> (RawUpstream, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    let counter = conns.clone();
+    let up = RawUpstream::start(move |stream| {
+        let answer = answer.clone();
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut w = Wire::patient(stream);
+            while let Some(req) = w.request().await {
+                let out = answer(&req);
+                if w.stream.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (up, conns)
+}
+
+#[tokio::test]
+async fn fifty_requests_on_one_client_connection_reuse_one_upstream_connection() {
+    let up = MockUpstream::start("a").await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    for i in 0..50 {
+        client.write(&get(&format!("/v1/models?i={i}"))).await;
+        let resp = client.response("GET").await;
+        assert_eq!(resp.status(), 200, "request {i}: {}", resp.raw_head);
+        assert_eq!(resp.body_str(), r#"{"ok":true,"mock":"a"}"#, "request {i}");
+        assert!(!resp.says_close(), "request {i}: {}", resp.raw_head);
+    }
+    let seen: Vec<String> = up.recorded().iter().map(|r| r.uri.clone()).collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("/v1/models?i={i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        up.connection_count(),
+        1,
+        "sequential requests must reuse the pooled upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn content_length_body_is_forwarded_byte_exact() {
+    let up = MockUpstream::start("a").await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    // A small body (sent with the head) and a large one (streamed in pieces).
+    let small = b"{\"model\":\"m\",\"x\":\"\xc3\xa9\\u0000\"}".to_vec();
+    let large = pattern(300_000);
+    for body in [&small, &large] {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\n{AUTH}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write(head.as_bytes()).await;
+        for piece in body.chunks(100_000) {
+            client.write(piece).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let resp = client.response("POST").await;
+        assert_eq!(resp.status(), 200, "{}", resp.raw_head);
+    }
+    let seen = up.recorded();
+    assert_eq!(seen.len(), 2);
+    for (rec, body) in seen.iter().zip([&small, &large]) {
+        assert_eq!(rec.method, "POST");
+        assert_eq!(rec.body.len(), body.len());
+        assert!(rec.body[..] == body[..], "body differs");
+        assert_eq!(
+            rec.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert_eq!(rec.header("transfer-encoding"), None);
+        assert_eq!(rec.header("authorization"), Some("Bearer real-key"));
+    }
+}
+
+#[tokio::test]
+async fn chunked_request_body_with_extensions_and_trailers_is_forwarded() {
+    let up = MockUpstream::start("a").await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    let big = pattern(4096);
+    let mut pieces: Vec<Vec<u8>> = vec![
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\n{AUTH}Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+        )
+        .into_bytes(),
+        b"5;name=value\r\nhel".to_vec(),
+        b"lo\r\n6 ; q=\"a b\";flag\r\n world\r\n".to_vec(),
+        b"1000;x=1\r\n".to_vec(),
+    ];
+    pieces.push(big[..1000].to_vec());
+    let mut rest = big[1000..].to_vec();
+    rest.extend_from_slice(b"\r\n0;last=yes\r\nX-Checksum: abc123\r\nX-Other: one, two\r\n\r\n");
+    pieces.push(rest);
+    for piece in &pieces {
+        client.write(piece).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let resp = client.response("POST").await;
+    assert_eq!(resp.status(), 200, "{}", resp.raw_head);
+    // The connection is still in step: a second request follows the trailers.
+    client.write(&get("/v1/after")).await;
+    assert_eq!(client.response("GET").await.status(), 200);
+
+    let seen = up.recorded();
+    assert_eq!(seen.len(), 2);
+    let rec = &seen[0];
+    let mut expected = b"hello world".to_vec();
+    expected.extend_from_slice(&big);
+    assert_eq!(rec.body.len(), expected.len());
+    assert!(rec.body[..] == expected[..], "chunked body differs");
+    assert_eq!(rec.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(rec.header("content-length"), None);
+    let trailers = rec.trailers.as_ref().expect("upstream got no trailers");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc123");
+    assert_eq!(trailers.get("x-other").unwrap(), "one, two");
+    assert_eq!(seen[1].uri, "/v1/after");
+}
+
+#[tokio::test]
+async fn chunked_upstream_response_reaches_client_with_its_trailers() {
+    let (up, _) = scripted(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Usage\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Usage: 42\r\nX-Finish: stop\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    for round in 0..2 {
+        client.write(&get("/v1/chat")).await;
+        let resp = client.response("GET").await;
+        assert_eq!(resp.status(), 200, "round {round}: {}", resp.raw_head);
+        assert!(resp.chunked, "not chunked: {}", resp.raw_head);
+        assert_eq!(resp.header("content-length"), None);
+        assert_eq!(resp.body_str(), "hello world");
+        assert_eq!(resp.trailer("x-usage"), Some("42"), "{:?}", resp.trailers);
+        assert_eq!(
+            resp.trailer("x-finish"),
+            Some("stop"),
+            "{:?}",
+            resp.trailers
+        );
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
+    let up = MockUpstream::start("a").await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    client
+        .write(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\n{AUTH}Expect: 100-continue\r\nContent-Length: 11\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    let interim = client.head().await.expect("no interim response");
+    assert_eq!(interim.raw_head, "HTTP/1.1 100 Continue\r\n\r\n");
+    client.write(b"hello world").await;
+    let resp = client.response("POST").await;
+    assert_eq!(resp.status(), 200, "{}", resp.raw_head);
+    let seen = up.recorded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].body[..], b"hello world");
+    assert_eq!(seen[0].header("expect"), None, "Expect was forwarded");
+
+    // A wrong key is refused at once: no 100 Continue invites the body.
+    let mut client = Wire::connect(proxy.addr).await;
+    client
+        .write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer wrong-key\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+        )
+        .await;
+    let resp = client.response("POST").await;
+    assert_eq!(resp.status(), 401, "{}", resp.raw_head);
+    assert!(
+        resp.body_str().contains("invalid_api_key"),
+        "{}",
+        resp.body_str()
+    );
+    assert!(
+        resp.says_close(),
+        "unread body: the connection must close: {}",
+        resp.raw_head
+    );
+    assert!(client.closes_within(Duration::from_secs(3)).await);
+    assert!(
+        client.buf.is_empty(),
+        "bytes after the 401: {:?}",
+        String::from_utf8_lossy(&client.buf)
+    );
+    assert_eq!(
+        up.recorded().len(),
+        1,
+        "the refused request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
+    let (up, _) = scripted(|req| {
+        let out: &[u8] = match (req.method(), req.target()) {
+            ("HEAD", _) => {
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n\r\n"
+            }
+            (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+            (_, "/notmodified") => {
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 50\r\n\r\n"
+            }
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        out.to_vec()
+    })
+    .await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+
+    client
+        .write(format!("HEAD /v1/models HTTP/1.1\r\n{AUTH}\r\n").as_bytes())
+        .await;
+    let resp = client.response("HEAD").await;
+    assert_eq!(resp.status(), 200, "{}", resp.raw_head);
+    assert_eq!(
+        resp.header("content-length"),
+        Some("1234"),
+        "{}",
+        resp.raw_head
+    );
+    assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.raw_head);
+
+    for (path, status) in [("/nocontent", 204), ("/notmodified", 304)] {
+        // The answer before must not have left body bytes on the connection.
+        client.write(&get("/x")).await;
+        let ok = client.response("GET").await;
+        assert_eq!((ok.status(), ok.body_str().as_str()), (200, "ok"));
+        client.write(&get(path)).await;
+        let resp = client.response("GET").await;
+        assert_eq!(resp.status(), status, "{}", resp.raw_head);
+        assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.raw_head);
+        assert!(!resp.says_close(), "{}", resp.raw_head);
+        if status == 204 {
+            assert_eq!(resp.header("content-length"), None, "{}", resp.raw_head);
+            assert_eq!(resp.header("x-a"), Some("1"));
+        } else {
+            assert_eq!(resp.header("etag"), Some("\"v1\""));
+            // A 304 keeps the length of the representation it stands for.
+            assert_eq!(
+                resp.header("content-length"),
+                Some("50"),
+                "{}",
+                resp.raw_head
+            );
+        }
+    }
+    client.write(&get("/x")).await;
+    let ok = client.response("GET").await;
+    assert_eq!((ok.status(), ok.body_str().as_str()), (200, "ok"));
+    // Nothing stray followed the last answer either.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!client.closes_within(Duration::from_millis(200)).await);
+    assert!(
+        client.buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&client.buf)
+    );
+}
+
+#[tokio::test]
+async fn read_to_close_upstream_body_is_rechunked_and_the_client_connection_survives() {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    let up = RawUpstream::start(move |stream| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut w = Wire::patient(stream);
+            if w.request().await.is_none() {
+                return;
+            }
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            w.write(b"part two.").await;
+            // Dropping the stream closes it: that ends the body.
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    for round in 0..2 {
+        client.write(&get("/v1/stream")).await;
+        let resp = client.response("GET").await;
+        assert_eq!(resp.status(), 200, "round {round}: {}", resp.raw_head);
+        assert!(
+            resp.chunked,
+            "round {round}: not chunked: {}",
+            resp.raw_head
+        );
+        assert!(!resp.says_close(), "round {round}: {}", resp.raw_head);
+        assert_eq!(resp.body_str(), "part one, part two.", "round {round}");
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "a close-delimited upstream connection cannot be reused"
+    );
+}
+
+#[tokio::test]
+async fn http10_client_gets_an_unchunked_response() {
+    let (up, _) = scripted(|req| {
+        let out: &[u8] = if req.target() == "/v1/length" {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+        } else {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+        };
+        out.to_vec()
+    })
+    .await;
+    let proxy = TestProxy::start(&config(up.port()));
+    for path in ["/v1/chunked", "/v1/length"] {
+        let mut client = Wire::connect(proxy.addr).await;
+        client
+            .write(
+                format!(
+                    "GET {path} HTTP/1.0\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        let resp = client.response("GET").await;
+        assert_eq!(resp.status(), 200, "{path}: {}", resp.raw_head);
+        assert_eq!(
+            resp.header("transfer-encoding"),
+            None,
+            "{path}: {}",
+            resp.raw_head
+        );
+        assert!(!resp.chunked);
+        assert_eq!(resp.body_str(), "hello world", "{path}");
+        if path == "/v1/length" {
+            assert_eq!(resp.header("content-length"), Some("11"));
+        }
+        // HTTP/1.0 without keep-alive: the proxy closes after the answer.
+        assert!(client.closes_within(Duration::from_secs(3)).await, "{path}");
+        assert!(client.buf.is_empty(), "{path}: {:?}", client.buf);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_or_silent_upstreams_give_502_and_others_are_still_served() {
+    let good = MockUpstream::start("good").await;
+    let hangup = RawUpstream::start(|stream| async move { drop(stream) }).await;
+    let dead = free_port();
+    let provider = |host: &str, port: u16| {
+        format!(
+            "  - type: openai\n    host: \"{host}\"\n    endpoint: \"127.0.0.1:{port}\"\n    tls: false\n    api_key: \"real-key\"\n"
+        )
+    };
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [\"client-key\"]\nproviders:\n{}{}{}",
+        provider("refused.local", dead),
+        provider("hangup.local", hangup.port()),
+        provider("good.local", good.port()),
+    );
+    let proxy = TestProxy::start(&yaml);
+    for host in [
+        "refused.local",
+        "hangup.local",
+        "refused.local",
+        "hangup.local",
+    ] {
+        let started = Instant::now();
+        let (status, headers, body) = send(
+            proxy.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("host", host), ("authorization", "Bearer client-key")],
+            "{}",
+        )
+        .await;
+        let took = started.elapsed();
+        assert_eq!(status, 502, "{host}: {body}");
+        assert!(took < Duration::from_secs(2), "{host}: took {took:?}");
+        assert_eq!(headers["content-type"], "application/json", "{host}");
+        assert!(
+            body.contains(r#""code":"upstream_error""#),
+            "{host}: {body}"
+        );
+        let (status, _, body) = send(
+            proxy.addr,
+            "GET",
+            "/v1/models",
+            &[
+                ("host", "good.local"),
+                ("authorization", "Bearer client-key"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "after {host}: {body}");
+    }
+    assert_eq!(good.recorded().len(), 4);
+}
+
+/// The upstream closes each connection right after its answer, without
+/// saying so: the pooled connection is dead when the next request comes.
+async fn closing_upstream() -> (RawUpstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (conns.clone(), requests.clone());
+    let up = RawUpstream::start(move |stream| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let r = r.clone();
+        async move {
+            let mut w = Wire::patient(stream);
+            if let Some(req) = w.request().await {
+                r.fetch_add(1, Ordering::SeqCst);
+                let body = format!("{} {}", req.method(), req.target());
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                w.write(out.as_bytes()).await;
+            }
+            // Dropped here: closed without `Connection: close`.
+        }
+    })
+    .await;
+    (up, conns, requests)
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_upstream_while_idle_is_not_fatal() {
+    let (up, conns, requests) = closing_upstream().await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    // With a pause (the close has arrived before the reuse) and without one
+    // (the close races the next request), for a GET and for a POST with a body.
+    let steps = [
+        ("GET", "/v1/one", 0),
+        ("GET", "/v1/two", 200),
+        ("POST", "/v1/three", 200),
+        ("GET", "/v1/four", 0),
+        ("POST", "/v1/five", 0),
+    ];
+    for (method, path, pause) in steps {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let req = if method == "POST" {
+            format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n{{}}")
+        } else {
+            format!("GET {path} HTTP/1.1\r\n{AUTH}\r\n")
+        };
+        client.write(req.as_bytes()).await;
+        let resp = client.response(method).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "{method} {path}: {} {}",
+            resp.raw_head,
+            resp.body_str()
+        );
+        assert_eq!(resp.body_str(), format!("{method} {path}"));
+    }
+    // A body that is still arriving cannot be replayed: the proxy must pick
+    // a live connection before sending the head.
+    for i in 0..5 {
+        let path = format!("/v1/streamed{i}");
+        client
+            .write(format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n").as_bytes())
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write(b"{}").await;
+        let resp = client.response("POST").await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "{path}: {} {}",
+            resp.raw_head,
+            resp.body_str()
+        );
+        assert_eq!(resp.body_str(), format!("POST {path}"));
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), steps.len() + 5);
+    assert_eq!(conns.load(Ordering::SeqCst), steps.len() + 5);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = MockUpstream::with(|r| Reply::json(200, &format!("{{\"uri\":\"{}\"}}", r.uri))).await;
+    let proxy = TestProxy::start(&config(up.port()));
+    let mut client = Wire::connect(proxy.addr).await;
+    // Five requests in one write, one of them with a body.
+    let mut burst = Vec::new();
+    for i in 0..5 {
+        if i == 2 {
+            burst.extend_from_slice(
+                format!("POST /v1/p{i} HTTP/1.1\r\n{AUTH}Content-Length: 5\r\n\r\nhello")
+                    .as_bytes(),
+            );
+        } else {
+            burst.extend_from_slice(&get(&format!("/v1/p{i}")));
+        }
+    }
+    client.write(&burst).await;
+    for i in 0..5 {
+        let method = if i == 2 { "POST" } else { "GET" };
+        let resp = client.response(method).await;
+        assert_eq!(resp.status(), 200, "{i}: {}", resp.raw_head);
+        assert_eq!(resp.body_str(), format!("{{\"uri\":\"/v1/p{i}\"}}"));
+    }
+    let seen = up.recorded();
+    let uris: Vec<&str> = seen.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["/v1/p0", "/v1/p1", "/v1/p2", "/v1/p3", "/v1/p4"]);
+    assert_eq!(&seen[2].body[..], b"hello");
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, r)| i == 2 || r.body.is_empty()));
+}
+
+/// A hand-rolled HTTP/1.1 peer for either end of the proxy: it parses exactly
+/// what arrives on the socket (heads, Content-Length, chunked with trailers,
+/// read-to-close), so the assertions are about bytes, not a library's view.
+mod wire {
+    #![allow(dead_code)]
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Longest a single read may wait before the test fails.
+    pub const READ_LIMIT: Duration = Duration::from_secs(10);
+
+    /// One parsed message (request or response) exactly as it was on the wire.
+    #[derive(Debug, Default, Clone)]
+    pub struct Msg {
+        /// The head, start line through the blank line, verbatim.
+        pub raw_head: String,
+        pub start: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub trailers: Vec<(String, String)>,
+        /// Whether the body came chunk-encoded.
+        pub chunked: bool,
+        /// Whether the body was delimited by the peer closing.
+        pub close_delimited: bool,
+    }
+
+    impl Msg {
+        pub fn status(&self) -> u16 {
+            self.start
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not a status line: {:?}", self.start))
+        }
+
+        pub fn method(&self) -> &str {
+            self.start.split(' ').next().unwrap_or_default()
+        }
+
+        pub fn target(&self) -> &str {
+            self.start.split(' ').nth(1).unwrap_or_default()
+        }
+
+        /// The first field named `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn header_count(&self, name: &str) -> usize {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .count()
+        }
+
+        pub fn trailer(&self, name: &str) -> Option<&str> {
+            self.trailers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn body_str(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+
+        /// `connection: close` is present.
+        pub fn says_close(&self) -> bool {
+            self.headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("connection")
+                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+        }
+    }
+
+    fn fields(lines: &[&str]) -> Vec<(String, String)> {
+        lines
+            .iter()
+            .map(|line| {
+                let (k, v) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("not a field line: {line:?}"));
+                (k.to_string(), v.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// A socket with its read buffer.
+    pub struct Wire {
+        pub stream: TcpStream,
+        pub buf: Vec<u8>,
+        /// How long one read may wait before the test fails.
+        pub limit: Duration,
+    }
+
+    impl Wire {
+        pub fn new(stream: TcpStream) -> Wire {
+            Wire {
+                stream,
+                buf: Vec::new(),
+                limit: READ_LIMIT,
+            }
+        }
+
+        /// For an upstream script: waits for requests as long as it takes.
+        pub fn patient(stream: TcpStream) -> Wire {
+            Wire {
+                limit: Duration::from_secs(3600),
+                ..Wire::new(stream)
+            }
+        }
+
+        pub async fn connect(addr: SocketAddr) -> Wire {
+            Wire::new(TcpStream::connect(addr).await.unwrap())
+        }
+
+        pub async fn write(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        /// Reads more into the buffer; false on EOF (or reset). Panics after READ_LIMIT.
+        pub async fn fill(&mut self) -> bool {
+            let mut chunk = [0u8; 64 * 1024];
+            match tokio::time::timeout(self.limit, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => false,
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                Err(_) => panic!(
+                    "no bytes within {:?}; buffered so far: {:?}",
+                    self.limit,
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+
+        async fn need(&mut self, n: usize) {
+            while self.buf.len() < n {
+                assert!(
+                    self.fill().await,
+                    "peer closed with {} of {n} bytes: {:?}",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+
+        /// One CRLF-terminated line (without the CRLF).
+        async fn line(&mut self) -> String {
+            loop {
+                if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    let line = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                    self.buf.drain(..at + 2);
+                    return line;
+                }
+                assert!(
+                    self.fill().await,
+                    "peer closed inside a line: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+
+        /// The next head, or None when the peer closed before sending a byte of it.
+        pub async fn head(&mut self) -> Option<Msg> {
+            loop {
+                if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let raw: Vec<u8> = self.buf.drain(..at + 4).collect();
+                    let raw_head = String::from_utf8_lossy(&raw).into_owned();
+                    let text = &raw_head[..raw_head.len() - 4];
+                    let lines: Vec<&str> = text.split("\r\n").collect();
+                    return Some(Msg {
+                        raw_head: raw_head.clone(),
+                        start: lines[0].to_string(),
+                        headers: fields(&lines[1..]),
+                        ..Msg::default()
+                    });
+                }
+                if !self.fill().await {
+                    assert!(
+                        self.buf.is_empty(),
+                        "peer closed inside a head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                    return None;
+                }
+            }
+        }
+
+        /// Reads one chunk: Some(data), or None after the last chunk (its
+        /// trailers are returned through `trailers`).
+        pub async fn chunk(&mut self, trailers: &mut Vec<(String, String)>) -> Option<Vec<u8>> {
+            let line = self.line().await;
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size, 16)
+                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            if size == 0 {
+                loop {
+                    let line = self.line().await;
+                    if line.is_empty() {
+                        return None;
+                    }
+                    trailers.extend(fields(&[line.as_str()]));
+                }
+            }
+            self.need(size + 2).await;
+            let data: Vec<u8> = self.buf.drain(..size).collect();
+            assert_eq!(&self.buf[..2], b"\r\n", "chunk data not followed by CRLF");
+            self.buf.drain(..2);
+            Some(data)
+        }
+
+        /// Reads the body `msg`'s head announces. `bodiless` for responses to
+        /// HEAD and 1xx/204/304; `request` when no framing means no body.
+        pub async fn body(&mut self, msg: &mut Msg, bodiless: bool, request: bool) {
+            if bodiless {
+                return;
+            }
+            let te = msg.header("transfer-encoding").map(str::to_ascii_lowercase);
+            if let Some(te) = te {
+                assert_eq!(te, "chunked", "unexpected transfer-encoding");
+                msg.chunked = true;
+                let mut trailers = Vec::new();
+                while let Some(data) = self.chunk(&mut trailers).await {
+                    msg.body.extend_from_slice(&data);
+                }
+                msg.trailers = trailers;
+            } else if let Some(cl) = msg.header("content-length") {
+                let n: usize = cl.parse().expect("content-length");
+                self.need(n).await;
+                msg.body = self.buf.drain(..n).collect();
+            } else if !request {
+                msg.close_delimited = true;
+                while self.fill().await {}
+                msg.body = std::mem::take(&mut self.buf);
+            }
+        }
+
+        /// The next response to a request made with `method`, body included.
+        pub async fn response(&mut self, method: &str) -> Msg {
+            let mut msg = self.head().await.expect("connection closed, no response");
+            let status = msg.status();
+            let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+            self.body(&mut msg, bodiless, false).await;
+            msg
+        }
+
+        /// The next request with its body, or None when the peer closed.
+        pub async fn request(&mut self) -> Option<Msg> {
+            let mut msg = self.head().await?;
+            self.body(&mut msg, false, true).await;
+            Some(msg)
+        }
+
+        /// Whether the peer closes (EOF or reset) within `limit`; bytes that
+        /// arrive meanwhile stay in `buf`.
+        pub async fn closes_within(&mut self, limit: Duration) -> bool {
+            let mut chunk = [0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => return false,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! Strict HTTP/1.1 parsing through the real binary: every ambiguous or
+//! malformed request is refused with its exact status, the connection is
+//! closed, nothing reaches the upstream, and everyone else is still served.
+
+mod support;
+
+use support::*;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use wire::Wire;
+
+/// Route host and client credentials every good request carries.
+const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";
+
+/// Everything a [`Tap`] upstream received, in order.
+#[derive(Default)]
+struct Seen {
+    /// Every request head, recorded as soon as it is complete.
+    heads: Vec<String>,
+    /// Requests whose body was complete too: (head, body).
+    complete: Vec<(String, Vec<u8>)>,
+    /// Connections the proxy opened to the upstream.
+    connections: usize,
+}
+
+/// A raw upstream that records each head before waiting for its body, so a
+/// request forwarded only in part is seen too; it answers `200 ok`.
+struct Tap {
+    up: RawUpstream,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Tap {
+    async fn start() -> Tap {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let log = seen.clone();
+        let up = RawUpstream::start(move |stream| {
+            let log = log.clone();
+            log.lock().unwrap().connections += 1;
+            async move {
+                let mut w = Wire::patient(stream);
+                while let Some(mut head) = w.head().await {
+                    log.lock().unwrap().heads.push(head.raw_head.clone());
+                    w.body(&mut head, false, true).await;
+                    log.lock()
+                        .unwrap()
+                        .complete
+                        .push((head.raw_head.clone(), head.body.clone()));
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if w.stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        Tap { up, seen }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.seen.lock().unwrap().heads.clone()
+    }
+
+    fn complete(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().unwrap().complete.clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.seen.lock().unwrap().connections
+    }
+}
+
+/// A proxy in front of a fresh [`Tap`], with `http_max_header_size: 1024`.
+async fn setup() -> (Tap, TestProxy) {
+    let tap = Tap::start().await;
+    let proxy = TestProxy::start(&one_provider(
+        "openai",
+        "a.local",
+        tap.up.port(),
+        "http_max_header_size: 1024\n",
+    ));
+    (tap, proxy)
+}
+
+/// Sends `request` alone on a new connection and checks that the proxy answers
+/// exactly `status` with `connection: close`, closes, and that the upstream
+/// received nothing at all; then that a good request on a new connection works.
+async fn assert_refused(tap: &Tap, proxy: &TestProxy, request: &[u8], status: u16) {
+    let shown = String::from_utf8_lossy(request).into_owned();
+    let (heads, conns) = (tap.heads().len(), tap.connections());
+    let mut client = Wire::connect(proxy.addr).await;
+    // The proxy may close before reading everything; what it answered still counts.
+    let _ = client.stream.write_all(request).await;
+    let resp = client.response("POST").await;
+    assert_eq!(resp.status(), status, "{shown:?} got {}", resp.raw_head);
+    assert!(
+        resp.says_close(),
+        "{shown:?}: no connection: close in {}",
+        resp.raw_head
+    );
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|t| t == "application/json"),
+        "{shown:?}: {}",
+        resp.raw_head
+    );
+    assert!(
+        client.closes_within(Duration::from_secs(3)).await,
+        "{shown:?}: the proxy kept the connection open"
+    );
+    assert!(
+        client.buf.is_empty(),
+        "{shown:?}: bytes after the refusal: {:?}",
+        String::from_utf8_lossy(&client.buf)
+    );
+    // Give a wrongly forwarded request time to arrive before looking.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        &tap.heads()[heads..],
+        &[] as &[String],
+        "{shown:?} reached the upstream"
+    );
+    assert_eq!(
+        tap.connections(),
+        conns,
+        "{shown:?}: the proxy dialled the upstream"
+    );
+    assert_good_request_works(tap, proxy).await;
+}
+
+/// A well-formed request on a new connection reaches the upstream and is answered.
+async fn assert_good_request_works(tap: &Tap, proxy: &TestProxy) {
+    let before = tap.complete().len();
+    let (status, _, body) = send(
+        proxy.addr,
+        "POST",
+        "/v1/good",
+        &[("host", "a.local"), ("authorization", "Bearer client-key")],
+        "{}",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let complete = tap.complete();
+    assert_eq!(complete.len(), before + 1);
+    assert!(complete[before].0.starts_with("POST /v1/good HTTP/1.1\r\n"));
+    assert_eq!(complete[before].1, b"{}");
+}
+
+fn post(fields: &str, body: &str) -> Vec<u8> {
+    format!("POST /v1/chat/completions HTTP/1.1\r\n{AUTH}{fields}\r\n{body}").into_bytes()
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_400() {
+    let (tap, proxy) = setup().await;
+    for fields in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        assert_refused(&tap, &proxy, &post(fields, "0\r\n\r\n"), 400).await;
+    }
+}
+
+#[tokio::test]
+async fn conflicting_content_lengths_are_400() {
+    let (tap, proxy) = setup().await;
+    for fields in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: 5\r\nContent-Length: 5, 7\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 0x5\r\n",
+        "Content_Length: 5\r\n",
+    ] {
+        assert_refused(&tap, &proxy, &post(fields, "hello!"), 400).await;
+    }
+}
+
+#[tokio::test]
+async fn unsupported_transfer_codings_are_400_or_501() {
+    let (tap, proxy) = setup().await;
+    // The final coding is not chunked: the length cannot be known (RFC 9112 §6.3).
+    for fields in [
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: chunked, gzip\r\n",
+        "Transfer-Encoding: xchunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked;x=1\r\n",
+        "Transfer-Encoding:\r\n",
+    ] {
+        assert_refused(&tap, &proxy, &post(fields, "5\r\nhello\r\n0\r\n\r\n"), 400).await;
+    }
+    // Chunked last after a coding the proxy does not implement.
+    for fields in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        assert_refused(&tap, &proxy, &post(fields, "5\r\nhello\r\n0\r\n\r\n"), 501).await;
+    }
+    // Transfer-Encoding in HTTP/1.0 is faulty framing.
+    let old = b"POST /v1/chat/completions HTTP/1.0\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_refused(&tap, &proxy, old, 400).await;
+}
+
+#[tokio::test]
+async fn obs_fold_and_bare_line_feeds_are_400() {
+    let (tap, proxy) = setup().await;
+    let cases: [&[u8]; 6] = [
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\nX-Long: a\r\n b\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\nX-Long: a\r\n\tb\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\nHost: a.local\nAuthorization: Bearer client-key\n\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\nAuthorization: Bearer client-key\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\rAuthorization: Bearer client-key\r\n\r\n",
+    ];
+    for case in cases {
+        assert_refused(&tap, &proxy, case, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn missing_or_duplicate_host_is_400() {
+    let (tap, proxy) = setup().await;
+    let cases: [&[u8]; 3] = [
+        b"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer client-key\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: a.local@evil\r\nAuthorization: Bearer client-key\r\n\r\n",
+    ];
+    for case in cases {
+        assert_refused(&tap, &proxy, case, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn oversized_heads_are_431_and_long_request_lines_414() {
+    let (tap, proxy) = setup().await;
+    // Fields push the head past http_max_header_size (1024).
+    let big_field = format!(
+        "GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n",
+        "a".repeat(1100)
+    );
+    assert_refused(&tap, &proxy, big_field.as_bytes(), 431).await;
+    let many_fields: String = (0..100).map(|i| format!("X-F{i}: value\r\n")).collect();
+    let many = format!("GET /v1/models HTTP/1.1\r\n{AUTH}{many_fields}\r\n");
+    assert_refused(&tap, &proxy, many.as_bytes(), 431).await;
+    // A head just under the limit still passes.
+    let fits = format!(
+        "GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n",
+        "a".repeat(900)
+    );
+    assert!(fits.len() < 1024);
+    let mut client = Wire::connect(proxy.addr).await;
+    client.write(fits.as_bytes()).await;
+    assert_eq!(client.response("GET").await.status(), 200);
+    // The request line alone is longer than the limit: 414 (the limit is on
+    // the whole head, and a start line that cannot fit in it is a long URI).
+    let long_line = format!(
+        "GET /v1/models?q={} HTTP/1.1\r\n{AUTH}\r\n",
+        "a".repeat(1100)
+    );
+    assert_refused(&tap, &proxy, long_line.as_bytes(), 414).await;
+}
+
+#[tokio::test]
+async fn cl_te_smuggling_reaches_no_upstream() {
+    let (tap, proxy) = setup().await;
+    let smuggled =
+        "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
+    // A front end using Content-Length and a back end using chunked would
+    // see the second request as a new one.
+    let body = format!("0\r\n\r\n{smuggled}");
+    let fields = [
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding : chunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding:\tchunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Content-Length: {}\r\nTransfer_Encoding: chunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Content-Length: {}\r\nX: y\r\n Transfer-Encoding: chunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: identity, chunked\r\n",
+            body.len()
+        ),
+    ];
+    for f in &fields {
+        // Content-Length with any Transfer-Encoding is refused before the codings are read.
+        assert_refused(&tap, &proxy, &post(f, &body), 400).await;
+    }
+    assert!(!tap.heads().iter().any(|h| h.contains("/smuggled")));
+}
+
+#[tokio::test]
+async fn te_cl_smuggling_reaches_no_upstream() {
+    let (tap, proxy) = setup().await;
+    let smuggled =
+        "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
+    // A front end using chunked and a back end using Content-Length would
+    // see the chunk's data as a new request.
+    let body = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
+    for f in [
+        "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 4\r\nContent-Length: 4\r\n",
+        "Transfer-Encoding: chunked\r\ncontent-length: 4\r\n",
+    ] {
+        assert_refused(&tap, &proxy, &post(f, &body), 400).await;
+    }
+    assert!(!tap.heads().iter().any(|h| h.contains("/smuggled")));
+
+    // Without the conflicting length the proxy re-frames the body itself: the
+    // upstream gets one request carrying the would-be request as data.
+    let before = tap.complete().len();
+    let mut client = Wire::connect(proxy.addr).await;
+    client
+        .write(&post("Transfer-Encoding: chunked\r\n", &body))
+        .await;
+    let resp = client.response("POST").await;
+    assert_eq!(resp.status(), 200, "{}", resp.raw_head);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let complete = tap.complete();
+    assert_eq!(
+        complete.len(),
+        before + 1,
+        "upstream saw more than one request"
+    );
+    let (head, data) = &complete[before];
+    assert!(
+        head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert_eq!(data, smuggled.as_bytes());
+    assert!(!tap.heads().iter().any(|h| h.contains("/smuggled")));
+}
+
+/// Chunked bodies whose framing breaks after the head was accepted.
+const BAD_CHUNKS: [&str; 5] = [
+    "zz\r\nhello\r\n0\r\n\r\n",
+    "-1\r\nhello\r\n0\r\n\r\n",
+    "10000000000000005\r\nhello\r\n0\r\n\r\n",
+    "5\r\nhello\r\nzz\r\n0\r\n\r\n",
+    "5\r\nhelloXX0\r\n\r\n",
+];
+
+#[tokio::test]
+async fn invalid_chunk_sizes_never_make_a_complete_upstream_request() {
+    let (tap, proxy) = setup().await;
+    for chunks in BAD_CHUNKS {
+        let before = tap.complete().len();
+        let mut client = Wire::connect(proxy.addr).await;
+        let _ = client
+            .stream
+            .write_all(&post("Transfer-Encoding: chunked\r\n", chunks))
+            .await;
+        // Whatever the client sees, it must not be the upstream's 200.
+        let closed = client.closes_within(Duration::from_secs(1)).await;
+        let answer = String::from_utf8_lossy(&client.buf).into_owned();
+        assert!(!answer.contains(" 200 "), "{chunks:?}: {answer}");
+        assert!(
+            closed || answer.is_empty() || answer.starts_with("HTTP/1.1 400 "),
+            "{chunks:?}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            tap.complete().len(),
+            before,
+            "{chunks:?}: the upstream got a complete request"
+        );
+        drop(client);
+        assert_good_request_works(&tap, &proxy).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_chunk_sizes_get_400_and_close() {
+    let (tap, proxy) = setup().await;
+    for chunks in BAD_CHUNKS {
+        let mut client = Wire::connect(proxy.addr).await;
+        let _ = client
+            .stream
+            .write_all(&post("Transfer-Encoding: chunked\r\n", chunks))
+            .await;
+        let resp = client.response("POST").await;
+        assert_eq!(resp.status(), 400, "{chunks:?}: {}", resp.raw_head);
+        assert!(resp.says_close(), "{chunks:?}: {}", resp.raw_head);
+        assert!(
+            client.closes_within(Duration::from_secs(3)).await,
+            "{chunks:?}: not closed"
+        );
+        assert_good_request_works(&tap, &proxy).await;
+    }
+}
+
+/// A hand-rolled HTTP/1.1 peer for either end of the proxy: it parses exactly
+/// what arrives on the socket (heads, Content-Length, chunked with trailers,
+/// read-to-close), so the assertions are about bytes, not a library's view.
+mod wire {
+    #![allow(dead_code)]
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Longest a single read may wait before the test fails.
+    pub const READ_LIMIT: Duration = Duration::from_secs(10);
+
+    /// One parsed message (request or response) exactly as it was on the wire.
+    #[derive(Debug, Default, Clone)]
+    pub struct Msg {
+        /// The head, start line through the blank line, verbatim.
+        pub raw_head: String,
+        pub start: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub trailers: Vec<(String, String)>,
+        /// Whether the body came chunk-encoded.
+        pub chunked: bool,
+        /// Whether the body was delimited by the peer closing.
+        pub close_delimited: bool,
+    }
+
+    impl Msg {
+        pub fn status(&self) -> u16 {
+            self.start
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("not a status line: {:?}", self.start))
+        }
+
+        pub fn method(&self) -> &str {
+            self.start.split(' ').next().unwrap_or_default()
+        }
+
+        pub fn target(&self) -> &str {
+            self.start.split(' ').nth(1).unwrap_or_default()
+        }
+
+        /// The first field named `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn header_count(&self, name: &str) -> usize {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .count()
+        }
+
+        pub fn trailer(&self, name: &str) -> Option<&str> {
+            self.trailers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn body_str(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+
+        /// `connection: close` is present.
+        pub fn says_close(&self) -> bool {
+            self.headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("connection")
+                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+        }
+    }
+
+    fn fields(lines: &[&str]) -> Vec<(String, String)> {
+        lines
+            .iter()
+            .map(|line| {
+                let (k, v) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("not a field line: {line:?}"));
+                (k.to_string(), v.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// A socket with its read buffer.
+    pub struct Wire {
+        pub stream: TcpStream,
+        pub buf: Vec<u8>,
+        /// How long one read may wait before the test fails.
+        pub limit: Duration,
+    }
+
+    impl Wire {
+        pub fn new(stream: TcpStream) -> Wire {
+            Wire {
+                stream,
+                buf: Vec::new(),
+                limit: READ_LIMIT,
+            }
+        }
+
+        /// For an upstream script: waits for requests as long as it takes.
+        pub fn patient(stream: TcpStream) -> Wire {
+            Wire {
+                limit: Duration::from_secs(3600),
+                ..Wire::new(stream)
+            }
+        }
+
+        pub async fn connect(addr: SocketAddr) -> Wire {
+            Wire::new(TcpStream::connect(addr).await.unwrap())
+        }
+
+        pub async fn write(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        /// Reads more into the buffer; false on EOF (or reset). Panics after READ_LIMIT.
+        pub async fn fill(&mut self) -> bool {
+            let mut chunk = [0u8; 64 * 1024];
+            match tokio::time::timeout(self.limit, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => false,
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                Err(_) => panic!(
+                    "no bytes within {:?}; buffered so far: {:?}",
+                    self.limit,
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+
+        async fn need(&mut self, n: usize) {
+            while self.buf.len() < n {
+                assert!(
+                    self.fill().await,
+                    "peer closed with {} of {n} bytes: {:?}",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+
+        /// One CRLF-terminated line (without the CRLF).
+        async fn line(&mut self) -> String {
+            loop {
+                if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    let line = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                    self.buf.drain(..at + 2);
+                    return line;
+                }
+                assert!(
+                    self.fill().await,
+                    "peer closed inside a line: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+
+        /// The next head, or None when the peer closed before sending a byte of it.
+        pub async fn head(&mut self) -> Option<Msg> {
+            loop {
+                if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let raw: Vec<u8> = self.buf.drain(..at + 4).collect();
+                    let raw_head = String::from_utf8_lossy(&raw).into_owned();
+                    let text = &raw_head[..raw_head.len() - 4];
+                    let lines: Vec<&str> = text.split("\r\n").collect();
+                    return Some(Msg {
+                        raw_head: raw_head.clone(),
+                        start: lines[0].to_string(),
+                        headers: fields(&lines[1..]),
+                        ..Msg::default()
+                    });
+                }
+                if !self.fill().await {
+                    assert!(
+                        self.buf.is_empty(),
+                        "peer closed inside a head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                    return None;
+                }
+            }
+        }
+
+        /// Reads one chunk: Some(data), or None after the last chunk (its
+        /// trailers are returned through `trailers`).
+        pub async fn chunk(&mut self, trailers: &mut Vec<(String, String)>) -> Option<Vec<u8>> {
+            let line = self.line().await;
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size, 16)
+                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            if size == 0 {
+                loop {
+                    let line = self.line().await;
+                    if line.is_empty() {
+                        return None;
+                    }
+                    trailers.extend(fields(&[line.as_str()]));
+                }
+            }
+            self.need(size + 2).await;
+            let data: Vec<u8> = self.buf.drain(..size).collect();
+            assert_eq!(&self.buf[..2], b"\r\n", "chunk data not followed by CRLF");
+            self.buf.drain(..2);
+            Some(data)
+        }
+
+        /// Reads the body `msg`'s head announces. `bodiless` for responses to
+        /// HEAD and 1xx/204/304; `request` when no framing means no body.
+        pub async fn body(&mut self, msg: &mut Msg, bodiless: bool, request: bool) {
+            if bodiless {
+                return;
+            }
+            let te = msg.header("transfer-encoding").map(str::to_ascii_lowercase);
+            if let Some(te) = te {
+                assert_eq!(te, "chunked", "unexpected transfer-encoding");
+                msg.chunked = true;
+                let mut trailers = Vec::new();
+                while let Some(data) = self.chunk(&mut trailers).await {
+                    msg.body.extend_from_slice(&data);
+                }
+                msg.trailers = trailers;
+            } else if let Some(cl) = msg.header("content-length") {
+                let n: usize = cl.parse().expect("content-length");
+                self.need(n).await;
+                msg.body = self.buf.drain(..n).collect();
+            } else if !request {
+                msg.close_delimited = true;
+                while self.fill().await {}
+                msg.body = std::mem::take(&mut self.buf);
+            }
+        }
+
+        /// The next response to a request made with `method`, body included.
+        pub async fn response(&mut self, method: &str) -> Msg {
+            let mut msg = self.head().await.expect("connection closed, no response");
+            let status = msg.status();
+            let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+            self.body(&mut msg, bodiless, false).await;
+            msg
+        }
+
+        /// The next request with its body, or None when the peer closed.
+        pub async fn request(&mut self) -> Option<Msg> {
+            let mut msg = self.head().await?;
+            self.body(&mut msg, false, true).await;
+            Some(msg)
+        }
+
+        /// Whether the peer closes (EOF or reset) within `limit`; bytes that
+        /// arrive meanwhile stay in `buf`.
+        pub async fn closes_within(&mut self, limit: Duration) -> bool {
+            let mut chunk = [0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => return false,
+                }
+            }
+        }
+    }
+}
