@@ -12,7 +12,8 @@ use crate::config::{self, Config};
 use crate::lifecycle::{self, PidFile};
 use crate::provider::HealthRegistry;
 use crate::proxy::Proxy;
-use crate::server::{listener, Drain};
+use crate::server::listener::{self, Scheme};
+use crate::server::Drain;
 use crate::state::Snapshot;
 
 /// Loads, validates and builds; on failure prints every problem to stderr.
@@ -92,14 +93,16 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     let Some((snapshot, health)) = load(path) else {
         return ExitCode::FAILURE;
     };
-    if snapshot.config.https.is_some() {
-        eprintln!("{}: https_port is set, but this build serves plain HTTP only; remove https_port or use http_port", path.display());
-        return ExitCode::FAILURE;
+    let mut bound = Vec::new();
+    if let Some(addr) = snapshot.config.http {
+        bound.push((addr, Scheme::Http));
     }
-    let http_addr = snapshot.config.http;
+    if let Some(https) = &snapshot.config.https {
+        bound.push((https.addr, Scheme::Https));
+    }
     let proxy = Arc::new(Proxy::new(snapshot, health));
     let drain = Drain::new();
-    if let Some(addr) = http_addr {
+    for (addr, scheme) in bound {
         let listener = match listener::bind(addr).and_then(tokio::net::TcpListener::from_std) {
             Ok(listener) => listener,
             Err(e) => {
@@ -108,12 +111,8 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
             }
         };
         let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, "listening for HTTP");
-        tokio::spawn(listener::serve_http(
-            listener,
-            proxy.clone(),
-            drain.handle(),
-        ));
+        tracing::info!(addr = %local, ?scheme, "listening");
+        tokio::spawn(listener::serve(listener, scheme, proxy.clone(), drain.handle()));
     }
     let _pid = match pid_file.map(PidFile::write).transpose() {
         Ok(pid) => pid,

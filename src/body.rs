@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use tokio::sync::mpsc;
 
+use crate::http2::H2Body;
 use crate::upstream::H1ResponseBody;
 
 /// One piece of a body as it arrives.
@@ -25,6 +26,8 @@ pub enum BodyError {
     Incomplete,
     #[error("i/o error while reading the body: {0}")]
     Io(#[from] std::io::Error),
+    #[error("HTTP/2 stream error: {0}")]
+    Stream(String),
 }
 
 /// Frames pushed by a connection driver that reads the body off its socket.
@@ -41,6 +44,8 @@ pub enum Body {
     },
     /// A response body read from an upstream HTTP/1.1 connection.
     UpstreamH1(Box<H1ResponseBody>),
+    /// A body arriving on an HTTP/2 stream (client request or upstream response).
+    H2(Box<H2Body>),
 }
 
 impl Body {
@@ -63,6 +68,7 @@ impl Body {
             }
             Body::Channel { rx, .. } => rx.recv().await,
             Body::UpstreamH1(up) => up.next_frame().await,
+            Body::H2(h2) => h2.next_frame().await,
         }
     }
 
@@ -73,6 +79,7 @@ impl Body {
             Body::Full(bytes) => Some(bytes.len() as u64),
             Body::Channel { len, .. } => *len,
             Body::UpstreamH1(up) => up.exact_len(),
+            Body::H2(h2) => h2.exact_len(),
         }
     }
 
@@ -106,6 +113,7 @@ impl std::fmt::Debug for Body {
             Body::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
             Body::Channel { len, .. } => write!(f, "Body::Channel(len {len:?})"),
             Body::UpstreamH1(_) => f.write_str("Body::UpstreamH1"),
+            Body::H2(_) => f.write_str("Body::H2"),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http1;
+pub mod http2;
 pub mod lifecycle;
 pub mod provider;
 pub mod proxy;

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub connect_timeout: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub health_check: HealthCheckSettings,
+    /// The HTTPS listener's TLS settings, rebuilt (certificates re-read) on reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Snapshot {
@@ -67,6 +69,16 @@ impl Snapshot {
                 Err(e) => errors.push(format!("{}: {e}", cfg.label())),
             }
         }
+        let tls = match &config.https {
+            Some(https) => match crate::server::tls::server_config(&https.cert_file, &https.private_key_file) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -90,6 +102,7 @@ impl Snapshot {
             connect_timeout: config.connect_timeout,
             graceful_shutdown_timeout: config.graceful_shutdown_timeout,
             health_check: config.health_check.clone(),
+            tls,
             providers,
             config,
         })

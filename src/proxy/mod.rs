@@ -208,21 +208,15 @@ impl Proxy {
             Body::Full(bytes) => Some(Body::Full(bytes.clone())),
             _ => None,
         };
-        let conn = self
-            .pools
-            .checkout(endpoint, snapshot.connect_timeout)
-            .await?;
-        let reused = conn.reused;
+        let checkout = self.pools.checkout(endpoint, snapshot.connect_timeout).await?;
+        let reused = checkout.is_reused();
         let max_head = snapshot.upstream_max_head;
-        match upstream::exchange(&self.pools, conn, request, body, max_head).await {
+        match upstream::exchange(&self.pools, checkout, endpoint, request, body, max_head).await {
             Err(e) if reused && e.is_stale_connection() && replay.is_some() => {
                 tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
-                let conn = self
-                    .pools
-                    .checkout_fresh(endpoint, snapshot.connect_timeout)
-                    .await?;
+                let fresh = self.pools.checkout_fresh(endpoint, snapshot.connect_timeout).await?;
                 let body = replay.unwrap_or(Body::Empty);
-                upstream::exchange(&self.pools, conn, request, body, max_head).await
+                upstream::exchange(&self.pools, fresh, endpoint, request, body, max_head).await
             }
             result => result,
         }

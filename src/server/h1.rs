@@ -147,11 +147,14 @@ where
             .await
         }
     };
-    let log = AccessLog::new(&head);
+    let (log_method, log_authority, log_target) = (head.method.clone(), head.authority.clone(), head.target.clone());
+    let log = |status: u16, provider: Option<usize>| {
+        super::access_log(&log_method, log_authority.as_deref(), &log_target, status, provider, started)
+    };
     let plan = match proxy.prepare(&head) {
         Ok(plan) => plan,
         Err(refusal) => {
-            log.write(refusal.error.status().as_u16(), None, started);
+            log(refusal.error.status().as_u16(), None);
             return refuse(
                 reader,
                 wr,
@@ -198,7 +201,7 @@ where
                 !keep_alive || streaming,
             ),
         };
-        log.write(resp.status.as_u16(), Some(plan.provider.index), started);
+        log(resp.status.as_u16(), Some(plan.provider.index));
         write_response(wr, resp, &method, version, close).await
     };
     let (body_complete, written) = tokio::join!(pump, respond);
@@ -344,35 +347,5 @@ fn head_error(err: HeadError) -> ProxyError {
             ProxyError::NotImplemented("only the chunked transfer-coding is supported".into())
         }
         HeadError::Malformed(why) => ProxyError::BadRequest(format!("malformed request: {why}")),
-    }
-}
-
-/// One access-log line per request. The query is left out: it can hold a key.
-struct AccessLog {
-    method: Method,
-    authority: String,
-    path: String,
-}
-
-impl AccessLog {
-    fn new(head: &RequestHead) -> Self {
-        let path = head.target.split('?').next().unwrap_or("/");
-        AccessLog {
-            method: head.method.clone(),
-            authority: head.authority.clone().unwrap_or_default(),
-            path: path.chars().take(512).collect(),
-        }
-    }
-
-    fn write(&self, status: u16, provider: Option<usize>, started: Instant) {
-        tracing::info!(
-            target: "openproxy::access",
-            method = %self.method,
-            host = %self.authority,
-            path = %self.path,
-            status,
-            provider,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
-        );
     }
 }

@@ -1,6 +1,8 @@
 //! Binding listening sockets and running their accept loops: one task per
 //! port, one task per connection, TCP_NODELAY on every socket, and a back-off
-//! when accept fails (out of file descriptors) instead of a hot loop.
+//! when accept fails (out of file descriptors) instead of a hot loop. HTTPS
+//! connections finish their TLS handshake under a timeout, then ALPN picks
+//! the HTTP/2 or HTTP/1.1 driver.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +11,18 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{h1, Shutdown};
+use super::{h1, h2, tls, Shutdown};
 use crate::proxy::Proxy;
+
+/// A TLS handshake that takes longer than this (a stalled or garbage-sending
+/// client) is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
 
 /// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -26,15 +38,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts plain-HTTP clients until shutdown is signalled.
-pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: Shutdown) {
+/// Accepts clients until shutdown is signalled.
+pub async fn serve(listener: TcpListener, scheme: Scheme, proxy: Arc<Proxy>, mut shutdown: Shutdown) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.signalled() => break,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, proxy.clone(), shutdown.clone()),
+            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, proxy.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; pausing before the next");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -43,15 +55,33 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: 
     }
 }
 
-fn spawn_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: Shutdown) {
+fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, proxy: Arc<Proxy>, shutdown: Shutdown) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
     let span = tracing::debug_span!("conn", %peer);
-    tokio::spawn(
-        async move {
-            h1::serve(stream, proxy, 80, shutdown).await;
+    let task = async move {
+        match scheme {
+            Scheme::Http => h1::serve(stream, proxy, 80, shutdown).await,
+            Scheme::Https => serve_tls(stream, proxy, shutdown).await,
         }
-        .instrument(span),
-    );
+    };
+    tokio::spawn(task.instrument(span));
+}
+
+async fn serve_tls(stream: TcpStream, proxy: Arc<Proxy>, shutdown: Shutdown) {
+    let Some(config) = proxy.snapshot.load().tls.clone() else {
+        return;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!("TLS handshake timed out"),
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+        h2::serve(tls, proxy, shutdown).await;
+    } else {
+        h1::serve(tls, proxy, 443, shutdown).await;
+    }
 }

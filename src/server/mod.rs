@@ -3,8 +3,13 @@
 
 pub mod h1;
 mod h1_write;
+pub mod h2;
 pub mod listener;
+pub mod tls;
 
+use std::time::Instant;
+
+use http::Method;
 use tokio::sync::{mpsc, watch};
 
 /// Tells connections to finish and lets the owner wait until they have.
@@ -69,4 +74,18 @@ impl Default for Drain {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One access-log line per request. The query is left out: it can hold a key.
+pub fn access_log(method: &Method, authority: Option<&str>, target: &str, status: u16, provider: Option<usize>, started: Instant) {
+    let path: String = target.split('?').next().unwrap_or("/").chars().take(512).collect();
+    tracing::info!(
+        target: "openproxy::access",
+        method = %method,
+        host = authority.unwrap_or(""),
+        path = %path,
+        status,
+        provider,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
 }

@@ -66,7 +66,7 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Stream, UpstreamError> {
 }
 
 /// The TLS client settings for upstreams: the webpki roots plus, when given, the
-/// certificates of a PEM bundle (a private CA), offering HTTP/1.1 by ALPN.
+/// certificates of a PEM bundle (a private CA), offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -90,8 +90,18 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+impl Stream {
+    /// Whether TLS negotiated HTTP/2 by ALPN.
+    pub fn is_h2(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -4,11 +4,12 @@
 
 mod connect;
 mod h1;
+mod h2;
 mod pool;
 
 pub use connect::{client_tls_config, Stream};
-pub use h1::{exchange, H1ResponseBody, UpstreamRequest, UpstreamResponse};
-pub use pool::{Conn, Pools};
+pub use h1::{H1ResponseBody, UpstreamRequest, UpstreamResponse};
+pub use pool::{Checkout, Conn, Pools};
 
 use std::sync::Arc;
 
@@ -92,6 +93,11 @@ pub enum UpstreamError {
     BadResponse(String),
     #[error("{0}")]
     ClientBody(#[from] crate::body::BodyError),
+    #[error("upstream HTTP/2 error: {0}")]
+    H2(String),
+    /// The shared HTTP/2 connection is gone or refused the stream unprocessed.
+    #[error("upstream HTTP/2 connection unavailable: {0}")]
+    H2Unavailable(String),
 }
 
 impl UpstreamError {
@@ -102,5 +108,20 @@ impl UpstreamError {
             self,
             UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse
         ) || matches!(self, UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// Sends a request on whatever connection `checkout` holds.
+pub async fn exchange(
+    pools: &Arc<Pools>,
+    checkout: Checkout,
+    endpoint: &Endpoint,
+    req: UpstreamRequest<'_>,
+    body: crate::body::Body,
+    max_head: usize,
+) -> Result<UpstreamResponse, UpstreamError> {
+    match checkout {
+        Checkout::H1(conn) => h1::exchange(pools, conn, req, body, max_head).await,
+        Checkout::H2 { send, .. } => h2::exchange(send, endpoint, req, body).await,
     }
 }

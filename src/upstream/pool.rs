@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::connect::{connect, Stream};
@@ -33,41 +34,58 @@ pub struct Conn {
 /// A pooled connection and when it went idle.
 type Idle = (Conn, Instant);
 
+/// A connection to send one request on.
+#[derive(Debug)]
+pub enum Checkout {
+    H1(Conn),
+    /// A handle to the endpoint's shared HTTP/2 connection.
+    H2 { send: SendRequest<Bytes>, reused: bool },
+}
+
+impl Checkout {
+    pub fn is_reused(&self) -> bool {
+        match self {
+            Checkout::H1(conn) => conn.reused,
+            Checkout::H2 { reused, .. } => *reused,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Pools {
-    // A std mutex: held only to push or pop a Vec entry, never across an await.
+    // Std mutexes: held only to push, pop or clone an entry, never across an await.
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    /// One multiplexed connection per endpoint that speaks HTTP/2.
+    shared: Mutex<HashMap<Arc<str>, SendRequest<Bytes>>>,
 }
 
 impl Pools {
-    /// A live idle connection to `endpoint`, or a new one.
-    pub async fn checkout(
-        &self,
-        endpoint: &Endpoint,
-        connect_timeout: Duration,
-    ) -> Result<Conn, UpstreamError> {
+    /// The endpoint's shared HTTP/2 connection, a live idle HTTP/1.1 one, or a new one.
+    pub async fn checkout(&self, endpoint: &Endpoint, connect_timeout: Duration) -> Result<Checkout, UpstreamError> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).get(&endpoint.key).cloned();
+        if let Some(send) = shared {
+            return Ok(Checkout::H2 { send, reused: true });
+        }
         while let Some(mut conn) = self.pop(&endpoint.key) {
             if is_open(&mut conn.stream) {
                 conn.reused = true;
-                return Ok(conn);
+                return Ok(Checkout::H1(conn));
             }
         }
         self.checkout_fresh(endpoint, connect_timeout).await
     }
 
-    /// A new connection, bypassing the idle list.
-    pub async fn checkout_fresh(
-        &self,
-        endpoint: &Endpoint,
-        connect_timeout: Duration,
-    ) -> Result<Conn, UpstreamError> {
+    /// A new connection, bypassing the idle list; when ALPN picks HTTP/2 it
+    /// becomes (or replaces) the endpoint's shared connection.
+    pub async fn checkout_fresh(&self, endpoint: &Endpoint, connect_timeout: Duration) -> Result<Checkout, UpstreamError> {
         let stream = connect(endpoint, connect_timeout).await?;
-        Ok(Conn {
-            stream,
-            buf: BytesMut::with_capacity(8 * 1024),
-            pool_key: endpoint.key.clone(),
-            reused: false,
-        })
+        if stream.is_h2() {
+            let send = super::h2::handshake(stream, endpoint).await?;
+            self.shared.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.key.clone(), send.clone());
+            return Ok(Checkout::H2 { send, reused: false });
+        }
+        let buf = BytesMut::with_capacity(8 * 1024);
+        Ok(Checkout::H1(Conn { stream, buf, pool_key: endpoint.key.clone(), reused: false }))
     }
 
     fn pop(&self, key: &Arc<str>) -> Option<Conn> {

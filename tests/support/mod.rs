@@ -3,6 +3,8 @@
 //! and a raw client for what no well-behaved client would send.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;

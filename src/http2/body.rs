@@ -1,0 +1,116 @@
+//! Bodies over HTTP/2 streams. Receiving releases flow-control capacity only
+//! as frames are taken, so a slow consumer throttles the sender through the
+//! window instead of growing a buffer. Sending waits for window capacity
+//! before each piece, so a slow reader holds back its own stream only.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::HeaderMap;
+
+use crate::body::{Body, BodyError, Frame};
+
+#[derive(Debug)]
+enum Stage {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// A body arriving on an HTTP/2 stream.
+#[derive(Debug)]
+pub struct H2Body {
+    recv: RecvStream,
+    len: Option<u64>,
+    stage: Stage,
+}
+
+impl H2Body {
+    /// `headers` are the stream's head, read for a declared `content-length`.
+    pub fn new(recv: RecvStream, headers: &HeaderMap) -> Self {
+        let len = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let stage = if recv.is_end_stream() { Stage::Done } else { Stage::Data };
+        let len = if recv.is_end_stream() { Some(0) } else { len };
+        H2Body { recv, len, stage }
+    }
+
+    pub fn exact_len(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// # Cancel safety
+    /// Cancel safe: `h2` keeps frames queued until they are taken.
+    pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
+        loop {
+            match self.stage {
+                Stage::Data => match self.recv.data().await {
+                    Some(Ok(data)) => {
+                        // The frame leaves h2's buffer now; let the peer send as much again.
+                        let _ = self.recv.flow_control().release_capacity(data.len());
+                        return Some(Ok(Frame::Data(data)));
+                    }
+                    Some(Err(e)) => {
+                        self.stage = Stage::Done;
+                        return Some(Err(BodyError::Stream(e.to_string())));
+                    }
+                    None => self.stage = Stage::Trailers,
+                },
+                Stage::Trailers => {
+                    self.stage = Stage::Done;
+                    return match self.recv.trailers().await {
+                        Ok(Some(trailers)) => Some(Ok(Frame::Trailers(trailers))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(BodyError::Stream(e.to_string()))),
+                    };
+                }
+                Stage::Done => return None,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The body being copied failed.
+    #[error(transparent)]
+    Source(BodyError),
+    /// The stream being written to was reset or its connection failed.
+    #[error("HTTP/2 stream failed: {0}")]
+    Sink(#[from] h2::Error),
+}
+
+/// Sends `body` on `send`, ending the stream (with trailers when there are some).
+pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body) -> Result<(), SendError> {
+    while let Some(frame) = body.next_frame().await {
+        match frame.map_err(SendError::Source)? {
+            Frame::Data(data) => send_data(send, data).await?,
+            Frame::Trailers(trailers) => {
+                send.send_trailers(trailers)?;
+                return Ok(());
+            }
+        }
+    }
+    send.send_data(Bytes::new(), true)?;
+    Ok(())
+}
+
+/// Sends `data` as window capacity becomes available.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, false)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The HTTP/2 client-connection driver on the `h2` crate: every stream becomes
+//! a neutral [`RequestHead`] + [`Body`] and runs through the same pipeline as
+//! HTTP/1.1, in a task of its own, so streams are independent of each other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::header::{CONTENT_LENGTH, COOKIE, HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Shutdown;
+use crate::body::Body;
+use crate::error::{ErrorStyle, ProxyError};
+use crate::http2::{send_body, H2Body, SendError};
+use crate::proxy::{Proxy, RequestHead, Response};
+
+/// Streams one client may have open at once (RFC 9113 §5.1.2).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Per-stream and per-connection receive windows: enough for fast uploads,
+/// small enough that a stalled upstream pins little memory per stream.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve<S>(io: S, proxy: Arc<Proxy>, mut shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let max_header = proxy.snapshot.load().max_header_size;
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // HPACK counts 32 bytes of overhead per field (RFC 9113 §6.5.2); allow for it.
+        .max_header_list_size((max_header * 2) as u32)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
+        Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
+    };
+    let mut closing = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = shutdown.signalled(), if !closing => {
+                // GOAWAY: no new streams, the ones in flight finish.
+                conn.graceful_shutdown();
+                closing = true;
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((request, respond))) => {
+                tokio::spawn(handle_stream(request, respond, proxy.clone()));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 connection error");
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
+async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, proxy: Arc<Proxy>) {
+    let started = Instant::now();
+    let (parts, recv) = request.into_parts();
+    let head = match neutral_head(parts.method, &parts.uri, parts.headers) {
+        Ok(head) => head,
+        Err(err) => {
+            let _ = send_response(&mut respond, Response::from_error(&err, ErrorStyle::Plain), false).await;
+            return;
+        }
+    };
+    let is_head = head.method == Method::HEAD;
+    let (method, authority, path) = (head.method.clone(), head.authority.clone(), head.target.clone());
+    let (response, provider) = match proxy.prepare(&head) {
+        Err(refusal) => (Response::from_error(&refusal.error, refusal.style), None),
+        Ok(plan) => {
+            let body = Body::H2(Box::new(H2Body::new(recv, &head.headers)));
+            match proxy.forward(&plan, head, body).await {
+                Ok(resp) => (resp, Some(plan.provider.index)),
+                Err(err) => (Response::from_error(&err, plan.style), Some(plan.provider.index)),
+            }
+        }
+    };
+    crate::server::access_log(&method, authority.as_deref(), &path, response.status.as_u16(), provider, started);
+    if let Err(e) = send_response(&mut respond, response, is_head).await {
+        tracing::debug!(error = %e, "HTTP/2 response not completed");
+    }
+}
+
+/// The neutral head: `:authority` is the routing host, `Host` when absent
+/// (RFC 9113 §8.3.1); split `cookie` fields are joined for HTTP/1.1 (§8.2.3).
+fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> Result<RequestHead, ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into()));
+    }
+    let authority = match uri.authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => headers.get(HOST).and_then(|v| v.to_str().ok()).map(String::from),
+    };
+    if headers.get_all(COOKIE).iter().count() > 1 {
+        let joined: Vec<&[u8]> = headers.get_all(COOKIE).iter().map(|v| v.as_bytes()).collect();
+        if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(COOKIE, value);
+        }
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Ok(RequestHead { method, authority, target, headers, default_port: 443 })
+}
+
+async fn send_response(respond: &mut SendResponse<Bytes>, resp: Response, is_head: bool) -> Result<(), SendError> {
+    let Response { status, mut headers, body } = resp;
+    let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if !bodiless {
+        match body.exact_len() {
+            Some(len) => {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            None => {
+                headers.remove(CONTENT_LENGTH);
+            }
+        }
+    }
+    let end_now = bodiless || matches!(body, Body::Empty);
+    let mut head = http::Response::new(());
+    *head.status_mut() = status;
+    *head.headers_mut() = headers;
+    let mut send = respond.send_response(head, end_now)?;
+    if end_now {
+        return Ok(());
+    }
+    let result = send_body(&mut send, body).await;
+    if let Err(SendError::Source(e)) = &result {
+        tracing::warn!(error = %e, "upstream body broke mid-response; resetting the stream");
+        send.send_reset(h2::Reason::INTERNAL_ERROR);
+    }
+    result
+}
