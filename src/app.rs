@@ -29,11 +29,7 @@ fn load(path: &Path) -> Option<(Snapshot, HealthRegistry)> {
     match Snapshot::build(config, &health) {
         Ok(snapshot) => Some((snapshot, health)),
         Err(errors) => {
-            eprintln!(
-                "{}: configuration is invalid:\n{}",
-                path.display(),
-                errors.join("\n")
-            );
+            eprintln!("{}: configuration is invalid:\n{}", path.display(), errors.join("\n"));
             None
         }
     }
@@ -57,12 +53,7 @@ pub fn describe(config: &Config) -> String {
         let _ = writeln!(out, "  http   {addr}");
     }
     if let Some(https) = &config.https {
-        let _ = writeln!(
-            out,
-            "  https  {} (cert {})",
-            https.addr,
-            https.cert_file.display()
-        );
+        let _ = writeln!(out, "  https  {} (cert {})", https.addr, https.cert_file.display());
     }
     let _ = writeln!(out, "routes:");
     for p in &config.providers {
@@ -138,10 +129,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     sweeper.abort();
     let grace = proxy.snapshot.load().graceful_shutdown_timeout;
     if tokio::time::timeout(grace, drain.wait()).await.is_err() {
-        tracing::warn!(
-            seconds = grace.as_secs(),
-            "graceful shutdown timed out; closing remaining connections"
-        );
+        tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS

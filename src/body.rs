@@ -95,9 +95,7 @@ impl Body {
         while let Some(frame) = self.next_frame().await {
             if let Frame::Data(data) = frame? {
                 if out.len() + data.len() > limit {
-                    return Err(BodyError::Malformed(format!(
-                        "body larger than {limit} bytes"
-                    )));
+                    return Err(BodyError::Malformed(format!("body larger than {limit} bytes")));
                 }
                 out.extend_from_slice(&data);
             }

@@ -91,29 +91,19 @@ impl ProxyError {
                 openai_type(status),
                 self.code()
             ),
-            ErrorStyle::Anthropic => format!(
-                r#"{{"type":"error","error":{{"type":"{}","message":{message}}}}}"#,
-                anthropic_type(status)
-            ),
+            ErrorStyle::Anthropic => {
+                format!(r#"{{"type":"error","error":{{"type":"{}","message":{message}}}}}"#, anthropic_type(status))
+            }
             ErrorStyle::Gemini => format!(
                 r#"{{"error":{{"code":{},"message":{message},"status":"{}"}}}}"#,
                 status.as_u16(),
                 gemini_status(status)
             ),
-            ErrorStyle::Plain => format!(
-                r#"{{"error":{{"type":"{}","message":{message}}}}}"#,
-                self.code()
-            ),
+            ErrorStyle::Plain => format!(r#"{{"error":{{"type":"{}","message":{message}}}}}"#, self.code()),
         };
         let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         (status, headers, Bytes::from(body))
     }
 
@@ -210,10 +200,7 @@ mod tests {
             r#"{"type":"error","error":{"type":"authentication_error","message":"invalid or missing API key"}}"#
         );
         let (_, _, body) = err.render(ErrorStyle::Gemini);
-        assert_eq!(
-            body,
-            r#"{"error":{"code":401,"message":"invalid or missing API key","status":"UNAUTHENTICATED"}}"#
-        );
+        assert_eq!(body, r#"{"error":{"code":401,"message":"invalid or missing API key","status":"UNAUTHENTICATED"}}"#);
         let (_, _, body) = ProxyError::NoHealthyProvider.render(ErrorStyle::Plain);
         assert_eq!(
             body,

@@ -38,16 +38,10 @@ pub async fn run(proxy: Arc<Proxy>) {
 
 async fn check_all(proxy: &Arc<Proxy>, snapshot: &Arc<Snapshot>) {
     let mut checks = JoinSet::new();
-    for provider in snapshot
-        .providers
-        .iter()
-        .filter(|p| p.health_check.is_some())
-    {
+    for provider in snapshot.providers.iter().filter(|p| p.health_check.is_some()) {
         let (proxy, snapshot, provider) = (proxy.clone(), snapshot.clone(), provider.clone());
         checks.spawn(async move {
-            let outcome =
-                tokio::time::timeout(CHECK_TIMEOUT, check(&proxy, snapshot, provider.clone()))
-                    .await;
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check(&proxy, snapshot, provider.clone())).await;
             let outcome = outcome.unwrap_or_else(|_| Err("timed out".into()));
             record(&provider, outcome);
         });
@@ -69,44 +63,21 @@ fn record(provider: &Provider, outcome: Result<(), String>) {
     }
 }
 
-async fn check(
-    proxy: &Proxy,
-    snapshot: Arc<Snapshot>,
-    provider: Arc<Provider>,
-) -> Result<(), String> {
+async fn check(proxy: &Proxy, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> Result<(), String> {
     let Some(spec) = provider.health_check.clone() else {
         return Ok(());
     };
-    let method =
-        Method::from_bytes(spec.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
+    let method = Method::from_bytes(spec.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
     let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {name}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name}"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
         headers.append(name, value);
     }
-    let body = spec
-        .body
-        .map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
-    let head = RequestHead {
-        method,
-        authority: None,
-        target: spec.path.clone(),
-        headers,
-        default_port: 0,
-    };
-    let plan = Plan {
-        snapshot,
-        style: ErrorStyle::from(provider.kind),
-        target: spec.path,
-        provider,
-    };
-    let response = proxy
-        .forward(&plan, head, body)
-        .await
-        .map_err(|e| e.to_string())?;
+    let body = spec.body.map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
+    let head = RequestHead { method, authority: None, target: spec.path.clone(), headers, default_port: 0 };
+    let plan = Plan { snapshot, style: ErrorStyle::from(provider.kind), target: spec.path, provider };
+    let response = proxy.forward(&plan, head, body).await.map_err(|e| e.to_string())?;
     let status = response.status;
     // Read the answer so the connection can go back to the pool.
     let _ = response.body.collect(MAX_CHECK_BODY).await;

@@ -25,8 +25,7 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         // Another process (a hot upgrade's successor) may own the file by now.
-        let ours = std::fs::read_to_string(&self.0)
-            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        let ours = std::fs::read_to_string(&self.0).is_ok_and(|s| s.trim() == std::process::id().to_string());
         if ours {
             let _ = std::fs::remove_file(&self.0);
         }
@@ -78,9 +77,6 @@ pub async fn reload(proxy: &Proxy, config_path: &Path) {
             proxy.health.retain_used();
             tracing::info!(providers = routes, "configuration reloaded");
         }
-        Err(errors) => tracing::error!(
-            "reload failed, keeping the running configuration:\n{}",
-            errors.join("\n")
-        ),
+        Err(errors) => tracing::error!("reload failed, keeping the running configuration:\n{}", errors.join("\n")),
     }
 }

@@ -9,10 +9,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
         Command::Start { config, pid_file } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

@@ -57,13 +57,8 @@ impl Snapshot {
             } else {
                 None
             };
-            let endpoint = Endpoint::new(
-                &cfg.endpoint,
-                cfg.port,
-                tls.as_ref().map(|(c, r)| (c.clone(), r.as_str())),
-            );
-            let provider =
-                endpoint.and_then(|ep| Provider::new(cfg, Arc::new(ep), health.flag_for(cfg)));
+            let endpoint = Endpoint::new(&cfg.endpoint, cfg.port, tls.as_ref().map(|(c, r)| (c.clone(), r.as_str())));
+            let provider = endpoint.and_then(|ep| Provider::new(cfg, Arc::new(ep), health.flag_for(cfg)));
             match provider {
                 Ok(p) => providers.push(Arc::new(p)),
                 Err(e) => errors.push(format!("{}: {e}", cfg.label())),
@@ -82,21 +77,16 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let router = Router::new(config.providers.iter().zip(&providers).map(|(cfg, p)| {
-            (
-                cfg.host.as_str(),
-                cfg.host_port,
-                cfg.path_prefix.as_deref(),
-                p.clone(),
-            )
-        }));
+        let router = Router::new(
+            config
+                .providers
+                .iter()
+                .zip(&providers)
+                .map(|(cfg, p)| (cfg.host.as_str(), cfg.host_port, cfg.path_prefix.as_deref(), p.clone())),
+        );
         Ok(Snapshot {
             router,
-            auth_keys: config
-                .auth_keys
-                .iter()
-                .map(|k| k.as_bytes().into())
-                .collect(),
+            auth_keys: config.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
             max_header_size: config.http_max_header_size,
             upstream_max_head: UPSTREAM_MAX_HEAD.max(config.http_max_header_size),
             connect_timeout: config.connect_timeout,

@@ -7,35 +7,21 @@ use support::*;
 /// No header of the recorded request may contain the client's key.
 fn assert_no_client_key(rec: &Recorded) {
     for (name, value) in &rec.headers {
-        assert!(
-            !value.as_bytes().windows(10).any(|w| w == b"client-key"),
-            "client key leaked in {name}"
-        );
+        assert!(!value.as_bytes().windows(10).any(|w| w == b"client-key"), "client key leaked in {name}");
     }
-    assert!(
-        !rec.uri.contains("client-key"),
-        "client key leaked in {}",
-        rec.uri
-    );
+    assert!(!rec.uri.contains("client-key"), "client key leaked in {}", rec.uri);
 }
 
 #[tokio::test]
 async fn openai_bearer_is_swapped() {
     let up = MockUpstream::start("o").await;
     let proxy = TestProxy::start(&one_provider("openai", "o.local", up.port(), ""));
-    let auth = [
-        ("host", "o.local"),
-        ("authorization", "Bearer client-key"),
-        ("content-type", "application/json"),
-    ];
+    let auth = [("host", "o.local"), ("authorization", "Bearer client-key"), ("content-type", "application/json")];
     let (status, _, _) = send(proxy.addr, "POST", "/v1/chat/completions", &auth, "{}").await;
     assert_eq!(status, 200);
     let rec = &up.recorded()[0];
     assert_eq!(rec.header("authorization"), Some("Bearer real-key"));
-    assert_eq!(
-        rec.header("host"),
-        Some(format!("127.0.0.1:{}", up.port()).as_str())
-    );
+    assert_eq!(rec.header("host"), Some(format!("127.0.0.1:{}", up.port()).as_str()));
     assert_no_client_key(rec);
 }
 
@@ -43,18 +29,8 @@ async fn openai_bearer_is_swapped() {
 async fn anthropic_accepts_x_api_key_and_bearer() {
     let up = MockUpstream::start("a").await;
     let proxy = TestProxy::start(&one_provider("anthropic", "a.local", up.port(), ""));
-    for header in [
-        ("x-api-key", "client-key"),
-        ("authorization", "Bearer client-key"),
-    ] {
-        let (status, _, _) = send(
-            proxy.addr,
-            "POST",
-            "/v1/messages",
-            &[("host", "a.local"), header],
-            "{}",
-        )
-        .await;
+    for header in [("x-api-key", "client-key"), ("authorization", "Bearer client-key")] {
+        let (status, _, _) = send(proxy.addr, "POST", "/v1/messages", &[("host", "a.local"), header], "{}").await;
         assert_eq!(status, 200);
     }
     for rec in up.recorded() {
@@ -71,14 +47,8 @@ async fn gemini_query_key_and_header_are_swapped() {
     let path = "/v1beta/models/m:generateContent?key=client-key&alt=sse";
     let (status, _, _) = send(proxy.addr, "POST", path, &[("host", "g.local")], "{}").await;
     assert_eq!(status, 200);
-    let (status, _, _) = send(
-        proxy.addr,
-        "POST",
-        "/v1beta/x",
-        &[("host", "g.local"), ("x-goog-api-key", "client-key")],
-        "{}",
-    )
-    .await;
+    let (status, _, _) =
+        send(proxy.addr, "POST", "/v1beta/x", &[("host", "g.local"), ("x-goog-api-key", "client-key")], "{}").await;
     assert_eq!(status, 200);
     let recs = up.recorded();
     assert_eq!(recs[0].uri, "/v1beta/models/m:generateContent?alt=sse");
@@ -100,62 +70,34 @@ async fn wrong_or_missing_key_is_401_in_the_provider_shape() {
             "anthropic",
             r#"{"type":"error","error":{"type":"authentication_error","message":"invalid or missing API key"}}"#,
         ),
-        (
-            "gemini",
-            r#"{"error":{"code":401,"message":"invalid or missing API key","status":"UNAUTHENTICATED"}}"#,
-        ),
+        ("gemini", r#"{"error":{"code":401,"message":"invalid or missing API key","status":"UNAUTHENTICATED"}}"#),
     ];
     for (kind, expected) in cases {
         let proxy = TestProxy::start(&one_provider(kind, "h.local", up.port(), ""));
-        let headers = [
-            ("host", "h.local"),
-            ("authorization", "Bearer client-kex"),
-            ("x-api-key", "nope"),
-        ];
+        let headers = [("host", "h.local"), ("authorization", "Bearer client-kex"), ("x-api-key", "nope")];
         let (status, _, body) = send(proxy.addr, "POST", "/v1/x", &headers, "{}").await;
         assert_eq!((status, body.as_str()), (401, expected), "{kind}");
         let (status, _, _) = send(proxy.addr, "POST", "/v1/x", &[("host", "h.local")], "{}").await;
         assert_eq!(status, 401, "{kind} without a key");
     }
-    assert!(
-        up.recorded().is_empty(),
-        "a refused request reached the upstream"
-    );
+    assert!(up.recorded().is_empty(), "a refused request reached the upstream");
 }
 
 #[tokio::test]
 async fn proxy_authorization_works_for_every_type_and_is_not_forwarded() {
     let up = MockUpstream::start("f").await;
-    let proxy = TestProxy::start(
-        &one_provider("forward", "f.local", up.port(), "")
-            .replace("    api_key: \"real-key\"\n", ""),
-    );
-    let headers = [
-        ("host", "f.local"),
-        ("proxy-authorization", "Bearer client-key"),
-        ("authorization", "Bearer backend-token"),
-    ];
+    let proxy =
+        TestProxy::start(&one_provider("forward", "f.local", up.port(), "").replace("    api_key: \"real-key\"\n", ""));
+    let headers =
+        [("host", "f.local"), ("proxy-authorization", "Bearer client-key"), ("authorization", "Bearer backend-token")];
     let (status, _, _) = send(proxy.addr, "GET", "/anything", &headers, "").await;
     assert_eq!(status, 200);
     let rec = &up.recorded()[0];
-    assert_eq!(
-        rec.header("authorization"),
-        Some("Bearer backend-token"),
-        "forward leaves client headers alone"
-    );
+    assert_eq!(rec.header("authorization"), Some("Bearer backend-token"), "forward leaves client headers alone");
     assert_eq!(rec.header("proxy-authorization"), None);
-    let (status, _, _) = send(
-        proxy.addr,
-        "GET",
-        "/anything",
-        &[("host", "f.local"), ("authorization", "Bearer client-key")],
-        "",
-    )
-    .await;
-    assert_eq!(
-        status, 401,
-        "forward routes read the client key from Proxy-Authorization only"
-    );
+    let (status, _, _) =
+        send(proxy.addr, "GET", "/anything", &[("host", "f.local"), ("authorization", "Bearer client-key")], "").await;
+    assert_eq!(status, 401, "forward routes read the client key from Proxy-Authorization only");
 }
 
 #[tokio::test]
@@ -169,22 +111,13 @@ async fn provider_keys_open_only_their_provider() {
     );
     let proxy = TestProxy::start(&yaml);
     for _ in 0..20 {
-        let (status, _, body) = send(
-            proxy.addr,
-            "GET",
-            "/v1/models",
-            &[("host", "h.local"), ("authorization", "Bearer only-b")],
-            "",
-        )
-        .await;
+        let (status, _, body) =
+            send(proxy.addr, "GET", "/v1/models", &[("host", "h.local"), ("authorization", "Bearer only-b")], "").await;
         assert_eq!(status, 200);
         assert!(body.contains("\"b\""), "{body}");
     }
     assert!(a.recorded().is_empty());
-    assert!(b
-        .recorded()
-        .iter()
-        .all(|r| r.header("authorization") == Some("Bearer kb")));
+    assert!(b.recorded().iter().all(|r| r.header("authorization") == Some("Bearer kb")));
 }
 
 #[tokio::test]
@@ -192,10 +125,7 @@ async fn anthropic_oauth_command_token_is_bearer_and_refreshed_after_401() {
     // The mock rejects the first token; the command's output then changes.
     let up = MockUpstream::with(|rec| {
         if rec.header("authorization") == Some("Bearer token-1") {
-            Reply::json(
-                401,
-                r#"{"type":"error","error":{"type":"authentication_error","message":"expired"}}"#,
-            )
+            Reply::json(401, r#"{"type":"error","error":{"type":"authentication_error","message":"expired"}}"#)
         } else {
             Reply::json(200, "{}")
         }
@@ -205,15 +135,9 @@ async fn anthropic_oauth_command_token_is_bearer_and_refreshed_after_401() {
     let token = dir.path().join("token");
     std::fs::write(&token, "token-1\n").unwrap();
     let extra = format!("  - type: anthropic\n    host: oauth.local\n    endpoint: \"127.0.0.1:{}\"\n    tls: false\n    api_key: \"$(cat {})\"\n", up.port(), token.display());
-    let proxy = TestProxy::start(&format!(
-        "{}{extra}",
-        one_provider("openai", "unused.local", up.port(), "")
-    ));
-    let headers = [
-        ("host", "oauth.local"),
-        ("x-api-key", "client-key"),
-        ("anthropic-beta", "prompt-caching-2024-07-31"),
-    ];
+    let proxy = TestProxy::start(&format!("{}{extra}", one_provider("openai", "unused.local", up.port(), "")));
+    let headers =
+        [("host", "oauth.local"), ("x-api-key", "client-key"), ("anthropic-beta", "prompt-caching-2024-07-31")];
     let (status, _, _) = send(proxy.addr, "POST", "/v1/messages", &headers, "{}").await;
     assert_eq!(status, 401, "the upstream's 401 is passed through");
     std::fs::write(&token, "token-2\n").unwrap();
@@ -223,10 +147,7 @@ async fn anthropic_oauth_command_token_is_bearer_and_refreshed_after_401() {
     assert_eq!(recs[0].header("authorization"), Some("Bearer token-1"));
     assert_eq!(recs[1].header("authorization"), Some("Bearer token-2"));
     for rec in &recs {
-        assert_eq!(
-            rec.header("anthropic-beta"),
-            Some("prompt-caching-2024-07-31,oauth-2025-04-20")
-        );
+        assert_eq!(rec.header("anthropic-beta"), Some("prompt-caching-2024-07-31,oauth-2025-04-20"));
         assert_eq!(rec.header("x-api-key"), None);
         assert_no_client_key(rec);
     }

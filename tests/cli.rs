@@ -9,10 +9,7 @@ use std::time::Duration;
 use support::*;
 
 fn openproxy(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_openproxy"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_openproxy")).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -36,15 +33,9 @@ fn check_describes_a_valid_config() {
     let (code, stdout, _) = openproxy(&["check", "-c", &path]);
     assert_eq!(code, 0);
     assert!(stdout.contains("http   127.0.0.1:8080"), "{stdout}");
-    assert!(
-        stdout.contains("a.local/v -> [0] openai https://api.example.com:443 weight=2"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("a.local/v -> [0] openai https://api.example.com:443 weight=2"), "{stdout}");
     assert!(stdout.contains("configuration is valid"), "{stdout}");
-    assert!(
-        !stdout.contains("sk-secret-value"),
-        "check must not print keys"
-    );
+    assert!(!stdout.contains("sk-secret-value"), "check must not print keys");
 }
 
 #[test]
@@ -68,13 +59,12 @@ fn check_lists_every_problem_and_exits_1() {
 
 #[test]
 fn unknown_keys_are_reported_with_their_line() {
-    let (_dir, path) = write_config("http_port: 8080\nproviders:\n  - type: openai\n    host: a\n    endpoint: e\n    api_key: k\n    wieght: 2\n");
+    let (_dir, path) = write_config(
+        "http_port: 8080\nproviders:\n  - type: openai\n    host: a\n    endpoint: e\n    api_key: k\n    wieght: 2\n",
+    );
     let (code, _, stderr) = openproxy(&["check", "-c", &path]);
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("wieght") && stderr.contains("line 7"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("wieght") && stderr.contains("line 7"), "{stderr}");
 }
 
 #[test]
@@ -95,10 +85,7 @@ fn help_and_version() {
     assert!(stdout.starts_with("openproxy "), "{stdout}");
     let (code, stdout, _) = openproxy(&["start", "--help"]);
     assert_eq!(code, 0);
-    assert!(
-        stdout.contains("--config") && stdout.contains("--pid-file"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("--config") && stdout.contains("--pid-file"), "{stdout}");
 }
 
 #[tokio::test]
@@ -114,11 +101,7 @@ async fn pid_file_and_graceful_stop() {
     let config_path = proxy.dir.path().join("second.yml");
     std::fs::write(&config_path, config).unwrap();
     proxy.signal("TERM");
-    assert_eq!(
-        proxy.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "SIGTERM exits cleanly"
-    );
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0), "SIGTERM exits cleanly");
     let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
         .args(["start", "-c"])
         .arg(&config_path)
@@ -128,21 +111,12 @@ async fn pid_file_and_graceful_stop() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&pid_path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-        != child.id().to_string()
+    while std::fs::read_to_string(&pid_path).map(|s| s.trim().to_string()).unwrap_or_default() != child.id().to_string()
     {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid file never written"
-        );
+        assert!(std::time::Instant::now() < deadline, "pid file never written");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(!pid_path.exists(), "pid file removed on exit");
@@ -155,11 +129,7 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let headers = [("host", "h.local"), ("authorization", "Bearer client-key")];
     send(proxy.addr, "GET", "/v1/a", &headers, "").await;
     let original = std::fs::read_to_string(proxy.config_path()).unwrap();
-    std::fs::write(
-        proxy.config_path(),
-        original.replace("real-key", "rotated-key"),
-    )
-    .unwrap();
+    std::fs::write(proxy.config_path(), original.replace("real-key", "rotated-key")).unwrap();
     proxy.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -168,27 +138,17 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
         if last.header("authorization") == Some("Bearer rotated-key") {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reload never took effect"
-        );
+        assert!(std::time::Instant::now() < deadline, "reload never took effect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::write(proxy.config_path(), "providers: [oops\n").unwrap();
     proxy.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !proxy.logs().contains("reload failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bad reload not reported:\n{}",
-            proxy.logs()
-        );
+        assert!(std::time::Instant::now() < deadline, "bad reload not reported:\n{}", proxy.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, _, _) = send(proxy.addr, "GET", "/v1/c", &headers, "").await;
     assert_eq!(status, 200, "the running config survives a bad reload");
-    assert_eq!(
-        up.recorded().last().unwrap().header("authorization"),
-        Some("Bearer rotated-key")
-    );
+    assert_eq!(up.recorded().last().unwrap().header("authorization"), Some("Bearer rotated-key"));
 }

@@ -31,9 +31,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// A raw upstream that answers each request on a connection with `answer`,
 /// and counts the connections it accepted.
-async fn scripted(
-    answer: impl Fn(&Msg) -> Vec<u8> + Send + Sync + 'static,
-) -> (RawUpstream, Arc<AtomicUsize>) {
+async fn scripted(answer: impl Fn(&Msg) -> Vec<u8> + Send + Sync + 'static) -> (RawUpstream, Arc<AtomicUsize>) {
     let conns = Arc::new(AtomicUsize::new(0));
     let answer = Arc::new(answer);
     let counter = conns.clone();
@@ -69,11 +67,7 @@ async fn fifty_requests_on_one_client_connection_reuse_one_upstream_connection()
     let seen: Vec<String> = up.recorded().iter().map(|r| r.uri.clone()).collect();
     let expected: Vec<String> = (0..50).map(|i| format!("/v1/models?i={i}")).collect();
     assert_eq!(seen, expected);
-    assert_eq!(
-        up.connection_count(),
-        1,
-        "sequential requests must reuse the pooled upstream connection"
-    );
+    assert_eq!(up.connection_count(), 1, "sequential requests must reuse the pooled upstream connection");
 }
 
 #[tokio::test]
@@ -103,10 +97,7 @@ async fn content_length_body_is_forwarded_byte_exact() {
         assert_eq!(rec.method, "POST");
         assert_eq!(rec.body.len(), body.len());
         assert!(rec.body[..] == body[..], "body differs");
-        assert_eq!(
-            rec.header("content-length"),
-            Some(body.len().to_string().as_str())
-        );
+        assert_eq!(rec.header("content-length"), Some(body.len().to_string().as_str()));
         assert_eq!(rec.header("transfer-encoding"), None);
         assert_eq!(rec.header("authorization"), Some("Bearer real-key"));
     }
@@ -173,12 +164,7 @@ async fn chunked_upstream_response_reaches_client_with_its_trailers() {
         assert_eq!(resp.header("content-length"), None);
         assert_eq!(resp.body_str(), "hello world");
         assert_eq!(resp.trailer("x-usage"), Some("42"), "{:?}", resp.trailers);
-        assert_eq!(
-            resp.trailer("x-finish"),
-            Some("stop"),
-            "{:?}",
-            resp.trailers
-        );
+        assert_eq!(resp.trailer("x-finish"), Some("stop"), "{:?}", resp.trailers);
     }
 }
 
@@ -189,10 +175,8 @@ async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
     let mut client = Wire::connect(proxy.addr).await;
     client
         .write(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\n{AUTH}Expect: 100-continue\r\nContent-Length: 11\r\n\r\n"
-            )
-            .as_bytes(),
+            format!("POST /v1/chat/completions HTTP/1.1\r\n{AUTH}Expect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+                .as_bytes(),
         )
         .await;
     let interim = client.head().await.expect("no interim response");
@@ -214,40 +198,20 @@ async fn expect_100_continue_is_answered_before_the_body_and_not_forwarded() {
         .await;
     let resp = client.response("POST").await;
     assert_eq!(resp.status(), 401, "{}", resp.raw_head);
-    assert!(
-        resp.body_str().contains("invalid_api_key"),
-        "{}",
-        resp.body_str()
-    );
-    assert!(
-        resp.says_close(),
-        "unread body: the connection must close: {}",
-        resp.raw_head
-    );
+    assert!(resp.body_str().contains("invalid_api_key"), "{}", resp.body_str());
+    assert!(resp.says_close(), "unread body: the connection must close: {}", resp.raw_head);
     assert!(client.closes_within(Duration::from_secs(3)).await);
-    assert!(
-        client.buf.is_empty(),
-        "bytes after the 401: {:?}",
-        String::from_utf8_lossy(&client.buf)
-    );
-    assert_eq!(
-        up.recorded().len(),
-        1,
-        "the refused request reached the upstream"
-    );
+    assert!(client.buf.is_empty(), "bytes after the 401: {:?}", String::from_utf8_lossy(&client.buf));
+    assert_eq!(up.recorded().len(), 1, "the refused request reached the upstream");
 }
 
 #[tokio::test]
 async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
     let (up, _) = scripted(|req| {
         let out: &[u8] = match (req.method(), req.target()) {
-            ("HEAD", _) => {
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n\r\n"
-            }
+            ("HEAD", _) => b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n\r\n",
             (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
-            (_, "/notmodified") => {
-                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 50\r\n\r\n"
-            }
+            (_, "/notmodified") => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 50\r\n\r\n",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
         out.to_vec()
@@ -256,17 +220,10 @@ async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
     let proxy = TestProxy::start(&config(up.port()));
     let mut client = Wire::connect(proxy.addr).await;
 
-    client
-        .write(format!("HEAD /v1/models HTTP/1.1\r\n{AUTH}\r\n").as_bytes())
-        .await;
+    client.write(format!("HEAD /v1/models HTTP/1.1\r\n{AUTH}\r\n").as_bytes()).await;
     let resp = client.response("HEAD").await;
     assert_eq!(resp.status(), 200, "{}", resp.raw_head);
-    assert_eq!(
-        resp.header("content-length"),
-        Some("1234"),
-        "{}",
-        resp.raw_head
-    );
+    assert_eq!(resp.header("content-length"), Some("1234"), "{}", resp.raw_head);
     assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.raw_head);
 
     for (path, status) in [("/nocontent", 204), ("/notmodified", 304)] {
@@ -285,12 +242,7 @@ async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
         } else {
             assert_eq!(resp.header("etag"), Some("\"v1\""));
             // A 304 keeps the length of the representation it stands for.
-            assert_eq!(
-                resp.header("content-length"),
-                Some("50"),
-                "{}",
-                resp.raw_head
-            );
+            assert_eq!(resp.header("content-length"), Some("50"), "{}", resp.raw_head);
         }
     }
     client.write(&get("/x")).await;
@@ -299,11 +251,7 @@ async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
     // Nothing stray followed the last answer either.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!client.closes_within(Duration::from_millis(200)).await);
-    assert!(
-        client.buf.is_empty(),
-        "{:?}",
-        String::from_utf8_lossy(&client.buf)
-    );
+    assert!(client.buf.is_empty(), "{:?}", String::from_utf8_lossy(&client.buf));
 }
 
 #[tokio::test]
@@ -317,8 +265,7 @@ async fn read_to_close_upstream_body_is_rechunked_and_the_client_connection_surv
             if w.request().await.is_none() {
                 return;
             }
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
-                .await;
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ").await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             w.write(b"part two.").await;
             // Dropping the stream closes it: that ends the body.
@@ -331,19 +278,11 @@ async fn read_to_close_upstream_body_is_rechunked_and_the_client_connection_surv
         client.write(&get("/v1/stream")).await;
         let resp = client.response("GET").await;
         assert_eq!(resp.status(), 200, "round {round}: {}", resp.raw_head);
-        assert!(
-            resp.chunked,
-            "round {round}: not chunked: {}",
-            resp.raw_head
-        );
+        assert!(resp.chunked, "round {round}: not chunked: {}", resp.raw_head);
         assert!(!resp.says_close(), "round {round}: {}", resp.raw_head);
         assert_eq!(resp.body_str(), "part one, part two.", "round {round}");
     }
-    assert_eq!(
-        conns.load(Ordering::SeqCst),
-        2,
-        "a close-delimited upstream connection cannot be reused"
-    );
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "a close-delimited upstream connection cannot be reused");
 }
 
 #[tokio::test]
@@ -362,20 +301,12 @@ async fn http10_client_gets_an_unchunked_response() {
         let mut client = Wire::connect(proxy.addr).await;
         client
             .write(
-                format!(
-                    "GET {path} HTTP/1.0\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n"
-                )
-                .as_bytes(),
+                format!("GET {path} HTTP/1.0\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n").as_bytes(),
             )
             .await;
         let resp = client.response("GET").await;
         assert_eq!(resp.status(), 200, "{path}: {}", resp.raw_head);
-        assert_eq!(
-            resp.header("transfer-encoding"),
-            None,
-            "{path}: {}",
-            resp.raw_head
-        );
+        assert_eq!(resp.header("transfer-encoding"), None, "{path}: {}", resp.raw_head);
         assert!(!resp.chunked);
         assert_eq!(resp.body_str(), "hello world", "{path}");
         if path == "/v1/length" {
@@ -404,12 +335,7 @@ async fn unreachable_or_silent_upstreams_give_502_and_others_are_still_served() 
         provider("good.local", good.port()),
     );
     let proxy = TestProxy::start(&yaml);
-    for host in [
-        "refused.local",
-        "hangup.local",
-        "refused.local",
-        "hangup.local",
-    ] {
+    for host in ["refused.local", "hangup.local", "refused.local", "hangup.local"] {
         let started = Instant::now();
         let (status, headers, body) = send(
             proxy.addr,
@@ -423,18 +349,12 @@ async fn unreachable_or_silent_upstreams_give_502_and_others_are_still_served() 
         assert_eq!(status, 502, "{host}: {body}");
         assert!(took < Duration::from_secs(2), "{host}: took {took:?}");
         assert_eq!(headers["content-type"], "application/json", "{host}");
-        assert!(
-            body.contains(r#""code":"upstream_error""#),
-            "{host}: {body}"
-        );
+        assert!(body.contains(r#""code":"upstream_error""#), "{host}: {body}");
         let (status, _, body) = send(
             proxy.addr,
             "GET",
             "/v1/models",
-            &[
-                ("host", "good.local"),
-                ("authorization", "Bearer client-key"),
-            ],
+            &[("host", "good.local"), ("authorization", "Bearer client-key")],
             "",
         )
         .await;
@@ -457,10 +377,7 @@ async fn closing_upstream() -> (RawUpstream, Arc<AtomicUsize>, Arc<AtomicUsize>)
             if let Some(req) = w.request().await {
                 r.fetch_add(1, Ordering::SeqCst);
                 let body = format!("{} {}", req.method(), req.target());
-                let out = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                 w.write(out.as_bytes()).await;
             }
             // Dropped here: closed without `Connection: close`.
@@ -493,32 +410,18 @@ async fn pooled_connection_closed_by_upstream_while_idle_is_not_fatal() {
         };
         client.write(req.as_bytes()).await;
         let resp = client.response(method).await;
-        assert_eq!(
-            resp.status(),
-            200,
-            "{method} {path}: {} {}",
-            resp.raw_head,
-            resp.body_str()
-        );
+        assert_eq!(resp.status(), 200, "{method} {path}: {} {}", resp.raw_head, resp.body_str());
         assert_eq!(resp.body_str(), format!("{method} {path}"));
     }
     // A body that is still arriving cannot be replayed: the proxy must pick
     // a live connection before sending the head.
     for i in 0..5 {
         let path = format!("/v1/streamed{i}");
-        client
-            .write(format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n").as_bytes())
-            .await;
+        client.write(format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n").as_bytes()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         client.write(b"{}").await;
         let resp = client.response("POST").await;
-        assert_eq!(
-            resp.status(),
-            200,
-            "{path}: {} {}",
-            resp.raw_head,
-            resp.body_str()
-        );
+        assert_eq!(resp.status(), 200, "{path}: {} {}", resp.raw_head, resp.body_str());
         assert_eq!(resp.body_str(), format!("POST {path}"));
     }
     assert_eq!(requests.load(Ordering::SeqCst), steps.len() + 5);
@@ -535,8 +438,7 @@ async fn pipelined_requests_are_answered_in_order() {
     for i in 0..5 {
         if i == 2 {
             burst.extend_from_slice(
-                format!("POST /v1/p{i} HTTP/1.1\r\n{AUTH}Content-Length: 5\r\n\r\nhello")
-                    .as_bytes(),
+                format!("POST /v1/p{i} HTTP/1.1\r\n{AUTH}Content-Length: 5\r\n\r\nhello").as_bytes(),
             );
         } else {
             burst.extend_from_slice(&get(&format!("/v1/p{i}")));
@@ -553,10 +455,7 @@ async fn pipelined_requests_are_answered_in_order() {
     let uris: Vec<&str> = seen.iter().map(|r| r.uri.as_str()).collect();
     assert_eq!(uris, ["/v1/p0", "/v1/p1", "/v1/p2", "/v1/p3", "/v1/p4"]);
     assert_eq!(&seen[2].body[..], b"hello");
-    assert!(seen
-        .iter()
-        .enumerate()
-        .all(|(i, r)| i == 2 || r.body.is_empty()));
+    assert!(seen.iter().enumerate().all(|(i, r)| i == 2 || r.body.is_empty()));
 }
 
 /// A hand-rolled HTTP/1.1 peer for either end of the proxy: it parses exactly
@@ -608,24 +507,15 @@ mod wire {
 
         /// The first field named `name` (case-insensitive).
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn header_count(&self, name: &str) -> usize {
-            self.headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .count()
+            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
         }
 
         pub fn trailer(&self, name: &str) -> Option<&str> {
-            self.trailers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.trailers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn body_str(&self) -> String {
@@ -635,8 +525,7 @@ mod wire {
         /// `connection: close` is present.
         pub fn says_close(&self) -> bool {
             self.headers.iter().any(|(k, v)| {
-                k.eq_ignore_ascii_case("connection")
-                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+                k.eq_ignore_ascii_case("connection") && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
             })
         }
     }
@@ -645,9 +534,7 @@ mod wire {
         lines
             .iter()
             .map(|line| {
-                let (k, v) = line
-                    .split_once(':')
-                    .unwrap_or_else(|| panic!("not a field line: {line:?}"));
+                let (k, v) = line.split_once(':').unwrap_or_else(|| panic!("not a field line: {line:?}"));
                 (k.to_string(), v.trim().to_string())
             })
             .collect()
@@ -663,19 +550,12 @@ mod wire {
 
     impl Wire {
         pub fn new(stream: TcpStream) -> Wire {
-            Wire {
-                stream,
-                buf: Vec::new(),
-                limit: READ_LIMIT,
-            }
+            Wire { stream, buf: Vec::new(), limit: READ_LIMIT }
         }
 
         /// For an upstream script: waits for requests as long as it takes.
         pub fn patient(stream: TcpStream) -> Wire {
-            Wire {
-                limit: Duration::from_secs(3600),
-                ..Wire::new(stream)
-            }
+            Wire { limit: Duration::from_secs(3600), ..Wire::new(stream) }
         }
 
         pub async fn connect(addr: SocketAddr) -> Wire {
@@ -722,11 +602,7 @@ mod wire {
                     self.buf.drain(..at + 2);
                     return line;
                 }
-                assert!(
-                    self.fill().await,
-                    "peer closed inside a line: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                assert!(self.fill().await, "peer closed inside a line: {:?}", String::from_utf8_lossy(&self.buf));
             }
         }
 
@@ -746,11 +622,7 @@ mod wire {
                     });
                 }
                 if !self.fill().await {
-                    assert!(
-                        self.buf.is_empty(),
-                        "peer closed inside a head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
+                    assert!(self.buf.is_empty(), "peer closed inside a head: {:?}", String::from_utf8_lossy(&self.buf));
                     return None;
                 }
             }
@@ -761,8 +633,7 @@ mod wire {
         pub async fn chunk(&mut self, trailers: &mut Vec<(String, String)>) -> Option<Vec<u8>> {
             let line = self.line().await;
             let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            let size = usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
             if size == 0 {
                 loop {
                     let line = self.line().await;

@@ -45,10 +45,7 @@ impl Tap {
                 while let Some(mut head) = w.head().await {
                     log.lock().unwrap().heads.push(head.raw_head.clone());
                     w.body(&mut head, false, true).await;
-                    log.lock()
-                        .unwrap()
-                        .complete
-                        .push((head.raw_head.clone(), head.body.clone()));
+                    log.lock().unwrap().complete.push((head.raw_head.clone(), head.body.clone()));
                     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if w.stream.write_all(ok).await.is_err() {
                         return;
@@ -76,12 +73,7 @@ impl Tap {
 /// A proxy in front of a fresh [`Tap`], with `http_max_header_size: 1024`.
 async fn setup() -> (Tap, TestProxy) {
     let tap = Tap::start().await;
-    let proxy = TestProxy::start(&one_provider(
-        "openai",
-        "a.local",
-        tap.up.port(),
-        "http_max_header_size: 1024\n",
-    ));
+    let proxy = TestProxy::start(&one_provider("openai", "a.local", tap.up.port(), "http_max_header_size: 1024\n"));
     (tap, proxy)
 }
 
@@ -96,52 +88,23 @@ async fn assert_refused(tap: &Tap, proxy: &TestProxy, request: &[u8], status: u1
     let _ = client.stream.write_all(request).await;
     let resp = client.response("POST").await;
     assert_eq!(resp.status(), status, "{shown:?} got {}", resp.raw_head);
-    assert!(
-        resp.says_close(),
-        "{shown:?}: no connection: close in {}",
-        resp.raw_head
-    );
-    assert!(
-        resp.header("content-type")
-            .is_some_and(|t| t == "application/json"),
-        "{shown:?}: {}",
-        resp.raw_head
-    );
-    assert!(
-        client.closes_within(Duration::from_secs(3)).await,
-        "{shown:?}: the proxy kept the connection open"
-    );
-    assert!(
-        client.buf.is_empty(),
-        "{shown:?}: bytes after the refusal: {:?}",
-        String::from_utf8_lossy(&client.buf)
-    );
+    assert!(resp.says_close(), "{shown:?}: no connection: close in {}", resp.raw_head);
+    assert!(resp.header("content-type").is_some_and(|t| t == "application/json"), "{shown:?}: {}", resp.raw_head);
+    assert!(client.closes_within(Duration::from_secs(3)).await, "{shown:?}: the proxy kept the connection open");
+    assert!(client.buf.is_empty(), "{shown:?}: bytes after the refusal: {:?}", String::from_utf8_lossy(&client.buf));
     // Give a wrongly forwarded request time to arrive before looking.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        &tap.heads()[heads..],
-        &[] as &[String],
-        "{shown:?} reached the upstream"
-    );
-    assert_eq!(
-        tap.connections(),
-        conns,
-        "{shown:?}: the proxy dialled the upstream"
-    );
+    assert_eq!(&tap.heads()[heads..], &[] as &[String], "{shown:?} reached the upstream");
+    assert_eq!(tap.connections(), conns, "{shown:?}: the proxy dialled the upstream");
     assert_good_request_works(tap, proxy).await;
 }
 
 /// A well-formed request on a new connection reaches the upstream and is answered.
 async fn assert_good_request_works(tap: &Tap, proxy: &TestProxy) {
     let before = tap.complete().len();
-    let (status, _, body) = send(
-        proxy.addr,
-        "POST",
-        "/v1/good",
-        &[("host", "a.local"), ("authorization", "Bearer client-key")],
-        "{}",
-    )
-    .await;
+    let (status, _, body) =
+        send(proxy.addr, "POST", "/v1/good", &[("host", "a.local"), ("authorization", "Bearer client-key")], "{}")
+            .await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let complete = tap.complete();
     assert_eq!(complete.len(), before + 1);
@@ -195,10 +158,8 @@ async fn unsupported_transfer_codings_are_400_or_501() {
         assert_refused(&tap, &proxy, &post(fields, "5\r\nhello\r\n0\r\n\r\n"), 400).await;
     }
     // Chunked last after a coding the proxy does not implement.
-    for fields in [
-        "Transfer-Encoding: gzip, chunked\r\n",
-        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
-    ] {
+    for fields in ["Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"]
+    {
         assert_refused(&tap, &proxy, &post(fields, "5\r\nhello\r\n0\r\n\r\n"), 501).await;
     }
     // Transfer-Encoding in HTTP/1.0 is faulty framing.
@@ -239,65 +200,37 @@ async fn missing_or_duplicate_host_is_400() {
 async fn oversized_heads_are_431_and_long_request_lines_414() {
     let (tap, proxy) = setup().await;
     // Fields push the head past http_max_header_size (1024).
-    let big_field = format!(
-        "GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n",
-        "a".repeat(1100)
-    );
+    let big_field = format!("GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n", "a".repeat(1100));
     assert_refused(&tap, &proxy, big_field.as_bytes(), 431).await;
     let many_fields: String = (0..100).map(|i| format!("X-F{i}: value\r\n")).collect();
     let many = format!("GET /v1/models HTTP/1.1\r\n{AUTH}{many_fields}\r\n");
     assert_refused(&tap, &proxy, many.as_bytes(), 431).await;
     // A head just under the limit still passes.
-    let fits = format!(
-        "GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n",
-        "a".repeat(900)
-    );
+    let fits = format!("GET /v1/models HTTP/1.1\r\n{AUTH}X-Big: {}\r\n\r\n", "a".repeat(900));
     assert!(fits.len() < 1024);
     let mut client = Wire::connect(proxy.addr).await;
     client.write(fits.as_bytes()).await;
     assert_eq!(client.response("GET").await.status(), 200);
     // The request line alone is longer than the limit: 414 (the limit is on
     // the whole head, and a start line that cannot fit in it is a long URI).
-    let long_line = format!(
-        "GET /v1/models?q={} HTTP/1.1\r\n{AUTH}\r\n",
-        "a".repeat(1100)
-    );
+    let long_line = format!("GET /v1/models?q={} HTTP/1.1\r\n{AUTH}\r\n", "a".repeat(1100));
     assert_refused(&tap, &proxy, long_line.as_bytes(), 414).await;
 }
 
 #[tokio::test]
 async fn cl_te_smuggling_reaches_no_upstream() {
     let (tap, proxy) = setup().await;
-    let smuggled =
-        "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
     // A front end using Content-Length and a back end using chunked would
     // see the second request as a new one.
     let body = format!("0\r\n\r\n{smuggled}");
     let fields = [
-        format!(
-            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
-            body.len()
-        ),
-        format!(
-            "Content-Length: {}\r\nTransfer-Encoding : chunked\r\n",
-            body.len()
-        ),
-        format!(
-            "Content-Length: {}\r\nTransfer-Encoding:\tchunked\r\n",
-            body.len()
-        ),
-        format!(
-            "Content-Length: {}\r\nTransfer_Encoding: chunked\r\n",
-            body.len()
-        ),
-        format!(
-            "Content-Length: {}\r\nX: y\r\n Transfer-Encoding: chunked\r\n",
-            body.len()
-        ),
-        format!(
-            "Content-Length: {}\r\nTransfer-Encoding: identity, chunked\r\n",
-            body.len()
-        ),
+        format!("Content-Length: {}\r\nTransfer-Encoding: chunked\r\n", body.len()),
+        format!("Content-Length: {}\r\nTransfer-Encoding : chunked\r\n", body.len()),
+        format!("Content-Length: {}\r\nTransfer-Encoding:\tchunked\r\n", body.len()),
+        format!("Content-Length: {}\r\nTransfer_Encoding: chunked\r\n", body.len()),
+        format!("Content-Length: {}\r\nX: y\r\n Transfer-Encoding: chunked\r\n", body.len()),
+        format!("Content-Length: {}\r\nTransfer-Encoding: identity, chunked\r\n", body.len()),
     ];
     for f in &fields {
         // Content-Length with any Transfer-Encoding is refused before the codings are read.
@@ -309,8 +242,7 @@ async fn cl_te_smuggling_reaches_no_upstream() {
 #[tokio::test]
 async fn te_cl_smuggling_reaches_no_upstream() {
     let (tap, proxy) = setup().await;
-    let smuggled =
-        "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a.local\r\nAuthorization: Bearer client-key\r\n\r\n";
     // A front end using chunked and a back end using Content-Length would
     // see the chunk's data as a new request.
     let body = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
@@ -327,23 +259,14 @@ async fn te_cl_smuggling_reaches_no_upstream() {
     // upstream gets one request carrying the would-be request as data.
     let before = tap.complete().len();
     let mut client = Wire::connect(proxy.addr).await;
-    client
-        .write(&post("Transfer-Encoding: chunked\r\n", &body))
-        .await;
+    client.write(&post("Transfer-Encoding: chunked\r\n", &body)).await;
     let resp = client.response("POST").await;
     assert_eq!(resp.status(), 200, "{}", resp.raw_head);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let complete = tap.complete();
-    assert_eq!(
-        complete.len(),
-        before + 1,
-        "upstream saw more than one request"
-    );
+    assert_eq!(complete.len(), before + 1, "upstream saw more than one request");
     let (head, data) = &complete[before];
-    assert!(
-        head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
-        "{head}"
-    );
+    assert!(head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"), "{head}");
     assert_eq!(data, smuggled.as_bytes());
     assert!(!tap.heads().iter().any(|h| h.contains("/smuggled")));
 }
@@ -363,24 +286,14 @@ async fn invalid_chunk_sizes_never_make_a_complete_upstream_request() {
     for chunks in BAD_CHUNKS {
         let before = tap.complete().len();
         let mut client = Wire::connect(proxy.addr).await;
-        let _ = client
-            .stream
-            .write_all(&post("Transfer-Encoding: chunked\r\n", chunks))
-            .await;
+        let _ = client.stream.write_all(&post("Transfer-Encoding: chunked\r\n", chunks)).await;
         // Whatever the client sees, it must not be the upstream's 200.
         let closed = client.closes_within(Duration::from_secs(1)).await;
         let answer = String::from_utf8_lossy(&client.buf).into_owned();
         assert!(!answer.contains(" 200 "), "{chunks:?}: {answer}");
-        assert!(
-            closed || answer.is_empty() || answer.starts_with("HTTP/1.1 400 "),
-            "{chunks:?}: {answer}"
-        );
+        assert!(closed || answer.is_empty() || answer.starts_with("HTTP/1.1 400 "), "{chunks:?}: {answer}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            tap.complete().len(),
-            before,
-            "{chunks:?}: the upstream got a complete request"
-        );
+        assert_eq!(tap.complete().len(), before, "{chunks:?}: the upstream got a complete request");
         drop(client);
         assert_good_request_works(&tap, &proxy).await;
     }
@@ -391,17 +304,11 @@ async fn invalid_chunk_sizes_get_400_and_close() {
     let (tap, proxy) = setup().await;
     for chunks in BAD_CHUNKS {
         let mut client = Wire::connect(proxy.addr).await;
-        let _ = client
-            .stream
-            .write_all(&post("Transfer-Encoding: chunked\r\n", chunks))
-            .await;
+        let _ = client.stream.write_all(&post("Transfer-Encoding: chunked\r\n", chunks)).await;
         let resp = client.response("POST").await;
         assert_eq!(resp.status(), 400, "{chunks:?}: {}", resp.raw_head);
         assert!(resp.says_close(), "{chunks:?}: {}", resp.raw_head);
-        assert!(
-            client.closes_within(Duration::from_secs(3)).await,
-            "{chunks:?}: not closed"
-        );
+        assert!(client.closes_within(Duration::from_secs(3)).await, "{chunks:?}: not closed");
         assert_good_request_works(&tap, &proxy).await;
     }
 }
@@ -455,24 +362,15 @@ mod wire {
 
         /// The first field named `name` (case-insensitive).
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn header_count(&self, name: &str) -> usize {
-            self.headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .count()
+            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
         }
 
         pub fn trailer(&self, name: &str) -> Option<&str> {
-            self.trailers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.trailers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn body_str(&self) -> String {
@@ -482,8 +380,7 @@ mod wire {
         /// `connection: close` is present.
         pub fn says_close(&self) -> bool {
             self.headers.iter().any(|(k, v)| {
-                k.eq_ignore_ascii_case("connection")
-                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+                k.eq_ignore_ascii_case("connection") && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
             })
         }
     }
@@ -492,9 +389,7 @@ mod wire {
         lines
             .iter()
             .map(|line| {
-                let (k, v) = line
-                    .split_once(':')
-                    .unwrap_or_else(|| panic!("not a field line: {line:?}"));
+                let (k, v) = line.split_once(':').unwrap_or_else(|| panic!("not a field line: {line:?}"));
                 (k.to_string(), v.trim().to_string())
             })
             .collect()
@@ -510,19 +405,12 @@ mod wire {
 
     impl Wire {
         pub fn new(stream: TcpStream) -> Wire {
-            Wire {
-                stream,
-                buf: Vec::new(),
-                limit: READ_LIMIT,
-            }
+            Wire { stream, buf: Vec::new(), limit: READ_LIMIT }
         }
 
         /// For an upstream script: waits for requests as long as it takes.
         pub fn patient(stream: TcpStream) -> Wire {
-            Wire {
-                limit: Duration::from_secs(3600),
-                ..Wire::new(stream)
-            }
+            Wire { limit: Duration::from_secs(3600), ..Wire::new(stream) }
         }
 
         pub async fn connect(addr: SocketAddr) -> Wire {
@@ -569,11 +457,7 @@ mod wire {
                     self.buf.drain(..at + 2);
                     return line;
                 }
-                assert!(
-                    self.fill().await,
-                    "peer closed inside a line: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                assert!(self.fill().await, "peer closed inside a line: {:?}", String::from_utf8_lossy(&self.buf));
             }
         }
 
@@ -593,11 +477,7 @@ mod wire {
                     });
                 }
                 if !self.fill().await {
-                    assert!(
-                        self.buf.is_empty(),
-                        "peer closed inside a head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
+                    assert!(self.buf.is_empty(), "peer closed inside a head: {:?}", String::from_utf8_lossy(&self.buf));
                     return None;
                 }
             }
@@ -608,8 +488,7 @@ mod wire {
         pub async fn chunk(&mut self, trailers: &mut Vec<(String, String)>) -> Option<Vec<u8>> {
             let line = self.line().await;
             let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            let size = usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
             if size == 0 {
                 loop {
                     let line = self.line().await;

@@ -66,7 +66,11 @@ async fn hundred_concurrent_streams_on_one_h2_connection() {
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.version(), http::Version::HTTP_2);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, format!(r#"{{"echo":"/v1/item/{i}"}}"#).as_bytes(), "stream {i} got another stream's answer");
+            assert_eq!(
+                body,
+                format!(r#"{{"echo":"/v1/item/{i}"}}"#).as_bytes(),
+                "stream {i} got another stream's answer"
+            );
         }));
     }
     for task in tasks {
@@ -119,7 +123,12 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
     );
     let proxy = TestProxy::start(&yaml);
     // The first request opens the shared connection; the rest reuse it concurrently.
-    let resp = raw_exchange(proxy.addr, b"POST /v1/x HTTP/1.1\r\nHost: h.local\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello", Duration::from_secs(10)).await;
+    let resp = raw_exchange(
+        proxy.addr,
+        b"POST /v1/x HTTP/1.1\r\nHost: h.local\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("transfer-encoding: chunked"), "a body with trailers is chunked to HTTP/1.1: {resp}");
     assert!(resp.contains("x-usage: 42"), "upstream HTTP/2 trailers reach the HTTP/1.1 client: {resp}");
@@ -135,7 +144,9 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
     let recs = up.recorded();
     assert_eq!(recs.len(), 21);
     assert!(recs.iter().all(|(_, v)| *v == http::Version::HTTP_2));
-    assert!(recs.iter().all(|(r, _)| r.header("authorization") == Some("Bearer real-key") && r.header("host").is_none()));
+    assert!(recs
+        .iter()
+        .all(|(r, _)| r.header("authorization") == Some("Bearer real-key") && r.header("host").is_none()));
     assert_eq!(*up.connections.lock().unwrap(), 1, "all requests share one HTTP/2 connection");
 }
 

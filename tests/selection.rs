@@ -14,7 +14,10 @@ fn provider(port: u16, extra: &str) -> String {
 }
 
 fn config(providers: &[String], top: &str) -> String {
-    format!("http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\n{top}providers:\n{}", providers.concat())
+    format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\n{top}providers:\n{}",
+        providers.concat()
+    )
 }
 
 /// Whether `got` is within 4.5 standard deviations of a binomial(n, p) mean.
@@ -55,19 +58,10 @@ async fn api_key_weights_split_traffic() {
         send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
     }
     let recs = up.recorded();
-    let one = recs
-        .iter()
-        .filter(|r| r.header("authorization") == Some("Bearer key-one"))
-        .count();
-    let two = recs
-        .iter()
-        .filter(|r| r.header("authorization") == Some("Bearer key-two"))
-        .count();
+    let one = recs.iter().filter(|r| r.header("authorization") == Some("Bearer key-one")).count();
+    let two = recs.iter().filter(|r| r.header("authorization") == Some("Bearer key-two")).count();
     assert_eq!(one + two, n);
-    assert!(
-        plausible(one, n, 1.0 / 3.0),
-        "key weight 1 vs 2 gave {one} vs {two}"
-    );
+    assert!(plausible(one, n, 1.0 / 3.0), "key weight 1 vs 2 gave {one} vs {two}");
 }
 
 #[tokio::test]
@@ -122,33 +116,16 @@ async fn fallback_serves_only_while_no_primary_is_healthy() {
         "health_check:\n  enabled: true\n  interval: 0.2\n",
     ));
     let (_, body) = until_answered_by(&proxy, "fallback").await;
-    assert!(
-        body.contains("fallback"),
-        "traffic never moved to the fallback: {body}"
-    );
-    let checks = primary
-        .recorded()
-        .iter()
-        .filter(|r| r.uri == "/health")
-        .count();
+    assert!(body.contains("fallback"), "traffic never moved to the fallback: {body}");
+    let checks = primary.recorded().iter().filter(|r| r.uri == "/health").count();
     assert!(checks >= 1);
-    assert_eq!(
-        primary.recorded()[0].header("authorization"),
-        Some("Bearer k"),
-        "checks carry the provider key"
-    );
+    assert_eq!(primary.recorded()[0].header("authorization"), Some("Bearer k"), "checks carry the provider key");
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     let (_, body) = until_answered_by(&proxy, "primary").await;
-    assert!(
-        body.contains("primary"),
-        "traffic never returned to the primary: {body}"
-    );
+    assert!(body.contains("primary"), "traffic never returned to the primary: {body}");
     for _ in 0..20 {
         let (_, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
-        assert!(
-            body.contains("primary"),
-            "fallback used while the primary is healthy"
-        );
+        assert!(body.contains("primary"), "fallback used while the primary is healthy");
     }
 }
 
@@ -156,10 +133,8 @@ async fn fallback_serves_only_while_no_primary_is_healthy() {
 async fn no_healthy_provider_is_503() {
     let sick = MockUpstream::with(|_| Reply::json(503, "{}")).await;
     let check = "    api_key: k\n    health_check:\n      method: GET\n      path: /health\n";
-    let proxy = TestProxy::start(&config(
-        &[provider(sick.port(), check)],
-        "health_check:\n  enabled: true\n  interval: 0.2\n",
-    ));
+    let proxy =
+        TestProxy::start(&config(&[provider(sick.port(), check)], "health_check:\n  enabled: true\n  interval: 0.2\n"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;

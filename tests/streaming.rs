@@ -39,10 +39,7 @@ fn check_stream(block: &[u8], pos: u64, data: &[u8]) {
     while !data.is_empty() {
         let off = (pos % block.len() as u64) as usize;
         let n = (block.len() - off).min(data.len());
-        assert!(
-            data[..n] == block[off..off + n],
-            "stream differs at byte {pos}"
-        );
+        assert!(data[..n] == block[off..off + n], "stream differs at byte {pos}");
         pos += n as u64;
         data = &data[n..];
     }
@@ -59,14 +56,11 @@ async fn drain_checked(w: &mut Wire, len: u64, block: &[u8], pause: Option<Durat
     let mut chunk = vec![0u8; 256 * 1024];
     while got < len {
         let want = chunk.len().min((len - got) as usize);
-        let n =
-            match tokio::time::timeout(Duration::from_secs(30), w.stream.read(&mut chunk[..want]))
-                .await
-            {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => n,
-                Err(_) => panic!("body stalled after {got} bytes"),
-            };
+        let n = match tokio::time::timeout(Duration::from_secs(30), w.stream.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => panic!("body stalled after {got} bytes"),
+        };
         check_stream(block, got, &chunk[..n]);
         got += n as u64;
         if let Some(pause) = pause {
@@ -79,11 +73,7 @@ async fn drain_checked(w: &mut Wire, len: u64, block: &[u8], pause: Option<Durat
 /// An SSE upstream that sends event 1, waits until the test says go, then
 /// (after 300 ms) event 2 and the end. `chunked` picks the upstream framing;
 /// otherwise the stream is delimited by closing the connection.
-async fn sse_upstream(
-    chunked: bool,
-    go: mpsc::Receiver<()>,
-    second_sent: Arc<AtomicBool>,
-) -> RawUpstream {
+async fn sse_upstream(chunked: bool, go: mpsc::Receiver<()>, second_sent: Arc<AtomicBool>) -> RawUpstream {
     let go = Arc::new(Mutex::new(go));
     RawUpstream::start(move |stream| {
         let (go, second_sent) = (go.clone(), second_sent.clone());
@@ -145,38 +135,22 @@ async fn sse_events_reach_the_client_as_they_are_sent() {
         let head = client.head().await.expect("no response head");
         assert_eq!(head.status(), 200, "{}", head.raw_head);
         assert_eq!(head.header("content-type"), Some("text/event-stream"));
-        assert_eq!(
-            head.header("transfer-encoding"),
-            Some("chunked"),
-            "{}",
-            head.raw_head
-        );
+        assert_eq!(head.header("transfer-encoding"), Some("chunked"), "{}", head.raw_head);
         // Event 1 arrives while the upstream is still holding event 2 back.
         let mut trailers = Vec::new();
         let mut got = Vec::new();
         while got.len() < EVENT_1.len() {
-            let data = client
-                .chunk(&mut trailers)
-                .await
-                .expect("stream ended before event 1");
+            let data = client.chunk(&mut trailers).await.expect("stream ended before event 1");
             got.extend_from_slice(&data);
         }
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            EVENT_1,
-            "chunked upstream: {chunked}"
-        );
+        assert_eq!(String::from_utf8_lossy(&got), EVENT_1, "chunked upstream: {chunked}");
         assert!(!second_sent.load(Ordering::SeqCst));
         go_tx.send(()).await.unwrap();
         while let Some(data) = client.chunk(&mut trailers).await {
             got.extend_from_slice(&data);
         }
         assert!(second_sent.load(Ordering::SeqCst));
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            format!("{EVENT_1}{EVENT_2}{DONE}"),
-            "chunked upstream: {chunked}"
-        );
+        assert_eq!(String::from_utf8_lossy(&got), format!("{EVENT_1}{EVENT_2}{DONE}"), "chunked upstream: {chunked}");
         assert!(client.buf.is_empty());
     }
 }
@@ -190,19 +164,13 @@ async fn large_upload_streams_through_in_bounded_memory() {
         async move {
             let mut w = Wire::patient(stream);
             let Some(head) = w.head().await else { return };
-            let len: u64 = head
-                .header("content-length")
-                .expect("upload forwarded without content-length")
-                .parse()
-                .unwrap();
+            let len: u64 =
+                head.header("content-length").expect("upload forwarded without content-length").parse().unwrap();
             w.limit = Duration::from_secs(30);
             let got = drain_checked(&mut w, len, &block(), None).await;
             counter.store(got, Ordering::SeqCst);
             let body = got.to_string();
-            let out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+            let out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
             w.write(out.as_bytes()).await;
         }
     })
@@ -230,10 +198,7 @@ async fn large_upload_streams_through_in_bounded_memory() {
     assert_eq!(resp.body_str(), BIG.to_string());
     assert_eq!(received.load(Ordering::SeqCst), BIG);
     let rss = proxy.peak_rss_kib();
-    assert!(
-        rss < RSS_LIMIT_KIB,
-        "proxy peak RSS {rss} KiB for a {BIG}-byte upload"
-    );
+    assert!(rss < RSS_LIMIT_KIB, "proxy peak RSS {rss} KiB for a {BIG}-byte upload");
     eprintln!("upload of {BIG} bytes took {took:?}, proxy peak RSS {rss} KiB");
 }
 
@@ -242,7 +207,8 @@ async fn large_download_streams_through_in_bounded_memory() {
     let up = RawUpstream::start(|stream| async move {
         let mut w = Wire::patient(stream);
         while w.request().await.is_some() {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BIG}\r\n\r\n");
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BIG}\r\n\r\n");
             w.write(head.as_bytes()).await;
             let data = block();
             let mut sent = 0u64;
@@ -258,23 +224,15 @@ async fn large_download_streams_through_in_bounded_memory() {
     let proxy = TestProxy::start(&config(up.port()));
     let started = Instant::now();
     let mut client = Wire::connect(proxy.addr).await;
-    client
-        .write(format!("GET /v1/files/big/content HTTP/1.1\r\n{AUTH}\r\n").as_bytes())
-        .await;
+    client.write(format!("GET /v1/files/big/content HTTP/1.1\r\n{AUTH}\r\n").as_bytes()).await;
     let head = client.head().await.expect("no response head");
     assert_eq!(head.status(), 200, "{}", head.raw_head);
-    assert_eq!(
-        head.header("content-length"),
-        Some(BIG.to_string().as_str())
-    );
+    assert_eq!(head.header("content-length"), Some(BIG.to_string().as_str()));
     let got = drain_checked(&mut client, BIG, &block(), None).await;
     let took = started.elapsed();
     assert_eq!(got, BIG);
     let rss = proxy.peak_rss_kib();
-    assert!(
-        rss < RSS_LIMIT_KIB,
-        "proxy peak RSS {rss} KiB for a {BIG}-byte download"
-    );
+    assert!(rss < RSS_LIMIT_KIB, "proxy peak RSS {rss} KiB for a {BIG}-byte download");
     eprintln!("download of {BIG} bytes took {took:?}, proxy peak RSS {rss} KiB");
 }
 
@@ -285,8 +243,7 @@ async fn a_slow_reader_does_not_hold_up_other_clients() {
         let mut w = Wire::patient(stream);
         while let Some(req) = w.request().await {
             if req.target() != "/v1/big" {
-                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
-                    .await;
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall").await;
                 continue;
             }
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SLOW_BODY}\r\n\r\n");
@@ -304,8 +261,7 @@ async fn a_slow_reader_does_not_hold_up_other_clients() {
     .await;
     let proxy = TestProxy::start(&config(up.port()));
     let mut slow = Wire::connect(proxy.addr).await;
-    slow.write(format!("GET /v1/big HTTP/1.1\r\n{AUTH}\r\n").as_bytes())
-        .await;
+    slow.write(format!("GET /v1/big HTTP/1.1\r\n{AUTH}\r\n").as_bytes()).await;
     let head = slow.head().await.expect("no head for the slow client");
     assert_eq!(head.status(), 200);
     // The slow client trickles: 4 KiB every 50 ms, in the background.
@@ -362,10 +318,7 @@ async fn a_slow_reader_does_not_hold_up_other_clients() {
     assert!(!reader.is_finished(), "the slow download ended early");
     // Back-pressure: the slow download is not buffered in the proxy.
     let rss = proxy.peak_rss_kib();
-    assert!(
-        rss < RSS_LIMIT_KIB,
-        "proxy peak RSS {rss} KiB behind a slow reader"
-    );
+    assert!(rss < RSS_LIMIT_KIB, "proxy peak RSS {rss} KiB behind a slow reader");
     reader.abort();
 }
 
@@ -418,24 +371,15 @@ mod wire {
 
         /// The first field named `name` (case-insensitive).
         pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn header_count(&self, name: &str) -> usize {
-            self.headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .count()
+            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
         }
 
         pub fn trailer(&self, name: &str) -> Option<&str> {
-            self.trailers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.trailers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         pub fn body_str(&self) -> String {
@@ -445,8 +389,7 @@ mod wire {
         /// `connection: close` is present.
         pub fn says_close(&self) -> bool {
             self.headers.iter().any(|(k, v)| {
-                k.eq_ignore_ascii_case("connection")
-                    && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+                k.eq_ignore_ascii_case("connection") && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
             })
         }
     }
@@ -455,9 +398,7 @@ mod wire {
         lines
             .iter()
             .map(|line| {
-                let (k, v) = line
-                    .split_once(':')
-                    .unwrap_or_else(|| panic!("not a field line: {line:?}"));
+                let (k, v) = line.split_once(':').unwrap_or_else(|| panic!("not a field line: {line:?}"));
                 (k.to_string(), v.trim().to_string())
             })
             .collect()
@@ -473,19 +414,12 @@ mod wire {
 
     impl Wire {
         pub fn new(stream: TcpStream) -> Wire {
-            Wire {
-                stream,
-                buf: Vec::new(),
-                limit: READ_LIMIT,
-            }
+            Wire { stream, buf: Vec::new(), limit: READ_LIMIT }
         }
 
         /// For an upstream script: waits for requests as long as it takes.
         pub fn patient(stream: TcpStream) -> Wire {
-            Wire {
-                limit: Duration::from_secs(3600),
-                ..Wire::new(stream)
-            }
+            Wire { limit: Duration::from_secs(3600), ..Wire::new(stream) }
         }
 
         pub async fn connect(addr: SocketAddr) -> Wire {
@@ -532,11 +466,7 @@ mod wire {
                     self.buf.drain(..at + 2);
                     return line;
                 }
-                assert!(
-                    self.fill().await,
-                    "peer closed inside a line: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                assert!(self.fill().await, "peer closed inside a line: {:?}", String::from_utf8_lossy(&self.buf));
             }
         }
 
@@ -556,11 +486,7 @@ mod wire {
                     });
                 }
                 if !self.fill().await {
-                    assert!(
-                        self.buf.is_empty(),
-                        "peer closed inside a head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
+                    assert!(self.buf.is_empty(), "peer closed inside a head: {:?}", String::from_utf8_lossy(&self.buf));
                     return None;
                 }
             }
@@ -571,8 +497,7 @@ mod wire {
         pub async fn chunk(&mut self, trailers: &mut Vec<(String, String)>) -> Option<Vec<u8>> {
             let line = self.line().await;
             let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            let size = usize::from_str_radix(size, 16).unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
             if size == 0 {
                 loop {
                     let line = self.line().await;

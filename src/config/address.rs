@@ -16,16 +16,18 @@ pub(super) struct HostRoute {
 
 pub(super) fn parse_host(text: &str) -> Result<HostRoute, String> {
     let text = text.trim();
-    reject_scheme(text, "host", "write only the name clients send in the Host header, e.g. \"openai.example.com\" or \"openai.example.com/v1\"")?;
+    reject_scheme(
+        text,
+        "host",
+        "write only the name clients send in the Host header, e.g. \"openai.example.com\" or \"openai.example.com/v1\"",
+    )?;
     let (authority, path) = match text.find('/') {
         Some(at) => text.split_at(at),
         None => (text, ""),
     };
     let (name, port) = split_authority(authority)?;
     if path.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
-        return Err(format!(
-            "path prefix must not contain whitespace, `?` or `#` (got {text:?})"
-        ));
+        return Err(format!("path prefix must not contain whitespace, `?` or `#` (got {text:?})"));
     }
     let prefix = path.trim_end_matches('/');
     let prefix = (!prefix.is_empty()).then(|| prefix.to_string());
@@ -46,9 +48,9 @@ pub(super) fn parse_endpoint(text: &str) -> Result<(String, Option<u16>), String
 
 fn reject_scheme(text: &str, what: &str, hint: &str) -> Result<(), String> {
     match text.split_once("://") {
-        Some((scheme, _)) => Err(format!(
-            "must not include a scheme (\"{scheme}://\") (got {text:?}): {what} is not a URL; {hint}"
-        )),
+        Some((scheme, _)) => {
+            Err(format!("must not include a scheme (\"{scheme}://\") (got {text:?}): {what} is not a URL; {hint}"))
+        }
         None => Ok(()),
     }
 }
@@ -59,9 +61,8 @@ fn split_authority(text: &str) -> Result<(String, Option<u16>), String> {
         let Some((inside, after)) = rest.split_once(']') else {
             return Err(format!("has `[` without a closing `]` (got {text:?})"));
         };
-        let ip: Ipv6Addr = inside
-            .parse()
-            .map_err(|_| format!("has an invalid IPv6 address in brackets (got {text:?})"))?;
+        let ip: Ipv6Addr =
+            inside.parse().map_err(|_| format!("has an invalid IPv6 address in brackets (got {text:?})"))?;
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
@@ -85,10 +86,7 @@ fn split_authority(text: &str) -> Result<(String, Option<u16>), String> {
     if name.is_empty() {
         return Err(format!("has an empty host name (got {text:?})"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
         return Err(format!(
             "has an invalid character {bad:?} in the host name (got {text:?}); use letters, digits, `.`, `-` and `_`"
         ));
@@ -99,9 +97,7 @@ fn split_authority(text: &str) -> Result<(String, Option<u16>), String> {
 fn parse_port(port: &str, whole: &str) -> Result<u16, String> {
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(format!(
-            "has an invalid port {port:?}: must be a number between 1 and 65535 (got {whole:?})"
-        )),
+        _ => Err(format!("has an invalid port {port:?}: must be a number between 1 and 65535 (got {whole:?})")),
     }
 }
 
@@ -110,31 +106,15 @@ mod tests {
     use super::*;
 
     fn route(name: &str, port: Option<u16>, prefix: Option<&str>) -> HostRoute {
-        HostRoute {
-            name: name.into(),
-            port,
-            prefix: prefix.map(String::from),
-        }
+        HostRoute { name: name.into(), port, prefix: prefix.map(String::from) }
     }
 
     #[test]
     fn host_forms() {
-        assert_eq!(
-            parse_host("OpenAI.Example.com"),
-            Ok(route("openai.example.com", None, None))
-        );
-        assert_eq!(
-            parse_host("localhost:8080"),
-            Ok(route("localhost", Some(8080), None))
-        );
-        assert_eq!(
-            parse_host("a.local/v1/"),
-            Ok(route("a.local", None, Some("/v1")))
-        );
-        assert_eq!(
-            parse_host("a.local:81/x/y"),
-            Ok(route("a.local", Some(81), Some("/x/y")))
-        );
+        assert_eq!(parse_host("OpenAI.Example.com"), Ok(route("openai.example.com", None, None)));
+        assert_eq!(parse_host("localhost:8080"), Ok(route("localhost", Some(8080), None)));
+        assert_eq!(parse_host("a.local/v1/"), Ok(route("a.local", None, Some("/v1"))));
+        assert_eq!(parse_host("a.local:81/x/y"), Ok(route("a.local", Some(81), Some("/x/y"))));
         assert_eq!(parse_host("a.local/"), Ok(route("a.local", None, None)));
         assert_eq!(parse_host("[::1]:8080"), Ok(route("::1", Some(8080), None)));
     }
@@ -156,21 +136,12 @@ mod tests {
 
     #[test]
     fn endpoint_forms() {
-        assert_eq!(
-            parse_endpoint("api.openai.com"),
-            Ok(("api.openai.com".into(), None))
-        );
-        assert_eq!(
-            parse_endpoint("backend.internal:8080"),
-            Ok(("backend.internal".into(), Some(8080)))
-        );
+        assert_eq!(parse_endpoint("api.openai.com"), Ok(("api.openai.com".into(), None)));
+        assert_eq!(parse_endpoint("backend.internal:8080"), Ok(("backend.internal".into(), Some(8080))));
         assert_eq!(parse_endpoint("[::1]:8080"), Ok(("::1".into(), Some(8080))));
         assert_eq!(parse_endpoint("[::1]"), Ok(("::1".into(), None)));
         assert_eq!(parse_endpoint("::1"), Ok(("::1".into(), None)));
-        assert_eq!(
-            parse_endpoint("10.0.0.1:80"),
-            Ok(("10.0.0.1".into(), Some(80)))
-        );
+        assert_eq!(parse_endpoint("10.0.0.1:80"), Ok(("10.0.0.1".into(), Some(80))));
     }
 
     #[test]
@@ -183,8 +154,6 @@ mod tests {
         assert!(parse_endpoint("[::1]x").unwrap_err().contains("after `]`"));
         assert!(parse_endpoint("[zz]:80").unwrap_err().contains("IPv6"));
         assert!(parse_endpoint("a:b:c").unwrap_err().contains("[::1]:8080"));
-        assert!(parse_endpoint("api:99999")
-            .unwrap_err()
-            .contains("invalid port"));
+        assert!(parse_endpoint("api:99999").unwrap_err().contains("invalid port"));
     }
 }

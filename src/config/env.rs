@@ -79,30 +79,21 @@ mod tests {
 
     #[test]
     fn plain_text_is_unchanged() {
-        assert_eq!(
-            expand("api.openai.com", env).as_deref(),
-            Ok("api.openai.com")
-        );
+        assert_eq!(expand("api.openai.com", env).as_deref(), Ok("api.openai.com"));
         assert_eq!(expand("", env).as_deref(), Ok(""));
     }
 
     #[test]
     fn set_variable_is_substituted() {
         assert_eq!(expand("${KEY}", env).as_deref(), Ok("sk-123"));
-        assert_eq!(
-            expand("a-${KEY}-b-${KEY}", env).as_deref(),
-            Ok("a-sk-123-b-sk-123")
-        );
+        assert_eq!(expand("a-${KEY}-b-${KEY}", env).as_deref(), Ok("a-sk-123-b-sk-123"));
     }
 
     #[test]
     fn unset_variable_is_an_error_naming_it() {
         let err = expand("${OPENAI_API_KEY}", env).unwrap_err();
         assert_eq!(err, ExpandError::Unset("OPENAI_API_KEY".into()));
-        assert_eq!(
-            err.to_string(),
-            "environment variable OPENAI_API_KEY is not set"
-        );
+        assert_eq!(err.to_string(), "environment variable OPENAI_API_KEY is not set");
     }
 
     #[test]
@@ -122,10 +113,7 @@ mod tests {
 
     #[test]
     fn expansion_inside_command_syntax() {
-        assert_eq!(
-            expand("$(cat ${HOME}/token)", env).as_deref(),
-            Ok("$(cat /home/me/token)")
-        );
+        assert_eq!(expand("$(cat ${HOME}/token)", env).as_deref(), Ok("$(cat /home/me/token)"));
     }
 
     #[test]

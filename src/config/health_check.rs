@@ -20,21 +20,13 @@ pub(super) fn health_check(
             if is_token(&method) {
                 return Some(method);
             }
-            ctx.report(
-                scope,
-                "health_check.method",
-                format!("{m:?} is not a valid HTTP method"),
-            );
+            ctx.report(scope, "health_check.method", format!("{m:?} is not a valid HTTP method"));
             None
         }),
     };
     let path = match raw.path.as_deref() {
         None => {
-            ctx.report(
-                scope,
-                "health_check.path",
-                "is required, e.g. \"/v1/models\"",
-            );
+            ctx.report(scope, "health_check.path", "is required, e.g. \"/v1/models\"");
             None
         }
         Some(raw) => ctx.expand(scope, "health_check.path", raw).and_then(|p| {
@@ -48,17 +40,9 @@ pub(super) fn health_check(
         }),
     };
     // A body that fails to expand is already reported; keep checking headers.
-    let body = raw
-        .body
-        .as_deref()
-        .and_then(|raw| ctx.expand(scope, "health_check.body", raw));
+    let body = raw.body.as_deref().and_then(|raw| ctx.expand(scope, "health_check.body", raw));
     let headers = health_check_headers(ctx, scope, raw.headers.as_deref().unwrap_or_default());
-    Some(ProviderHealthCheck {
-        method: method?,
-        path: path?,
-        body,
-        headers,
-    })
+    Some(ProviderHealthCheck { method: method?, path: path?, body, headers })
 }
 
 /// `"Name: value"` lines. Values are not quoted in messages: they may carry
@@ -76,17 +60,9 @@ fn health_check_headers(ctx: &mut Ctx<'_>, scope: &Scope, raw: &[String]) -> Vec
         };
         let (name, value) = (name.trim(), value.trim());
         if !is_token(name) {
-            ctx.report(
-                scope,
-                &field,
-                format!("has an invalid header name {name:?}"),
-            );
+            ctx.report(scope, &field, format!("has an invalid header name {name:?}"));
         } else if !value.is_empty() && header_value_problem(value).is_some() {
-            ctx.report(
-                scope,
-                &field,
-                format!("has an invalid value for {name:?}: it contains a control character"),
-            );
+            ctx.report(scope, &field, format!("has an invalid value for {name:?}: it contains a control character"));
         } else {
             headers.push((name.to_string(), value.to_string()));
         }
@@ -96,10 +72,7 @@ fn health_check_headers(ctx: &mut Ctx<'_>, scope: &Scope, raw: &[String]) -> Vec
 
 /// RFC 9110 section 5.6.2 `token`, the syntax of methods and header names.
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -117,54 +90,21 @@ mod tests {
 
     #[test]
     fn health_check_rules() {
-        let config = ok(&check(
-            "  path: /x\n  headers: [\"A-B :  v: w \", \"Empty:\"]",
-        ));
-        let hc = config.providers[0]
-            .health_check
-            .clone()
-            .unwrap_or_else(|| panic!("none"));
+        let config = ok(&check("  path: /x\n  headers: [\"A-B :  v: w \", \"Empty:\"]"));
+        let hc = config.providers[0].health_check.clone().unwrap_or_else(|| panic!("none"));
         assert_eq!(hc.method, "GET");
-        assert_eq!(
-            hc.headers,
-            [
-                ("A-B".into(), "v: w".into()),
-                ("Empty".into(), String::new())
-            ]
-        );
-        let errs = errors(&check(
-            "  method: \"GE T\"\n  headers: [\"no colon\", \"bad name: v\", \"ok: a\\u0000b\"]",
-        ));
+        assert_eq!(hc.headers, [("A-B".into(), "v: w".into()), ("Empty".into(), String::new())]);
+        let errs = errors(&check("  method: \"GE T\"\n  headers: [\"no colon\", \"bad name: v\", \"ok: a\\u0000b\"]"));
         assert_error(
             &errs,
             "providers[0].health_check.path",
             &["providers[0] (host \"openai.local\"): health_check.path is required"],
         );
-        assert_error(
-            &errs,
-            "providers[0].health_check.method",
-            &["\"GE T\" is not a valid HTTP method"],
-        );
-        assert_error(
-            &errs,
-            "providers[0].health_check.headers[0]",
-            &["no `:` found"],
-        );
-        assert_error(
-            &errs,
-            "providers[0].health_check.headers[1]",
-            &["invalid header name \"bad name\""],
-        );
-        assert_error(
-            &errs,
-            "providers[0].health_check.headers[2]",
-            &["control character"],
-        );
+        assert_error(&errs, "providers[0].health_check.method", &["\"GE T\" is not a valid HTTP method"]);
+        assert_error(&errs, "providers[0].health_check.headers[0]", &["no `:` found"]);
+        assert_error(&errs, "providers[0].health_check.headers[1]", &["invalid header name \"bad name\""]);
+        assert_error(&errs, "providers[0].health_check.headers[2]", &["control character"]);
         let errs = errors(&check("  path: v1/models"));
-        assert_error(
-            &errs,
-            "providers[0].health_check.path",
-            &["must start with `/`"],
-        );
+        assert_error(&errs, "providers[0].health_check.path", &["must start with `/`"]);
     }
 }

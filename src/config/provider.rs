@@ -11,23 +11,13 @@ use super::{ProviderConfig, ProviderType};
 const VALID_TYPES: &str = "openai, gemini, anthropic, forward";
 
 /// All providers; the list must not be empty.
-pub(super) fn providers(
-    ctx: &mut Ctx<'_>,
-    raw: Option<Vec<AllowExtensions<RawProvider>>>,
-) -> Vec<ProviderConfig> {
+pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawProvider>>>) -> Vec<ProviderConfig> {
     let raw = raw.unwrap_or_default();
     if raw.is_empty() {
-        ctx.report(
-            &Scope::top(),
-            "providers",
-            "must list at least one provider",
-        );
+        ctx.report(&Scope::top(), "providers", "must list at least one provider");
     }
-    let providers: Vec<ProviderConfig> = raw
-        .into_iter()
-        .enumerate()
-        .filter_map(|(index, p)| provider(ctx, index, p.0))
-        .collect();
+    let providers: Vec<ProviderConfig> =
+        raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect();
     route_conflicts(ctx, &providers);
     providers
 }
@@ -41,18 +31,9 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     let tls = raw.tls.unwrap_or(true);
     let upstream = endpoint(ctx, &scope, &raw, tls);
     let weight = secret::weight(ctx, &scope, "weight", raw.weight);
-    let api_keys = secret::api_keys(
-        ctx,
-        &scope,
-        kind,
-        raw.api_key.as_deref(),
-        raw.api_keys.as_deref(),
-    );
+    let api_keys = secret::api_keys(ctx, &scope, kind, raw.api_key.as_deref(), raw.api_keys.as_deref());
     let auth_keys = secret::client_keys(ctx, &scope, "auth_keys", raw.auth_keys.as_deref());
-    let health_check = raw
-        .health_check
-        .as_ref()
-        .and_then(|h| health_check(ctx, &scope, h));
+    let health_check = raw.health_check.as_ref().and_then(|h| health_check(ctx, &scope, h));
     let ca_file = ctx.path(&scope, "ca_file", raw.ca_file.as_deref());
     let (route, kind, (endpoint, port)) = (route?, kind?, upstream?);
     Some(ProviderConfig {
@@ -78,11 +59,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
 fn host(ctx: &mut Ctx<'_>, index: usize, raw: Option<&str>) -> (Scope, Option<HostRoute>) {
     let unnamed = Scope::provider(index, None);
     let Some(raw) = raw else {
-        ctx.report(
-            &unnamed,
-            "host",
-            "is required (the name clients send in the Host header)",
-        );
+        ctx.report(&unnamed, "host", "is required (the name clients send in the Host header)");
         return (unnamed, None);
     };
     let Some(text) = ctx.expand(&unnamed, "host", raw) else {
@@ -110,11 +87,7 @@ fn kind(ctx: &mut Ctx<'_>, scope: &Scope, raw: Option<&str>) -> Option<ProviderT
         "anthropic" => Some(ProviderType::Anthropic),
         "forward" => Some(ProviderType::Forward),
         _ => {
-            ctx.report(
-                scope,
-                "type",
-                format!("{text:?} is not a provider type; valid types are {VALID_TYPES}"),
-            );
+            ctx.report(scope, "type", format!("{text:?} is not a provider type; valid types are {VALID_TYPES}"));
             None
         }
     }
@@ -122,19 +95,10 @@ fn kind(ctx: &mut Ctx<'_>, scope: &Scope, raw: Option<&str>) -> Option<ProviderT
 
 /// `endpoint` and `port`: a `:port` in the endpoint wins, but a different
 /// `port` beside it is a contradiction, not a preference.
-fn endpoint(
-    ctx: &mut Ctx<'_>,
-    scope: &Scope,
-    raw: &RawProvider,
-    tls: bool,
-) -> Option<(String, u16)> {
+fn endpoint(ctx: &mut Ctx<'_>, scope: &Scope, raw: &RawProvider, tls: bool) -> Option<(String, u16)> {
     let port = ctx.port(scope, "port", raw.port);
     let Some(raw_endpoint) = raw.endpoint.as_deref() else {
-        ctx.report(
-            scope,
-            "endpoint",
-            "is required (the upstream host, e.g. \"api.openai.com\")",
-        );
+        ctx.report(scope, "endpoint", "is required (the upstream host, e.g. \"api.openai.com\")");
         return None;
     };
     let text = ctx.expand(scope, "endpoint", raw_endpoint)?;
@@ -147,11 +111,7 @@ fn endpoint(
     };
     if let (Some(a), Some(b)) = (endpoint_port, port) {
         if a != b {
-            ctx.report(
-                scope,
-                "port",
-                format!("is {b} but endpoint {text:?} says port {a}; remove one of them"),
-            );
+            ctx.report(scope, "port", format!("is {b} but endpoint {text:?} says port {a}; remove one of them"));
         }
     }
     if raw.port.is_some() && port.is_none() {
@@ -166,9 +126,9 @@ fn endpoint(
 /// differs is reported against the first provider of the route.
 fn route_conflicts(ctx: &mut Ctx<'_>, providers: &[ProviderConfig]) {
     for (i, p) in providers.iter().enumerate() {
-        let first = providers[..i].iter().find(|q| {
-            q.host == p.host && q.host_port == p.host_port && q.path_prefix == p.path_prefix
-        });
+        let first = providers[..i]
+            .iter()
+            .find(|q| q.host == p.host && q.host_port == p.host_port && q.path_prefix == p.path_prefix);
         let Some(first) = first else { continue };
         if first.kind != p.kind {
             let problem = format!(
@@ -197,37 +157,26 @@ mod tests {
 
     #[test]
     fn all_provider_keys_are_read() {
-        let config = ok(&one(
-            "type: Anthropic\nhost: API.Local:8443/v1/\nendpoint: \"[::1]:9000\"\ntls: false\nweight: 0.5\n\
+        let config =
+            ok(&one("type: Anthropic\nhost: API.Local:8443/v1/\nendpoint: \"[::1]:9000\"\ntls: false\nweight: 0.5\n\
              priority: -3\nis_fallback: true\napi_key: k\nauth_keys: [c1]\nca_file: /ca.pem\n\
-             health_check:\n  method: post\n  path: /health\n  body: \"{}\"",
-        ));
+             health_check:\n  method: post\n  path: /health\n  body: \"{}\""));
         let p = &config.providers[0];
         assert_eq!(p.index, 0);
         assert_eq!(p.kind, ProviderType::Anthropic);
-        assert_eq!(
-            (p.host.as_str(), p.host_port, p.path_prefix.as_deref()),
-            ("api.local", Some(8443), Some("/v1"))
-        );
+        assert_eq!((p.host.as_str(), p.host_port, p.path_prefix.as_deref()), ("api.local", Some(8443), Some("/v1")));
         assert_eq!((p.endpoint.as_str(), p.port, p.tls), ("::1", 9000, false));
         assert_eq!((p.weight, p.priority, p.is_fallback), (0.5, -3, true));
         assert_eq!(p.auth_keys, ["c1"]);
         assert_eq!(p.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
-        let hc = p
-            .health_check
-            .clone()
-            .unwrap_or_else(|| panic!("no health check"));
-        assert_eq!(
-            (hc.method.as_str(), hc.path.as_str(), hc.body.as_deref()),
-            ("POST", "/health", Some("{}"))
-        );
+        let hc = p.health_check.clone().unwrap_or_else(|| panic!("no health check"));
+        assert_eq!((hc.method.as_str(), hc.path.as_str(), hc.body.as_deref()), ("POST", "/health", Some("{}")));
         assert_eq!(p.label(), "providers[0] (host \"api.local\")");
     }
 
     #[test]
     fn port_defaults_follow_tls_and_endpoint() {
-        let port =
-            |extra: &str| ok(&one(&format!("{OPENAI}api_key: k\n{extra}"))).providers[0].port;
+        let port = |extra: &str| ok(&one(&format!("{OPENAI}api_key: k\n{extra}"))).providers[0].port;
         assert_eq!(port(""), 443);
         assert_eq!(port("tls: false"), 80);
         assert_eq!(port("port: 8443"), 8443);
@@ -237,9 +186,7 @@ mod tests {
 
     #[test]
     fn unknown_type_lists_valid_types() {
-        let errs = errors(&one(
-            "type: mistral\nhost: m.local\nendpoint: e\napi_key: k",
-        ));
+        let errs = errors(&one("type: mistral\nhost: m.local\nendpoint: e\napi_key: k"));
         assert_error(
             &errs,
             "providers[0].type",
@@ -253,56 +200,33 @@ mod tests {
     #[test]
     fn required_fields_are_reported_together() {
         let errs = errors(&one("weight: 1"));
-        assert_error(
-            &errs,
-            "providers[0].host",
-            &["providers[0]: host is required"],
-        );
+        assert_error(&errs, "providers[0].host", &["providers[0]: host is required"]);
         assert_error(&errs, "providers[0].type", &["type is required"]);
         assert_error(&errs, "providers[0].endpoint", &["endpoint is required"]);
     }
 
     #[test]
     fn host_and_endpoint_problems_name_the_provider() {
-        let errs = errors(&one("type: openai\nhost: https://openai.local\nendpoint: https://api.openai.com/v1\napi_key: k"));
+        let errs =
+            errors(&one("type: openai\nhost: https://openai.local\nendpoint: https://api.openai.com/v1\napi_key: k"));
         assert_error(
             &errs,
             "providers[0].host",
             &["providers[0] (host \"https://openai.local\"): host must not include a scheme"],
         );
-        assert_error(
-            &errs,
-            "providers[0].endpoint",
-            &["endpoint must not include a scheme", "tls"],
-        );
-        let errs = errors(&one(
-            "type: openai\nhost: a.local\nendpoint: api.openai.com/v1\napi_key: k",
-        ));
-        assert_error(
-            &errs,
-            "providers[0].endpoint",
-            &[
-                "providers[0] (host \"a.local\"): endpoint",
-                "without a path",
-            ],
-        );
-        let errs = errors(&one(
-            "type: openai\nhost: \"a.local:99999\"\nendpoint: e\napi_key: k",
-        ));
+        assert_error(&errs, "providers[0].endpoint", &["endpoint must not include a scheme", "tls"]);
+        let errs = errors(&one("type: openai\nhost: a.local\nendpoint: api.openai.com/v1\napi_key: k"));
+        assert_error(&errs, "providers[0].endpoint", &["providers[0] (host \"a.local\"): endpoint", "without a path"]);
+        let errs = errors(&one("type: openai\nhost: \"a.local:99999\"\nendpoint: e\napi_key: k"));
         assert_error(&errs, "providers[0].host", &["invalid port"]);
     }
 
     #[test]
     fn port_conflict_and_range() {
-        let errs = errors(&one(&format!(
-            "{OPENAI}api_key: k\nendpoint: e:8080\nport: 9090"
-        )
-        .replace("endpoint: api.openai.com\n", "")));
-        assert_error(
-            &errs,
-            "providers[0].port",
-            &["port is 9090 but endpoint \"e:8080\" says port 8080"],
-        );
+        let errs = errors(&one(
+            &format!("{OPENAI}api_key: k\nendpoint: e:8080\nport: 9090").replace("endpoint: api.openai.com\n", "")
+        ));
+        assert_error(&errs, "providers[0].port", &["port is 9090 but endpoint \"e:8080\" says port 8080"]);
         let errs = errors(&one(&format!("{OPENAI}api_key: k\nport: 0")));
         assert_error(
             &errs,
@@ -321,30 +245,16 @@ mod tests {
         );
         let errs = errors(&one(&format!("{OPENAI}api_key: k\nweight: .nan")));
         assert_error(&errs, "providers[0].weight", &["got NaN"]);
-        let errs = errors(&one(&format!(
-            "{OPENAI}api_keys:\n  - key: a\n    weight: 0"
-        )));
-        assert_error(
-            &errs,
-            "providers[0].api_keys[0].weight",
-            &["api_keys[0].weight must be greater than 0 (got 0)"],
-        );
+        let errs = errors(&one(&format!("{OPENAI}api_keys:\n  - key: a\n    weight: 0")));
+        assert_error(&errs, "providers[0].api_keys[0].weight", &["api_keys[0].weight must be greater than 0 (got 0)"]);
     }
 
     #[test]
     fn llm_types_need_exactly_one_key_source() {
         let errs = errors(&one(OPENAI));
-        assert_error(
-            &errs,
-            "providers[0].api_key",
-            &["api_key or api_keys is required for openai providers"],
-        );
+        assert_error(&errs, "providers[0].api_key", &["api_key or api_keys is required for openai providers"]);
         let errs = errors(&one(&format!("{OPENAI}api_key: a\napi_keys: [{{key: b}}]")));
-        assert_error(
-            &errs,
-            "providers[0].api_keys",
-            &["cannot be used together with api_key"],
-        );
+        assert_error(&errs, "providers[0].api_keys", &["cannot be used together with api_key"]);
         let errs = errors(&one(&format!("{OPENAI}api_keys: []")));
         assert_error(&errs, "providers[0].api_keys", &["api_keys is empty"]);
     }
@@ -352,38 +262,19 @@ mod tests {
     #[test]
     fn forward_must_not_have_keys() {
         let errs = errors(&one("type: forward\nhost: f\nendpoint: b\napi_key: k"));
-        assert_error(
-            &errs,
-            "providers[0].api_key",
-            &["providers[0] (host \"f\"): api_key would be unused"],
-        );
-        let errs = errors(&one(
-            "type: forward\nhost: f\nendpoint: b\napi_keys: [{key: k}]",
-        ));
-        assert_error(
-            &errs,
-            "providers[0].api_keys",
-            &["api_keys would be unused"],
-        );
+        assert_error(&errs, "providers[0].api_key", &["providers[0] (host \"f\"): api_key would be unused"]);
+        let errs = errors(&one("type: forward\nhost: f\nendpoint: b\napi_keys: [{key: k}]"));
+        assert_error(&errs, "providers[0].api_keys", &["api_keys would be unused"]);
     }
 
     #[test]
     fn api_key_sources() {
-        let config = ok(&one(&format!(
-            "{OPENAI}api_keys:\n  - key: \"$( op read x )\"\n  - key: lit\n    weight: 3"
-        )));
+        let config = ok(&one(&format!("{OPENAI}api_keys:\n  - key: \"$( op read x )\"\n  - key: lit\n    weight: 3")));
         let keys = &config.providers[0].api_keys;
         assert_eq!(keys[0].source, SecretSource::Command("op read x".into()));
-        assert_eq!(
-            (keys[1].source.clone(), keys[1].weight),
-            (SecretSource::Literal("lit".into()), 3.0)
-        );
+        assert_eq!((keys[1].source.clone(), keys[1].weight), (SecretSource::Literal("lit".into()), 3.0));
         let errs = errors(&one(&format!("{OPENAI}api_key: \"$(cat token\"")));
-        assert_error(
-            &errs,
-            "providers[0].api_key",
-            &["starts with `$(` but does not end with `)`"],
-        );
+        assert_error(&errs, "providers[0].api_key", &["starts with `$(` but does not end with `)`"]);
         let errs = errors(&one(&format!("{OPENAI}api_key: \"$()\"")));
         assert_error(&errs, "providers[0].api_key", &["empty `$()` command"]);
     }
@@ -398,29 +289,16 @@ mod tests {
             "providers[0].api_key",
             &["providers[0] (host \"openai.local\"): api_key contains a control character"],
         );
-        assert_error(
-            &errs,
-            "providers[0].auth_keys[0]",
-            &["auth_keys[0] is empty"],
-        );
-        assert_error(
-            &errs,
-            "providers[0].auth_keys[1]",
-            &["auth_keys[1] contains a control character"],
-        );
-        assert!(
-            errs.iter().all(|e| !e.message.contains("secret")),
-            "{errs:#?}"
-        );
+        assert_error(&errs, "providers[0].auth_keys[0]", &["auth_keys[0] is empty"]);
+        assert_error(&errs, "providers[0].auth_keys[1]", &["auth_keys[1] contains a control character"]);
+        assert!(errs.iter().all(|e| !e.message.contains("secret")), "{errs:#?}");
         let errs = errors(&one(&format!("{OPENAI}api_key: \"\"")));
         assert_error(&errs, "providers[0].api_key", &["api_key is empty"]);
     }
 
     #[test]
     fn env_errors_name_the_provider_key() {
-        let errs = errors(&one(&format!(
-            "{OPENAI}api_key: \"${{OPENAI_API_KEY_NOT_SET_FOR_TEST}}\""
-        )));
+        let errs = errors(&one(&format!("{OPENAI}api_key: \"${{OPENAI_API_KEY_NOT_SET_FOR_TEST}}\"")));
         assert_error(
             &errs,
             "providers[0].api_key",
@@ -438,15 +316,15 @@ mod tests {
             \x20 - {type: gemini, host: \"a.local:81\", endpoint: e, api_key: k}\n\
             \x20 - {type: forward, host: a.local, endpoint: e}\n";
         let errs = errors(text);
-        assert_error(&errs, "providers[2].type", &[
-            "providers[2] (host \"a.local\"): type \"gemini\" conflicts with providers[0] (host \"a.local\")",
-            "type \"openai\"",
-        ]);
         assert_error(
             &errs,
-            "providers[5].type",
-            &["\"forward\" conflicts with providers[0]"],
+            "providers[2].type",
+            &[
+                "providers[2] (host \"a.local\"): type \"gemini\" conflicts with providers[0] (host \"a.local\")",
+                "type \"openai\"",
+            ],
         );
+        assert_error(&errs, "providers[5].type", &["\"forward\" conflicts with providers[0]"]);
         assert_eq!(errs.len(), 2, "{errs:#?}");
     }
 }

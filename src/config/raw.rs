@@ -42,10 +42,7 @@ pub(crate) struct RawConfig {
 
 /// Top-level `health_check`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a mapping with `enabled` and `interval`"
-)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `enabled` and `interval`")]
 pub(crate) struct RawHealthCheck {
     pub enabled: Option<bool>,
     /// Seconds; fractions allowed.
@@ -73,10 +70,7 @@ pub(crate) struct RawProvider {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a mapping with `key` and optional `weight`"
-)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `key` and optional `weight`")]
 pub(crate) struct RawApiKey {
     pub key: String,
     pub weight: Option<f64>,
@@ -84,10 +78,7 @@ pub(crate) struct RawApiKey {
 
 /// A provider's `health_check` (a request description, unlike the top-level one).
 #[derive(Debug, Default, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a mapping with `path` and optional `method`, `body`, `headers`"
-)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `path` and optional `method`, `body`, `headers`")]
 pub(crate) struct RawProviderHealthCheck {
     pub method: Option<String>,
     pub path: Option<String>,
@@ -105,8 +96,7 @@ pub(crate) struct RawProviderHealthCheck {
 /// (`providers[1].port`), but their line numbers would point into the rewritten
 /// text, so they are dropped and the message says why.
 pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| yaml_error(&e, Lines::Keep))?;
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| yaml_error(&e, Lines::Keep))?;
     if value.is_null() {
         return Err(ConfigError::new(
             "(document)",
@@ -116,17 +106,13 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
     if !has_merge_key(&value) {
         return deserialize(text, Lines::Keep);
     }
-    value
-        .apply_merge()
-        .map_err(|e| yaml_error(&e, Lines::Keep))?;
+    value.apply_merge().map_err(|e| yaml_error(&e, Lines::Keep))?;
     let merged = serde_yaml::to_string(&value).map_err(|e| yaml_error(&e, Lines::Drop))?;
     deserialize(&merged, Lines::Drop)
 }
 
 fn deserialize(text: &str, lines: Lines) -> Result<RawConfig, ConfigError> {
-    serde_yaml::from_str::<AllowExtensions<RawConfig>>(text)
-        .map(|parsed| parsed.0)
-        .map_err(|e| yaml_error(&e, lines))
+    serde_yaml::from_str::<AllowExtensions<RawConfig>>(text).map(|parsed| parsed.0).map_err(|e| yaml_error(&e, lines))
 }
 
 /// Whether an error's position refers to the user's file.
@@ -138,9 +124,7 @@ enum Lines {
 
 fn has_merge_key(value: &serde_yaml::Value) -> bool {
     match value {
-        serde_yaml::Value::Mapping(map) => map
-            .iter()
-            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        serde_yaml::Value::Mapping(map) => map.iter().any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
         serde_yaml::Value::Sequence(items) => items.iter().any(has_merge_key),
         serde_yaml::Value::Tagged(tagged) => has_merge_key(&tagged.value),
         _ => false,
@@ -241,10 +225,7 @@ struct SkipExtensions<A>(A);
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipExtensions<A> {
     type Error = A::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        mut seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, mut seed: K) -> Result<Option<K::Value>, A::Error> {
         loop {
             match self.0.next_key_seed(KeyFilter(seed))? {
                 None => return Ok(None),
@@ -344,17 +325,10 @@ mod tests {
         let text = "http_port: 1\nproviders:\n  - api_keys: [\"sk-se\\\"cret\", \"sk-two\"]\n";
         let e = err(text);
         assert!(!e.message.contains("sk-"), "{e:?}");
-        assert!(
-            e.message
-                .contains("invalid type: a string, expected a mapping with `key`"),
-            "{e:?}"
-        );
+        assert!(e.message.contains("invalid type: a string, expected a mapping with `key`"), "{e:?}");
         assert!(e.message.contains("line 3"), "{e:?}");
         assert_eq!(e.key, "providers[0].api_keys[0]");
-        assert_eq!(
-            redact_strings(r#"a string "x\\" y", b"#),
-            "a a string y\", b"
-        );
+        assert_eq!(redact_strings(r#"a string "x\\" y", b"#), "a a string y\", b");
     }
 
     #[test]

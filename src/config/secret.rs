@@ -45,12 +45,7 @@ pub(super) fn secret_source(text: &str) -> Result<SecretSource, &'static str> {
 }
 
 /// A list of client keys (`auth_keys`), top-level or per provider.
-pub(super) fn client_keys(
-    ctx: &mut Ctx<'_>,
-    scope: &Scope,
-    field: &str,
-    raw: Option<&[String]>,
-) -> Vec<String> {
+pub(super) fn client_keys(ctx: &mut Ctx<'_>, scope: &Scope, field: &str, raw: Option<&[String]>) -> Vec<String> {
     let mut keys = Vec::new();
     for (i, raw_key) in raw.unwrap_or_default().iter().enumerate() {
         let item = format!("{field}[{i}]");
@@ -78,11 +73,7 @@ pub(super) fn api_keys(
     match kind {
         Some(ProviderType::Forward) => {
             if api_key.is_some() || has_list {
-                let field = if api_key.is_some() {
-                    "api_key"
-                } else {
-                    "api_keys"
-                };
+                let field = if api_key.is_some() { "api_key" } else { "api_keys" };
                 ctx.report(scope, field, "would be unused: forward providers pass requests through without changing authentication; remove it");
             }
             return Vec::new();
@@ -91,17 +82,9 @@ pub(super) fn api_keys(
         None => {}
         Some(kind) => {
             if api_key.is_some() && api_keys.is_some() {
-                ctx.report(
-                    scope,
-                    "api_keys",
-                    "cannot be used together with api_key; keep one of them",
-                );
+                ctx.report(scope, "api_keys", "cannot be used together with api_key; keep one of them");
             } else if api_keys.is_some_and(|list| list.is_empty()) {
-                ctx.report(
-                    scope,
-                    "api_keys",
-                    "is empty; list at least one key or use api_key",
-                );
+                ctx.report(scope, "api_keys", "is empty; list at least one key or use api_key");
             } else if api_key.is_none() && api_keys.is_none() {
                 let problem = format!("or api_keys is required for {} providers", kind.as_str());
                 ctx.report(scope, "api_key", problem);
@@ -111,10 +94,7 @@ pub(super) fn api_keys(
     let mut keys = Vec::new();
     if let Some(raw) = api_key {
         if let Some(source) = source(ctx, scope, "api_key", raw) {
-            keys.push(ApiKeyConfig {
-                source,
-                weight: 1.0,
-            });
+            keys.push(ApiKeyConfig { source, weight: 1.0 });
         }
     }
     for (i, entry) in api_keys.unwrap_or_default().iter().enumerate() {
@@ -145,11 +125,7 @@ pub(super) fn weight(ctx: &mut Ctx<'_>, scope: &Scope, field: &str, raw: Option<
     if value.is_finite() && value > 0.0 {
         value
     } else {
-        ctx.report(
-            scope,
-            field,
-            format!("must be greater than 0 (got {value})"),
-        );
+        ctx.report(scope, field, format!("must be greater than 0 (got {value})"));
         1.0
     }
 }
@@ -164,15 +140,9 @@ mod tests {
             secret_source("$(cat /path/to/oauth-token.txt)"),
             Ok(SecretSource::Command("cat /path/to/oauth-token.txt".into()))
         );
-        assert_eq!(
-            secret_source("  $( op read x )  "),
-            Ok(SecretSource::Command("op read x".into()))
-        );
+        assert_eq!(secret_source("  $( op read x )  "), Ok(SecretSource::Command("op read x".into())));
         // Nested parentheses: only the final `)` closes.
-        assert_eq!(
-            secret_source("$(echo $(date))"),
-            Ok(SecretSource::Command("echo $(date)".into()))
-        );
+        assert_eq!(secret_source("$(echo $(date))"), Ok(SecretSource::Command("echo $(date)".into())));
         assert!(secret_source("$()").is_err());
         assert!(secret_source("$(  )").is_err());
         assert!(secret_source("$(cat token").is_err());
@@ -180,15 +150,9 @@ mod tests {
 
     #[test]
     fn literal_keys() {
-        assert_eq!(
-            secret_source("sk-abc"),
-            Ok(SecretSource::Literal("sk-abc".into()))
-        );
+        assert_eq!(secret_source("sk-abc"), Ok(SecretSource::Literal("sk-abc".into())));
         // A `$(` not at the start is just part of the key.
-        assert_eq!(
-            secret_source("a$(b)"),
-            Ok(SecretSource::Literal("a$(b)".into()))
-        );
+        assert_eq!(secret_source("a$(b)"), Ok(SecretSource::Literal("a$(b)".into())));
         assert_eq!(secret_source(""), Err("is empty"));
     }
 

@@ -39,13 +39,8 @@ pub(crate) fn errors(text: &str) -> Vec<ConfigError> {
 
 /// Asserts one error has exactly `key` and a message containing every needle.
 pub(crate) fn assert_error(errors: &[ConfigError], key: &str, needles: &[&str]) {
-    let found = errors
-        .iter()
-        .any(|e| e.key == key && needles.iter().all(|n| e.message.contains(n)));
-    assert!(
-        found,
-        "no error for {key} containing {needles:?} in {errors:#?}"
-    );
+    let found = errors.iter().any(|e| e.key == key && needles.iter().all(|n| e.message.contains(n)));
+    assert!(found, "no error for {key} containing {needles:?} in {errors:#?}");
 }
 
 pub(crate) const MINIMAL_PROVIDER: &str =
@@ -171,19 +166,10 @@ providers:
 #[test]
 fn readme_full_example_parses() {
     let config = ok(README_EXAMPLE);
-    let https = config
-        .https
-        .clone()
-        .unwrap_or_else(|| panic!("https missing"));
-    assert_eq!(
-        https.addr,
-        "0.0.0.0:443".parse().unwrap_or_else(|e| panic!("{e}"))
-    );
+    let https = config.https.clone().unwrap_or_else(|| panic!("https missing"));
+    assert_eq!(https.addr, "0.0.0.0:443".parse().unwrap_or_else(|e| panic!("{e}")));
     assert_eq!(https.cert_file, PathBuf::from("/certs/certificate.pem"));
-    assert_eq!(
-        https.private_key_file,
-        PathBuf::from("/certs/private-key.pem")
-    );
+    assert_eq!(https.private_key_file, PathBuf::from("/certs/private-key.pem"));
     assert_eq!(config.http, None);
     assert_eq!(config.auth_keys, ["client-api-key-1", "client-api-key-2"]);
     assert!(config.health_check.enabled);
@@ -193,16 +179,10 @@ fn readme_full_example_parses() {
     let anthropic = &config.providers[2];
     assert_eq!(anthropic.kind, ProviderType::Anthropic);
     assert_eq!(anthropic.weight, 1.2);
-    let hc = anthropic
-        .health_check
-        .clone()
-        .unwrap_or_else(|| panic!("no health check"));
+    let hc = anthropic.health_check.clone().unwrap_or_else(|| panic!("no health check"));
     assert_eq!(hc.method, "POST");
     assert_eq!(hc.path, "/v1/messages");
-    assert!(hc
-        .body
-        .as_deref()
-        .is_some_and(|b| b.contains("claude-3-haiku")));
+    assert!(hc.body.as_deref().is_some_and(|b| b.contains("claude-3-haiku")));
     assert_eq!(
         hc.headers,
         [
@@ -212,28 +192,19 @@ fn readme_full_example_parses() {
     );
 
     let oauth = &config.providers[3];
-    assert_eq!(
-        oauth.api_keys[0].source,
-        SecretSource::Command("cat /path/to/oauth-token.txt".into())
-    );
+    assert_eq!(oauth.api_keys[0].source, SecretSource::Command("cat /path/to/oauth-token.txt".into()));
     assert_eq!((oauth.port, oauth.tls), (443, true));
 
     let multi = &config.providers[4];
     assert_eq!(multi.api_keys.len(), 2);
-    assert_eq!(
-        multi.api_keys[1].source,
-        SecretSource::Literal("sk-key-2".into())
-    );
+    assert_eq!(multi.api_keys[1].source, SecretSource::Literal("sk-key-2".into()));
     assert_eq!(multi.api_keys[1].weight, 2.0);
     assert_eq!(multi.auth_keys, ["provider-specific-auth-key"]);
 
     assert!(config.providers[5].is_fallback);
     let forward = &config.providers[6];
     assert_eq!(forward.kind, ProviderType::Forward);
-    assert_eq!(
-        (forward.endpoint.as_str(), forward.port, forward.tls),
-        ("backend.internal", 8080, false)
-    );
+    assert_eq!((forward.endpoint.as_str(), forward.port, forward.tls), ("backend.internal", 8080, false));
     assert!(forward.api_keys.is_empty());
 }
 
@@ -255,59 +226,36 @@ providers:
     assert_eq!(config.http, Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
     assert_eq!(config.https, None);
     let p = &config.providers[0];
-    assert_eq!(
-        (p.host.as_str(), p.host_port, p.path_prefix.as_deref()),
-        ("localhost", Some(8080), None)
-    );
+    assert_eq!((p.host.as_str(), p.host_port, p.path_prefix.as_deref()), ("localhost", Some(8080), None));
 }
 
 #[test]
 fn env_vars_expand_in_strings() {
-    let config = ok(
-        "http_port: 80\nhttp_bind_address: \"${TEST_UNSET:-127.0.0.1}\"\nauth_keys: [\"${TEST_OPENAI_KEY}\"]\n\
+    let config =
+        ok("http_port: 80\nhttp_bind_address: \"${TEST_UNSET:-127.0.0.1}\"\nauth_keys: [\"${TEST_OPENAI_KEY}\"]\n\
          ca_file: \"${TEST_HOME}/ca.pem\"\nproviders:\n  - type: openai\n    host: a\n    endpoint: e\n\
          \x20   api_key: \"$(cat ${TEST_HOME}/token)\"\n    health_check:\n      path: /\n\
-         \x20     headers: [\"x-key: ${TEST_OPENAI_KEY}\"]\n",
-    );
+         \x20     headers: [\"x-key: ${TEST_OPENAI_KEY}\"]\n");
     assert_eq!(config.http, Some(SocketAddr::from(([127, 0, 0, 1], 80))));
     assert_eq!(config.auth_keys, ["sk-from-env"]);
     assert_eq!(config.ca_file, Some(PathBuf::from("/home/me/ca.pem")));
     let p = &config.providers[0];
-    assert_eq!(
-        p.api_keys[0].source,
-        SecretSource::Command("cat /home/me/token".into())
-    );
-    let hc = p
-        .health_check
-        .clone()
-        .unwrap_or_else(|| panic!("no health check"));
-    assert_eq!(
-        hc.headers,
-        [("x-key".to_string(), "sk-from-env".to_string())]
-    );
+    assert_eq!(p.api_keys[0].source, SecretSource::Command("cat /home/me/token".into()));
+    let hc = p.health_check.clone().unwrap_or_else(|| panic!("no health check"));
+    assert_eq!(hc.headers, [("x-key".to_string(), "sk-from-env".to_string())]);
 }
 
 #[test]
 fn unset_env_var_names_key_and_variable() {
-    let errs = errors(&with_provider(
-        "http_port: 80\nauth_keys: [\"${TEST_MISSING_AUTH}\"]",
-    ));
-    assert_error(
-        &errs,
-        "auth_keys[0]",
-        &["auth_keys[0]: environment variable TEST_MISSING_AUTH is not set"],
-    );
-    let errs = errors(&with_provider(
-        "http_port: 80\ncert_file: \"${TEST_UNTERMINATED\"",
-    ));
+    let errs = errors(&with_provider("http_port: 80\nauth_keys: [\"${TEST_MISSING_AUTH}\"]"));
+    assert_error(&errs, "auth_keys[0]", &["auth_keys[0]: environment variable TEST_MISSING_AUTH is not set"]);
+    let errs = errors(&with_provider("http_port: 80\ncert_file: \"${TEST_UNTERMINATED\""));
     assert_error(&errs, "cert_file", &["cert_file: has an unterminated `${`"]);
 }
 
 #[test]
 fn empty_env_var_makes_empty_key() {
-    let errs = errors(&with_provider(
-        "http_port: 80\nauth_keys: [\"${TEST_EMPTY}\"]",
-    ));
+    let errs = errors(&with_provider("http_port: 80\nauth_keys: [\"${TEST_EMPTY}\"]"));
     assert_error(&errs, "auth_keys[0]", &["is empty"]);
 }
 
@@ -321,23 +269,11 @@ fn several_errors_are_all_reported() {
     assert_error(&errs, "http_port", &["got 0"]);
     assert_error(&errs, "http_max_header_size", &["got 10"]);
     assert_error(&errs, "auth_keys[0]", &["is empty"]);
-    assert_error(
-        &errs,
-        "providers[0].type",
-        &["\"openia\" is not a provider type"],
-    );
+    assert_error(&errs, "providers[0].type", &["\"openia\" is not a provider type"]);
     assert_error(&errs, "providers[0].host", &["scheme"]);
     assert_error(&errs, "providers[0].weight", &["got -1"]);
-    assert_error(
-        &errs,
-        "providers[1].endpoint",
-        &["providers[1] (host \"b\")", "without a path"],
-    );
-    assert_error(
-        &errs,
-        "providers[1].api_key",
-        &["required for gemini providers"],
-    );
+    assert_error(&errs, "providers[1].endpoint", &["providers[1] (host \"b\")", "without a path"]);
+    assert_error(&errs, "providers[1].api_key", &["required for gemini providers"]);
     assert_eq!(errs.len(), 8, "{errs:#?}");
 }
 
@@ -361,28 +297,16 @@ providers:
 "#);
     assert_eq!(config.providers.len(), 2);
     let b = &config.providers[1];
-    assert_eq!(
-        (b.host.as_str(), b.endpoint.as_str(), b.weight),
-        ("b.example.com", "api.openai.com", 2.0)
-    );
-    assert_eq!(
-        b.api_keys[0].source,
-        SecretSource::Literal("sk-from-env".into())
-    );
-    assert_eq!(
-        b.health_check.as_ref().map(|h| h.path.as_str()),
-        Some("/v1/models")
-    );
+    assert_eq!((b.host.as_str(), b.endpoint.as_str(), b.weight), ("b.example.com", "api.openai.com", 2.0));
+    assert_eq!(b.api_keys[0].source, SecretSource::Literal("sk-from-env".into()));
+    assert_eq!(b.health_check.as_ref().map(|h| h.path.as_str()), Some("/v1/models"));
 }
 
 #[test]
 fn yaml_errors_come_back_as_config_errors() {
     let errs = errors("http_port: 80\nproviders:\n  - type: openai\n    hots: a\n");
     assert_eq!(errs.len(), 1);
-    assert!(
-        errs[0].message.contains("unknown field `hots`") && errs[0].message.contains("line 4"),
-        "{errs:?}"
-    );
+    assert!(errs[0].message.contains("unknown field `hots`") && errs[0].message.contains("line 4"), "{errs:?}");
 }
 
 #[test]
@@ -394,9 +318,7 @@ fn load_file_reads_and_reports_the_path() {
     assert_eq!(config.providers.len(), 1);
 
     let missing = dir.path().join("missing.yml");
-    let errs = load_file(&missing)
-        .err()
-        .unwrap_or_else(|| panic!("loaded a missing file"));
+    let errs = load_file(&missing).err().unwrap_or_else(|| panic!("loaded a missing file"));
     assert!(errs.to_string().contains("missing.yml"), "{errs}");
     assert!(errs.to_string().contains("No such file"), "{errs}");
 }

@@ -29,25 +29,15 @@ pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads the file (an error names the path and the OS error), then [`from_yaml_str`].
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "(file)",
-            format!("cannot read config file {}: {e}", path.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("(file)", format!("cannot read config file {}: {e}", path.display())))?;
     from_yaml_str(&text)
 }
 
 /// [`from_yaml_str`] with the environment given as a function, for tests.
-pub(crate) fn from_yaml_str_with(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigErrors> {
+pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let raw = raw::parse(text)?;
-    let mut ctx = Ctx {
-        env,
-        errors: Vec::new(),
-    };
+    let mut ctx = Ctx { env, errors: Vec::new() };
     let config = validate(&mut ctx, raw);
     if ctx.errors.is_empty() {
         Ok(config)
@@ -65,10 +55,7 @@ pub(super) struct Scope {
 
 impl Scope {
     pub(super) fn top() -> Scope {
-        Scope {
-            key_prefix: String::new(),
-            label: String::new(),
-        }
+        Scope { key_prefix: String::new(), label: String::new() }
     }
 
     /// Uses the host in the label when it is known, as `ProviderConfig::label` does.
@@ -77,10 +64,7 @@ impl Scope {
             Some(host) => format!("providers[{index}] (host {host:?})"),
             None => format!("providers[{index}]"),
         };
-        Scope {
-            key_prefix: format!("providers[{index}]."),
-            label,
-        }
+        Scope { key_prefix: format!("providers[{index}]."), label }
     }
 
     pub(super) fn key(&self, field: &str) -> String {
@@ -106,8 +90,7 @@ impl Ctx<'_> {
     /// Records `<label>: <field> <problem>`, e.g. `... : weight must be > 0`.
     pub(super) fn report(&mut self, scope: &Scope, field: &str, problem: impl Display) {
         let message = format!("{}{field} {problem}", scope.lead());
-        self.errors
-            .push(ConfigError::new(scope.key(field), message));
+        self.errors.push(ConfigError::new(scope.key(field), message));
     }
 
     /// Expands `${VAR}` in one string value; on failure records why and
@@ -117,20 +100,14 @@ impl Ctx<'_> {
             Ok(expanded) => Some(expanded),
             Err(e) => {
                 let message = format!("{}{field}: {e}", scope.lead());
-                self.errors
-                    .push(ConfigError::new(scope.key(field), message));
+                self.errors.push(ConfigError::new(scope.key(field), message));
                 None
             }
         }
     }
 
     /// An optional path value: expanded, must not be empty.
-    pub(super) fn path(
-        &mut self,
-        scope: &Scope,
-        field: &str,
-        raw: Option<&str>,
-    ) -> Option<PathBuf> {
+    pub(super) fn path(&mut self, scope: &Scope, field: &str, raw: Option<&str>) -> Option<PathBuf> {
         let value = self.expand(scope, field, raw?)?;
         if value.trim().is_empty() {
             self.report(scope, field, "is empty; remove the key or give a file path");
@@ -145,11 +122,7 @@ impl Ctx<'_> {
         match u16::try_from(value) {
             Ok(port) if port != 0 => Some(port),
             _ => {
-                self.report(
-                    scope,
-                    field,
-                    format!("must be between 1 and 65535 (got {value})"),
-                );
+                self.report(scope, field, format!("must be between 1 and 65535 (got {value})"));
                 None
             }
         }
@@ -163,20 +136,9 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let health_check = health_check(ctx, raw.health_check.as_ref());
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
-    let graceful_shutdown_timeout = seconds(
-        ctx,
-        "graceful_shutdown_timeout",
-        raw.graceful_shutdown_timeout,
-        30,
-        Bound::ZeroAllowed,
-    );
-    let connect_timeout = seconds(
-        ctx,
-        "connect_timeout",
-        raw.connect_timeout,
-        10,
-        Bound::Positive,
-    );
+    let graceful_shutdown_timeout =
+        seconds(ctx, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, 30, Bound::ZeroAllowed);
+    let connect_timeout = seconds(ctx, "connect_timeout", raw.connect_timeout, 10, Bound::Positive);
     let ca_file = ctx.path(&top, "ca_file", raw.ca_file.as_deref());
     let providers = provider::providers(ctx, raw.providers);
     Config {
@@ -197,19 +159,10 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
 fn listeners(ctx: &mut Ctx<'_>, raw: &RawConfig) -> (Option<SocketAddr>, Option<HttpsConfig>) {
     let top = Scope::top();
     if raw.http_port.is_none() && raw.https_port.is_none() {
-        ctx.report(
-            &top,
-            "http_port",
-            "or https_port must be set (at least one listener is required)",
-        );
+        ctx.report(&top, "http_port", "or https_port must be set (at least one listener is required)");
     }
     let http = listener(ctx, "http", raw.http_port, raw.http_bind_address.as_deref());
-    let https_addr = listener(
-        ctx,
-        "https",
-        raw.https_port,
-        raw.https_bind_address.as_deref(),
-    );
+    let https_addr = listener(ctx, "https", raw.https_port, raw.https_bind_address.as_deref());
     let cert_file = ctx.path(&top, "cert_file", raw.cert_file.as_deref());
     let private_key_file = ctx.path(&top, "private_key_file", raw.private_key_file.as_deref());
     let mut https = None;
@@ -220,28 +173,15 @@ fn listeners(ctx: &mut Ctx<'_>, raw: &RawConfig) -> (Option<SocketAddr>, Option<
             ctx.report(&top, "cert_file", "is required when https_port is set");
         }
         if raw.private_key_file.is_none() {
-            ctx.report(
-                &top,
-                "private_key_file",
-                "is required when https_port is set",
-            );
+            ctx.report(&top, "private_key_file", "is required when https_port is set");
         }
-        if let (Some(addr), Some(cert_file), Some(private_key_file)) =
-            (https_addr, cert_file, private_key_file)
-        {
-            https = Some(HttpsConfig {
-                addr,
-                cert_file,
-                private_key_file,
-            });
+        if let (Some(addr), Some(cert_file), Some(private_key_file)) = (https_addr, cert_file, private_key_file) {
+            https = Some(HttpsConfig { addr, cert_file, private_key_file });
         }
     }
     if let (Some(a), Some(b)) = (http, https_addr) {
         if sockets_clash(a, b) {
-            let problem = format!(
-                "{} is the same as https_port; they need different ports",
-                a.port()
-            );
+            let problem = format!("{} is the same as https_port; they need different ports", a.port());
             ctx.report(&top, "http_port", problem);
         }
     }
@@ -249,12 +189,7 @@ fn listeners(ctx: &mut Ctx<'_>, raw: &RawConfig) -> (Option<SocketAddr>, Option<
 }
 
 /// One listener from `<scheme>_port` + `<scheme>_bind_address`.
-fn listener(
-    ctx: &mut Ctx<'_>,
-    scheme: &str,
-    port: Option<i64>,
-    address: Option<&str>,
-) -> Option<SocketAddr> {
+fn listener(ctx: &mut Ctx<'_>, scheme: &str, port: Option<i64>, address: Option<&str>) -> Option<SocketAddr> {
     let top = Scope::top();
     let port_key = format!("{scheme}_port");
     let address_key = format!("{scheme}_bind_address");
@@ -268,9 +203,7 @@ fn listener(
     let ip = match bare.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => {
-            let problem = format!(
-                "must be an IPv4 or IPv6 address, e.g. \"0.0.0.0\" or \"::\" (got {address:?})"
-            );
+            let problem = format!("must be an IPv4 or IPv6 address, e.g. \"0.0.0.0\" or \"::\" (got {address:?})");
             ctx.report(&top, &address_key, problem);
             return None;
         }
@@ -293,8 +226,7 @@ fn health_check(ctx: &mut Ctx<'_>, raw: Option<&RawHealthCheck>) -> HealthCheckS
 fn header_size(ctx: &mut Ctx<'_>, raw: Option<i64>) -> usize {
     let value = raw.unwrap_or(DEFAULT_HEADER_SIZE);
     if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&value) {
-        let problem =
-            format!("must be between {MIN_HEADER_SIZE} and {MAX_HEADER_SIZE} bytes (got {value})");
+        let problem = format!("must be between {MIN_HEADER_SIZE} and {MAX_HEADER_SIZE} bytes (got {value})");
         ctx.report(&Scope::top(), "http_max_header_size", problem);
     }
     usize::try_from(value).unwrap_or(DEFAULT_HEADER_SIZE as usize)
@@ -342,10 +274,7 @@ mod tests {
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
         assert_eq!(config.ca_file, None);
         let p = &config.providers[0];
-        assert_eq!(
-            (p.port, p.tls, p.weight, p.priority, p.is_fallback),
-            (443, true, 1.0, 0, false)
-        );
+        assert_eq!((p.port, p.tls, p.weight, p.priority, p.is_fallback), (443, true, 1.0, 0, false));
         assert_eq!(p.health_check, None);
         assert_eq!(p.ca_file, None);
         assert_eq!(p.api_keys[0].weight, 1.0);
@@ -359,10 +288,7 @@ mod tests {
              http_max_header_size: 8192\nconnect_tunnel_enabled: true\ngraceful_shutdown_timeout: 0\n\
              connect_timeout: 3\nca_file: /etc/ca.pem",
         ));
-        assert_eq!(
-            config.http,
-            Some("[::1]:80".parse().unwrap_or_else(|e| panic!("{e}")))
-        );
+        assert_eq!(config.http, Some("[::1]:80".parse().unwrap_or_else(|e| panic!("{e}"))));
         let https = config.https.unwrap_or_else(|| panic!("https missing"));
         assert_eq!(https.addr, SocketAddr::from(([127, 0, 0, 1], 8443)));
         assert_eq!(config.health_check.interval, Duration::from_millis(2500));
@@ -381,46 +307,26 @@ mod tests {
 
     #[test]
     fn ports_must_be_in_range() {
-        let errs = errors(&with_provider(
-            "http_port: 0\nhttps_port: 70000\ncert_file: c\nprivate_key_file: k",
-        ));
-        assert_error(
-            &errs,
-            "http_port",
-            &["http_port must be between 1 and 65535 (got 0)"],
-        );
-        assert_error(
-            &errs,
-            "https_port",
-            &["https_port must be between 1 and 65535 (got 70000)"],
-        );
+        let errs = errors(&with_provider("http_port: 0\nhttps_port: 70000\ncert_file: c\nprivate_key_file: k"));
+        assert_error(&errs, "http_port", &["http_port must be between 1 and 65535 (got 0)"]);
+        assert_error(&errs, "https_port", &["https_port must be between 1 and 65535 (got 70000)"]);
     }
 
     #[test]
     fn bind_addresses_must_be_ips() {
-        let errs = errors(&with_provider(
-            "http_port: 80\nhttp_bind_address: localhost",
-        ));
+        let errs = errors(&with_provider("http_port: 80\nhttp_bind_address: localhost"));
         assert_error(
             &errs,
             "http_bind_address",
-            &[
-                "http_bind_address must be an IPv4 or IPv6 address",
-                "\"localhost\"",
-            ],
+            &["http_bind_address must be an IPv4 or IPv6 address", "\"localhost\""],
         );
         let config = ok(&with_provider("http_port: 80\nhttp_bind_address: \"[::]\""));
-        assert_eq!(
-            config.http,
-            Some("[::]:80".parse().unwrap_or_else(|e| panic!("{e}")))
-        );
+        assert_eq!(config.http, Some("[::]:80".parse().unwrap_or_else(|e| panic!("{e}"))));
     }
 
     #[test]
     fn same_port_twice_is_an_error() {
-        let errs = errors(&with_provider(
-            "http_port: 8080\nhttps_port: 8080\ncert_file: c\nprivate_key_file: k",
-        ));
+        let errs = errors(&with_provider("http_port: 8080\nhttps_port: 8080\ncert_file: c\nprivate_key_file: k"));
         assert_error(&errs, "http_port", &["8080 is the same as https_port"]);
         // Different specific addresses may share a port.
         ok(&with_provider(
@@ -432,37 +338,19 @@ mod tests {
     #[test]
     fn https_requires_cert_and_key() {
         let errs = errors(&with_provider("https_port: 443"));
-        assert_error(
-            &errs,
-            "cert_file",
-            &["cert_file is required when https_port is set"],
-        );
-        assert_error(
-            &errs,
-            "private_key_file",
-            &["private_key_file is required when https_port is set"],
-        );
-        let errs = errors(&with_provider(
-            "https_port: 443\ncert_file: \"\"\nprivate_key_file: k",
-        ));
+        assert_error(&errs, "cert_file", &["cert_file is required when https_port is set"]);
+        assert_error(&errs, "private_key_file", &["private_key_file is required when https_port is set"]);
+        let errs = errors(&with_provider("https_port: 443\ncert_file: \"\"\nprivate_key_file: k"));
         assert_error(&errs, "cert_file", &["cert_file is empty"]);
     }
 
     #[test]
     fn header_size_limits() {
         for bad in ["1023", "1048577", "-1"] {
-            let errs = errors(&with_provider(&format!(
-                "http_port: 80\nhttp_max_header_size: {bad}"
-            )));
-            assert_error(
-                &errs,
-                "http_max_header_size",
-                &["between 1024 and 1048576", bad],
-            );
+            let errs = errors(&with_provider(&format!("http_port: 80\nhttp_max_header_size: {bad}")));
+            assert_error(&errs, "http_max_header_size", &["between 1024 and 1048576", bad]);
         }
-        ok(&with_provider(
-            "http_port: 80\nhttp_max_header_size: 1048576",
-        ));
+        ok(&with_provider("http_port: 80\nhttp_max_header_size: 1048576"));
     }
 
     #[test]
@@ -470,16 +358,8 @@ mod tests {
         let errs = errors(&with_provider(
             "http_port: 80\nhealth_check: {interval: 0}\nconnect_timeout: -1\ngraceful_shutdown_timeout: -2",
         ));
-        assert_error(
-            &errs,
-            "health_check.interval",
-            &["health_check.interval", "greater than 0 (got 0)"],
-        );
-        assert_error(
-            &errs,
-            "connect_timeout",
-            &["connect_timeout", "greater than 0 (got -1)"],
-        );
+        assert_error(&errs, "health_check.interval", &["health_check.interval", "greater than 0 (got 0)"]);
+        assert_error(&errs, "connect_timeout", &["connect_timeout", "greater than 0 (got -1)"]);
         assert_error(&errs, "graceful_shutdown_timeout", &["0 or more (got -2)"]);
         let errs = errors(&with_provider("http_port: 80\nconnect_timeout: .inf"));
         assert_error(&errs, "connect_timeout", &["got inf"]);
@@ -487,30 +367,16 @@ mod tests {
 
     #[test]
     fn auth_keys_must_be_usable_header_values() {
-        let errs = errors(&with_provider(
-            "http_port: 80\nauth_keys: [\"\", \"ok\", \"bad\\r\\nsecret-value\"]",
-        ));
+        let errs = errors(&with_provider("http_port: 80\nauth_keys: [\"\", \"ok\", \"bad\\r\\nsecret-value\"]"));
         assert_error(&errs, "auth_keys[0]", &["auth_keys[0] is empty"]);
-        assert_error(
-            &errs,
-            "auth_keys[2]",
-            &["auth_keys[2] contains a control character"],
-        );
+        assert_error(&errs, "auth_keys[2]", &["auth_keys[2] contains a control character"]);
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs.iter().all(|e| !e.message.contains("secret-value")));
     }
 
     #[test]
     fn providers_must_not_be_empty() {
-        assert_error(
-            &errors("http_port: 80"),
-            "providers",
-            &["providers must list at least one provider"],
-        );
-        assert_error(
-            &errors("http_port: 80\nproviders: []"),
-            "providers",
-            &["at least one provider"],
-        );
+        assert_error(&errors("http_port: 80"), "providers", &["providers must list at least one provider"]);
+        assert_error(&errors("http_port: 80\nproviders: []"), "providers", &["at least one provider"]);
     }
 }

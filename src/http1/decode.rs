@@ -81,11 +81,7 @@ impl BodyDecoder {
             BodyFraming::Chunked => State::ChunkSize,
             BodyFraming::CloseDelimited => State::Close,
         };
-        BodyDecoder {
-            state,
-            framing,
-            max_trailer_size,
-        }
+        BodyDecoder { state, framing, max_trailer_size }
     }
 
     /// Consumes from the front of `buf`. After End, always returns End.
@@ -169,9 +165,7 @@ impl BodyDecoder {
                     match buf.get(..2) {
                         Some(b"\r\n") => {}
                         Some(_) => return Err(missing_crlf()),
-                        None if buf.first().is_none_or(|&b| b == b'\r') => {
-                            return Ok(DecodeEvent::NeedMore)
-                        }
+                        None if buf.first().is_none_or(|&b| b == b'\r') => return Ok(DecodeEvent::NeedMore),
                         None => return Err(missing_crlf()),
                     }
                     buf.advance(2);
@@ -207,11 +201,7 @@ impl BodyDecoder {
         };
         buf.advance(end);
         self.state = State::Done;
-        Ok(if fields.is_empty() {
-            DecodeEvent::End
-        } else {
-            DecodeEvent::Trailers(fields)
-        })
+        Ok(if fields.is_empty() { DecodeEvent::End } else { DecodeEvent::Trailers(fields) })
     }
 }
 
@@ -315,11 +305,7 @@ mod tests {
     }
 
     /// Feeds `input` in pieces cut at `cuts`, draining after each piece.
-    fn feed(
-        framing: BodyFraming,
-        input: &[u8],
-        cuts: &[usize],
-    ) -> Result<(Outcome, BytesMut), BodyError> {
+    fn feed(framing: BodyFraming, input: &[u8], cuts: &[usize]) -> Result<(Outcome, BytesMut), BodyError> {
         let mut dec = BodyDecoder::new(framing, 1024);
         let mut buf = BytesMut::new();
         let mut out = Outcome::default();
@@ -350,10 +336,7 @@ mod tests {
     fn chunked_err(input: &[u8]) -> BodyError {
         match feed(BodyFraming::Chunked, input, &[]) {
             Err(e) => e,
-            Ok(o) => panic!(
-                "expected an error for {:?}, got {o:?}",
-                String::from_utf8_lossy(input)
-            ),
+            Ok(o) => panic!("expected an error for {:?}, got {o:?}", String::from_utf8_lossy(input)),
         }
     }
 
@@ -381,16 +364,10 @@ mod tests {
     fn emits_partial_chunks_without_waiting() {
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&b"10\r\nabc"[..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"abc")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"abc"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::NeedMore));
         buf.extend_from_slice(b"defghijklmnop\r\n0\r\n\r\n");
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"defghijklmnop")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"defghijklmnop"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
         assert!(dec.is_done() && buf.is_empty() && dec.remaining().is_none());
@@ -398,12 +375,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_chunk_sizes() {
-        let long_ext = [
-            &b"1;"[..],
-            &[b'a'; MAX_CHUNK_SIZE_LINE],
-            b"\r\nx\r\n0\r\n\r\n",
-        ]
-        .concat();
+        let long_ext = [&b"1;"[..], &[b'a'; MAX_CHUNK_SIZE_LINE], b"\r\nx\r\n0\r\n\r\n"].concat();
         let cases: [&[u8]; 17] = [
             b"\r\n",
             b"+5\r\nhello\r\n0\r\n\r\n",
@@ -424,22 +396,14 @@ mod tests {
             &long_ext,
         ];
         for case in cases {
-            assert_eq!(
-                chunked_err(case),
-                BodyError::InvalidChunkSize,
-                "{:?}",
-                String::from_utf8_lossy(case)
-            );
+            assert_eq!(chunked_err(case), BodyError::InvalidChunkSize, "{:?}", String::from_utf8_lossy(case));
         }
         // Garbage is reported before a line end arrives.
         assert_eq!(chunked_err(b"zz"), BodyError::InvalidChunkSize);
         let max = b"ffffffffffffffff\r\nabc";
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&max[..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"abc")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"abc"))));
     }
 
     #[test]
@@ -451,11 +415,7 @@ mod tests {
             b"5\r\nhello\n",
             b"5\r\nhello\r\r",
         ] {
-            assert!(
-                matches!(chunked_err(case), BodyError::InvalidChunk(_)),
-                "{:?}",
-                String::from_utf8_lossy(case)
-            );
+            assert!(matches!(chunked_err(case), BodyError::InvalidChunk(_)), "{:?}", String::from_utf8_lossy(case));
         }
     }
 
@@ -470,11 +430,7 @@ mod tests {
             b"0\r\nX: a\x00\r\n\r\n",
             b"0\r\n\rX\r\n",
         ] {
-            assert!(
-                matches!(chunked_err(case), BodyError::InvalidTrailers(_)),
-                "{:?}",
-                String::from_utf8_lossy(case)
-            );
+            assert!(matches!(chunked_err(case), BodyError::InvalidTrailers(_)), "{:?}", String::from_utf8_lossy(case));
         }
         let big = [&b"0\r\nX: "[..], &[b'a'; 2000], b"\r\n\r\n"].concat();
         assert_eq!(chunked_err(&big), BodyError::TrailersTooLarge);
@@ -484,16 +440,10 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 1 << 16);
-        assert_eq!(
-            dec.decode(&mut BytesMut::from(&many[..])),
-            Err(BodyError::TrailersTooLarge)
-        );
+        assert_eq!(dec.decode(&mut BytesMut::from(&many[..])), Err(BodyError::TrailersTooLarge));
         // A zero limit still accepts an empty trailer section.
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 0);
-        assert_eq!(
-            dec.decode(&mut BytesMut::from(&b"0\r\n\r\n"[..])),
-            Ok(DecodeEvent::End)
-        );
+        assert_eq!(dec.decode(&mut BytesMut::from(&b"0\r\n\r\n"[..])), Ok(DecodeEvent::End));
     }
 
     #[test]
@@ -513,28 +463,16 @@ mod tests {
         let mut buf = BytesMut::new();
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::NeedMore));
         buf.extend_from_slice(b"he");
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"he")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"he"))));
         assert_eq!(dec.remaining(), Some(3));
         buf.extend_from_slice(b"lloGET /");
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"llo")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"llo"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
-        assert_eq!(
-            (&buf[..], dec.remaining(), dec.is_done()),
-            (&b"GET /"[..], Some(0), true)
-        );
+        assert_eq!((&buf[..], dec.remaining(), dec.is_done()), (&b"GET /"[..], Some(0), true));
         assert_eq!(dec.eof(), Ok(DecodeEvent::End));
         for i in 0..=10 {
             let (out, rest) = feed(BodyFraming::Length(7), b"abcdefgXYZ", &[i]).expect("length");
-            assert_eq!(
-                (out.data.as_slice(), out.ended, &rest[..]),
-                (&b"abcdefg"[..], true, &b"XYZ"[..])
-            );
+            assert_eq!((out.data.as_slice(), out.ended, &rest[..]), (&b"abcdefg"[..], true, &b"XYZ"[..]));
         }
     }
 
@@ -553,10 +491,7 @@ mod tests {
     fn close_delimited_ends_only_at_eof() {
         let mut dec = BodyDecoder::new(BodyFraming::CloseDelimited, 0);
         let mut buf = BytesMut::from(&b"abc"[..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(DecodeEvent::Data(Bytes::from_static(b"abc")))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"abc"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::NeedMore));
         assert!(!dec.is_done() && dec.remaining().is_none());
         assert_eq!(dec.eof(), Ok(DecodeEvent::End));
@@ -566,10 +501,7 @@ mod tests {
     #[test]
     fn eof_cuts_short_length_and_chunked() {
         let mut dec = BodyDecoder::new(BodyFraming::Length(3), 0);
-        assert_eq!(
-            dec.decode(&mut BytesMut::from(&b"ab"[..])).map(|_| ()),
-            Ok(())
-        );
+        assert_eq!(dec.decode(&mut BytesMut::from(&b"ab"[..])).map(|_| ()), Ok(()));
         assert_eq!(dec.eof(), Err(BodyError::Incomplete));
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n"[..]);

@@ -113,17 +113,12 @@ pub fn encode_continue(dst: &mut BytesMut) {
 
 /// reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4).
 fn is_reason_phrase(reason: &str) -> bool {
-    reason
-        .bytes()
-        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    reason.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Bytes `put_fields` will write, to reserve once.
 fn fields_len(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
 /// Writes "name: value\r\n" for every field (HeaderValue cannot hold CR/LF).
@@ -190,42 +185,25 @@ mod tests {
     fn request_heads() {
         let h = headers(&[("host", "h"), ("x-a", "1"), ("x-a", "2")]);
         let out = req_bytes(Method::GET, &h, BodyFraming::Empty);
-        assert_eq!(
-            &out[..],
-            b"GET /v1/x?y=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
-        );
+        assert_eq!(&out[..], b"GET /v1/x?y=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
         let out = req_bytes(Method::POST, &h, BodyFraming::Empty);
         assert!(out.ends_with(b"x-a: 2\r\ncontent-length: 0\r\n\r\n"));
         let out = req_bytes(Method::PUT, &h, BodyFraming::CloseDelimited);
         assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
         let out = req_bytes(Method::DELETE, &h, BodyFraming::CloseDelimited);
         assert!(out.ends_with(b"x-a: 2\r\n\r\n"));
-        let sneaky = headers(&[
-            ("host", "h"),
-            ("content-length", "99"),
-            ("transfer-encoding", "chunked"),
-        ]);
+        let sneaky = headers(&[("host", "h"), ("content-length", "99"), ("transfer-encoding", "chunked")]);
         let out = req_bytes(Method::POST, &sneaky, BodyFraming::Length(12345678901));
-        assert_eq!(
-            &out[..],
-            b"POST /v1/x?y=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 12345678901\r\n\r\n"
-        );
+        assert_eq!(&out[..], b"POST /v1/x?y=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 12345678901\r\n\r\n");
     }
 
     #[test]
     fn request_round_trips() {
         let h = headers(&[("host", "api.example.com"), ("x-bin", "v"), ("x-bin", "w")]);
-        for framing in [
-            BodyFraming::Empty,
-            BodyFraming::Length(0),
-            BodyFraming::Length(42),
-            BodyFraming::Chunked,
-        ] {
+        for framing in [BodyFraming::Empty, BodyFraming::Length(0), BodyFraming::Length(42), BodyFraming::Chunked] {
             for method in [Method::GET, Method::POST, Method::PATCH] {
                 let out = req_bytes(method.clone(), &h, framing);
-                let Ok(Some((head, n))) = parse_request_head(&out, 4096) else {
-                    panic!("no head")
-                };
+                let Ok(Some((head, n))) = parse_request_head(&out, 4096) else { panic!("no head") };
                 assert_eq!(n, out.len());
                 assert_eq!(
                     (head.method, head.target.as_str(), head.version),
@@ -245,51 +223,20 @@ mod tests {
     fn response_heads() {
         let h = headers(&[("content-type", "text/plain")]);
         let mut out = BytesMut::new();
-        encode_response_head(
-            StatusCode::NOT_FOUND,
-            "",
-            &h,
-            BodyFraming::Length(3),
-            true,
-            &mut out,
-        );
-        assert_eq!(&out[..], b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\n");
-        out.clear();
-        encode_response_head(
-            StatusCode::OK,
-            "Fine",
-            &h,
-            BodyFraming::Chunked,
-            false,
-            &mut out,
-        );
+        encode_response_head(StatusCode::NOT_FOUND, "", &h, BodyFraming::Length(3), true, &mut out);
         assert_eq!(
             &out[..],
-            b"HTTP/1.1 200 Fine\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
         );
         out.clear();
-        encode_response_head(
-            StatusCode::OK,
-            "x\r\nset-cookie: a",
-            &h,
-            BodyFraming::CloseDelimited,
-            true,
-            &mut out,
-        );
-        assert_eq!(
-            &out[..],
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n"
-        );
+        encode_response_head(StatusCode::OK, "Fine", &h, BodyFraming::Chunked, false, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 Fine\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n");
+        out.clear();
+        encode_response_head(StatusCode::OK, "x\r\nset-cookie: a", &h, BodyFraming::CloseDelimited, true, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n");
         out.clear();
         let unknown = StatusCode::from_u16(599).unwrap_or(StatusCode::OK);
-        encode_response_head(
-            unknown,
-            "",
-            &HeaderMap::new(),
-            BodyFraming::Empty,
-            false,
-            &mut out,
-        );
+        encode_response_head(unknown, "", &HeaderMap::new(), BodyFraming::Empty, false, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 599 \r\n\r\n");
     }
 
@@ -298,54 +245,29 @@ mod tests {
         let h = headers(&[("content-length", "10"), ("etag", "\"x\"")]);
         let mut out = BytesMut::new();
         encode_response_head(StatusCode::OK, "", &h, BodyFraming::Empty, false, &mut out);
-        assert_eq!(
-            &out[..],
-            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\netag: \"x\"\r\n\r\n"
-        );
-        let Ok(Some((head, _))) = parse_response_head(&out, 4096, &Method::HEAD) else {
-            panic!("no head")
-        };
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\netag: \"x\"\r\n\r\n");
+        let Ok(Some((head, _))) = parse_response_head(&out, 4096, &Method::HEAD) else { panic!("no head") };
         assert_eq!((head.framing, head.keep_alive), (BodyFraming::Empty, true));
         out.clear();
-        encode_response_head(
-            StatusCode::NO_CONTENT,
-            "",
-            &h,
-            BodyFraming::Length(10),
-            false,
-            &mut out,
-        );
+        encode_response_head(StatusCode::NO_CONTENT, "", &h, BodyFraming::Length(10), false, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 204 No Content\r\netag: \"x\"\r\n\r\n");
     }
 
     #[test]
     fn response_round_trips() {
-        let h = headers(&[
-            ("x-request-id", "abc"),
-            ("content-type", "application/json"),
-        ]);
+        let h = headers(&[("x-request-id", "abc"), ("content-type", "application/json")]);
         let cases = [
             (BodyFraming::Length(7), false, BodyFraming::Length(7), true),
             (BodyFraming::Chunked, false, BodyFraming::Chunked, true),
             (BodyFraming::Length(7), true, BodyFraming::Length(7), false),
-            (
-                BodyFraming::CloseDelimited,
-                true,
-                BodyFraming::CloseDelimited,
-                false,
-            ),
+            (BodyFraming::CloseDelimited, true, BodyFraming::CloseDelimited, false),
         ];
         for (framing, close, parsed, keep_alive) in cases {
             let mut out = BytesMut::new();
             encode_response_head(StatusCode::CREATED, "", &h, framing, close, &mut out);
-            let Ok(Some((head, n))) = parse_response_head(&out, 4096, &Method::POST) else {
-                panic!("no head")
-            };
+            let Ok(Some((head, n))) = parse_response_head(&out, 4096, &Method::POST) else { panic!("no head") };
             assert_eq!(n, out.len());
-            assert_eq!(
-                (head.status, head.reason.as_str()),
-                (StatusCode::CREATED, "Created")
-            );
+            assert_eq!((head.status, head.reason.as_str()), (StatusCode::CREATED, "Created"));
             assert_eq!((head.framing, head.keep_alive), (parsed, keep_alive));
             assert_eq!(head.headers["x-request-id"], "abc");
         }
@@ -386,12 +308,7 @@ mod tests {
         let mut out = BytesMut::new();
         encode_continue(&mut out);
         assert_eq!(&out[..], b"HTTP/1.1 100 Continue\r\n\r\n");
-        for (n, hex) in [
-            (0usize, "0"),
-            (15, "f"),
-            (16, "10"),
-            (0xdead_beef, "deadbeef"),
-        ] {
+        for (n, hex) in [(0usize, "0"), (15, "f"), (16, "10"), (0xdead_beef, "deadbeef")] {
             out.clear();
             encode_chunk_prefix(n, &mut out);
             assert_eq!(&out[..], format!("{hex}\r\n").as_bytes());

@@ -24,10 +24,7 @@ pub(crate) fn scan_section(buf: &[u8], start: usize) -> Result<Scan, &'static st
         if line_start > start && matches!(buf[line_start], b' ' | b'\t') {
             return Err("obsolete line folding");
         }
-        let Some(off) = buf[line_start..]
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-        else {
+        let Some(off) = buf[line_start..].iter().position(|&b| b == b'\r' || b == b'\n') else {
             break;
         };
         let at = line_start + off;
@@ -52,8 +49,7 @@ pub(crate) fn scan_section(buf: &[u8], start: usize) -> Result<Scan, &'static st
 pub(crate) fn build_header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid field name")?;
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid field name")?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| "invalid field value")?;
         map.append(name, value);
     }
@@ -66,19 +62,10 @@ mod tests {
 
     #[test]
     fn finds_the_empty_line() {
-        assert_eq!(
-            scan_section(b"A: b\r\nC: d\r\n\r\nbody", 0),
-            Ok(Scan::Complete(14))
-        );
+        assert_eq!(scan_section(b"A: b\r\nC: d\r\n\r\nbody", 0), Ok(Scan::Complete(14)));
         assert_eq!(scan_section(b"\r\n", 0), Ok(Scan::Complete(2)));
-        assert_eq!(
-            scan_section(b"GET / HTTP/1.1\r\n\r\n", 0),
-            Ok(Scan::Complete(18))
-        );
-        assert_eq!(
-            scan_section(b"xx\r\nGET / HTTP/1.1\r\n\r\n", 4),
-            Ok(Scan::Complete(22))
-        );
+        assert_eq!(scan_section(b"GET / HTTP/1.1\r\n\r\n", 0), Ok(Scan::Complete(18)));
+        assert_eq!(scan_section(b"xx\r\nGET / HTTP/1.1\r\n\r\n", 4), Ok(Scan::Complete(22)));
     }
 
     #[test]
@@ -95,42 +82,21 @@ mod tests {
     fn rejects_bad_line_structure() {
         assert_eq!(scan_section(b"A: b\n\r\n", 0), Err("bare LF"));
         assert_eq!(scan_section(b"A: b\rC: d\r\n\r\n", 0), Err("bare CR"));
-        assert_eq!(
-            scan_section(b"A: b\r\n c\r\n\r\n", 0),
-            Err("obsolete line folding")
-        );
-        assert_eq!(
-            scan_section(b"A: b\r\n\tc\r\n\r\n", 0),
-            Err("obsolete line folding")
-        );
+        assert_eq!(scan_section(b"A: b\r\n c\r\n\r\n", 0), Err("obsolete line folding"));
+        assert_eq!(scan_section(b"A: b\r\n\tc\r\n\r\n", 0), Err("obsolete line folding"));
     }
 
     #[test]
     fn builds_header_maps() {
         let fields = [
-            httparse::Header {
-                name: "X-A",
-                value: b"1",
-            },
-            httparse::Header {
-                name: "x-a",
-                value: b"2",
-            },
-            httparse::Header {
-                name: "X-Bin",
-                value: b"\xff",
-            },
+            httparse::Header { name: "X-A", value: b"1" },
+            httparse::Header { name: "x-a", value: b"2" },
+            httparse::Header { name: "X-Bin", value: b"\xff" },
         ];
         let map = build_header_map(&fields).map_err(str::to_owned);
         let map = map.as_ref().map(|m| m.get_all("x-a").iter().count());
         assert_eq!(map, Ok(2));
-        let bad = [httparse::Header {
-            name: "X",
-            value: b"a\x7f",
-        }];
-        assert_eq!(
-            build_header_map(&bad).map(|_| ()),
-            Err("invalid field value")
-        );
+        let bad = [httparse::Header { name: "X", value: b"a\x7f" }];
+        assert_eq!(build_header_map(&bad).map(|_| ()), Err("invalid field value"));
     }
 }

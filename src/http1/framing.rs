@@ -34,32 +34,23 @@ enum TeKind {
 ///
 /// A request is never close-delimited: without Content-Length or
 /// Transfer-Encoding it has no body (rule 6).
-pub(crate) fn request_framing(
-    headers: &HeaderMap,
-    version: Version,
-) -> Result<BodyFraming, HeadError> {
+pub(crate) fn request_framing(headers: &HeaderMap, version: Version) -> Result<BodyFraming, HeadError> {
     reject_lookalikes(headers)?;
     if headers.contains_key(TRANSFER_ENCODING) {
         // §6.1: a message with both is the classic smuggling vector; a server
         // MAY reject it, and in front of upstreams we must.
         if headers.contains_key(CONTENT_LENGTH) {
-            return Err(HeadError::malformed(
-                "both Content-Length and Transfer-Encoding present",
-            ));
+            return Err(HeadError::malformed("both Content-Length and Transfer-Encoding present"));
         }
         // §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
         if version == Version::HTTP_10 {
-            return Err(HeadError::malformed(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ));
+            return Err(HeadError::malformed("Transfer-Encoding in an HTTP/1.0 request"));
         }
         return match classify_te(headers)? {
             TeKind::Chunked => Ok(BodyFraming::Chunked),
             TeKind::ChunkedAfterOthers => Err(HeadError::UnsupportedTransferCoding),
             // §6.3 rule 4: the length cannot be determined -> 400 and close.
-            TeKind::FinalNotChunked => {
-                Err(HeadError::malformed("final transfer coding is not chunked"))
-            }
+            TeKind::FinalNotChunked => Err(HeadError::malformed("final transfer coding is not chunked")),
         };
     }
     Ok(match content_length(headers)? {
@@ -117,10 +108,7 @@ fn reject_lookalikes(headers: &HeaderMap) -> Result<(), HeadError> {
         n.contains(&b'_')
             && [CONTENT_LENGTH, TRANSFER_ENCODING].iter().any(|f| {
                 let f = f.as_str().as_bytes();
-                f.len() == n.len()
-                    && f.iter()
-                        .zip(n)
-                        .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+                f.len() == n.len() && f.iter().zip(n).all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
             })
     };
     match headers.keys().any(lookalike) {
@@ -137,8 +125,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     for value in headers.get_all(CONTENT_LENGTH) {
         // No empty elements here: `5,` is not something a sane sender emits.
         for item in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(trim_ows(item))
-                .ok_or_else(|| HeadError::malformed("invalid Content-Length"))?;
+            let n = parse_decimal(trim_ows(item)).ok_or_else(|| HeadError::malformed("invalid Content-Length"))?;
             match found {
                 Some(prev) if prev != n => {
                     return Err(HeadError::malformed("conflicting Content-Length values"));
@@ -234,20 +221,14 @@ mod tests {
     fn req_ok(s: &[u8]) -> (RequestHead, usize) {
         match parse_request_head(s, 8192) {
             Ok(Some(h)) => h,
-            other => panic!(
-                "expected a head for {:?}, got {other:?}",
-                String::from_utf8_lossy(s)
-            ),
+            other => panic!("expected a head for {:?}, got {other:?}", String::from_utf8_lossy(s)),
         }
     }
 
     fn req_err(s: &[u8]) -> HeadError {
         match parse_request_head(s, 8192) {
             Err(e) => e,
-            other => panic!(
-                "expected an error for {:?}, got {other:?}",
-                String::from_utf8_lossy(s)
-            ),
+            other => panic!("expected an error for {:?}, got {other:?}", String::from_utf8_lossy(s)),
         }
     }
 
@@ -291,22 +272,10 @@ mod tests {
         assert_eq!(request_framing(&m, v11), Ok(BodyFraming::Length(7)));
         let m = map(&[("transfer-encoding", "Chunked")]);
         assert_eq!(request_framing(&m, v11), Ok(BodyFraming::Chunked));
-        let m = map(&[
-            ("transfer-encoding", "gzip"),
-            ("transfer-encoding", "chunked"),
-        ]);
-        assert_eq!(
-            request_framing(&m, v11),
-            Err(HeadError::UnsupportedTransferCoding)
-        );
-        let m = map(&[
-            ("transfer-encoding", "chunked"),
-            ("transfer-encoding", "chunked"),
-        ]);
-        assert!(matches!(
-            request_framing(&m, v11),
-            Err(HeadError::Malformed(_))
-        ));
+        let m = map(&[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")]);
+        assert_eq!(request_framing(&m, v11), Err(HeadError::UnsupportedTransferCoding));
+        let m = map(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]);
+        assert!(matches!(request_framing(&m, v11), Err(HeadError::Malformed(_))));
     }
 
     #[test]
@@ -323,18 +292,9 @@ mod tests {
         assert_eq!(r(304, &get, &cl), Ok((BodyFraming::Empty, false)));
         assert_eq!(r(204, &get, &cl), Ok((BodyFraming::Empty, false)));
         assert_eq!(r(101, &get, &cl), Ok((BodyFraming::Empty, false)));
-        assert_eq!(
-            r(200, &Method::CONNECT, &cl),
-            Ok((BodyFraming::Empty, false))
-        );
-        assert_eq!(
-            r(407, &Method::CONNECT, &cl),
-            Ok((BodyFraming::Length(3), false))
-        );
-        assert_eq!(
-            r(200, &get, &map(&[])),
-            Ok((BodyFraming::CloseDelimited, false))
-        );
+        assert_eq!(r(200, &Method::CONNECT, &cl), Ok((BodyFraming::Empty, false)));
+        assert_eq!(r(407, &Method::CONNECT, &cl), Ok((BodyFraming::Length(3), false)));
+        assert_eq!(r(200, &get, &map(&[])), Ok((BodyFraming::CloseDelimited, false)));
         let both = map(&[("content-length", "3"), ("transfer-encoding", "chunked")]);
         assert_eq!(r(200, &get, &both), Ok((BodyFraming::Chunked, true)));
         let gz = map(&[("transfer-encoding", "gzip")]);
@@ -357,10 +317,7 @@ mod tests {
             "Content-Length: 5\r\nContent-Length: 6",
             "Content-Length: 18446744073709551616",
         ] {
-            assert!(
-                matches!(req_err(&with_cl(bad)), HeadError::Malformed(_)),
-                "{bad}"
-            );
+            assert!(matches!(req_err(&with_cl(bad)), HeadError::Malformed(_)), "{bad}");
         }
         for (ok, n) in [
             ("Content-Length: 5, 5", 5),
@@ -368,11 +325,7 @@ mod tests {
             ("Content-Length:  7 ", 7),
             ("Content-Length: 18446744073709551615", u64::MAX),
         ] {
-            assert_eq!(
-                req_ok(&with_cl(ok)).0.framing,
-                BodyFraming::Length(n),
-                "{ok}"
-            );
+            assert_eq!(req_ok(&with_cl(ok)).0.framing, BodyFraming::Length(n), "{ok}");
         }
     }
 
@@ -391,19 +344,11 @@ mod tests {
             "Transfer-Encoding: chunked\x0b",
             "Transfer-Encoding: \"chunked\"",
         ] {
-            assert!(
-                matches!(req_err(&with(bad)), HeadError::Malformed(_)),
-                "{bad:?}"
-            );
+            assert!(matches!(req_err(&with(bad)), HeadError::Malformed(_)), "{bad:?}");
         }
-        for unsupported in [
-            "Transfer-Encoding: gzip, chunked",
-            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
-        ] {
-            assert_eq!(
-                req_err(&with(unsupported)),
-                HeadError::UnsupportedTransferCoding
-            );
+        for unsupported in ["Transfer-Encoding: gzip, chunked", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"]
+        {
+            assert_eq!(req_err(&with(unsupported)), HeadError::UnsupportedTransferCoding);
         }
         for ok in [
             "Transfer-Encoding: chunked",
@@ -425,72 +370,39 @@ mod tests {
     fn parses_responses() {
         let get = Method::GET;
         let h = res_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &get);
-        assert_eq!(
-            (h.status, h.reason.as_str(), h.framing),
-            (StatusCode::OK, "OK", BodyFraming::Length(3))
-        );
+        assert_eq!((h.status, h.reason.as_str(), h.framing), (StatusCode::OK, "OK", BodyFraming::Length(3)));
         assert!(h.keep_alive);
         let h = res_ok(b"HTTP/1.1 599 \r\nTransfer-Encoding: chunked\r\n\r\n", &get);
-        assert_eq!(
-            (h.status.as_u16(), h.reason.as_str(), h.framing),
-            (599, "", BodyFraming::Chunked)
-        );
-        let h = res_ok(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            &get,
-        );
+        assert_eq!((h.status.as_u16(), h.reason.as_str(), h.framing), (599, "", BodyFraming::Chunked));
+        let h = res_ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", &get);
         assert_eq!(h.framing, BodyFraming::Chunked);
         assert!(!h.keep_alive);
         let h = res_ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &get);
-        assert_eq!(
-            (h.framing, h.keep_alive),
-            (BodyFraming::CloseDelimited, false)
-        );
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::CloseDelimited, false));
         let h = res_ok(b"HTTP/1.1 200 OK\r\n\r\n", &get);
-        assert_eq!(
-            (h.framing, h.keep_alive),
-            (BodyFraming::CloseDelimited, false)
-        );
+        assert_eq!((h.framing, h.keep_alive), (BodyFraming::CloseDelimited, false));
         let h = res_ok(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get);
         assert_eq!((h.version, h.keep_alive), (Version::HTTP_10, false));
-        let h = res_ok(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
-            &get,
-        );
+        let h = res_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", &get);
         assert!(!h.keep_alive);
     }
 
     #[test]
     fn bodiless_responses() {
         let cases: [(&[u8], Method); 6] = [
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
-                Method::HEAD,
-            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", Method::HEAD),
             (b"HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
-            (
-                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
-                Method::GET,
-            ),
+            (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", Method::GET),
             (b"HTTP/1.1 100 Continue\r\n\r\n", Method::POST),
-            (
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-                Method::GET,
-            ),
-            (
-                b"HTTP/1.1 200 Connection established\r\n\r\n",
-                Method::CONNECT,
-            ),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", Method::GET),
+            (b"HTTP/1.1 200 Connection established\r\n\r\n", Method::CONNECT),
         ];
         for (buf, method) in cases {
             let h = res_ok(buf, &method);
             assert_eq!(h.framing, BodyFraming::Empty, "{method}");
             assert!(h.keep_alive);
         }
-        let h = res_ok(
-            b"HTTP/1.1 407 Auth\r\nContent-Length: 2\r\n\r\n",
-            &Method::CONNECT,
-        );
+        let h = res_ok(b"HTTP/1.1 407 Auth\r\nContent-Length: 2\r\n\r\n", &Method::CONNECT);
         assert_eq!(h.framing, BodyFraming::Length(2));
     }
 }

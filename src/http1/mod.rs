@@ -14,10 +14,7 @@ pub mod parse;
 
 pub use decode::{BodyDecoder, BodyError, DecodeEvent};
 pub use encode::{
-    encode_chunk_prefix, encode_continue, encode_last_chunk, encode_request_head,
-    encode_response_head, CHUNK_SUFFIX,
+    encode_chunk_prefix, encode_continue, encode_last_chunk, encode_request_head, encode_response_head, CHUNK_SUFFIX,
 };
 pub use framing::BodyFraming;
-pub use parse::{
-    parse_request_head, parse_response_head, HeadError, RequestHead, ResponseHead, MAX_HEADERS,
-};
+pub use parse::{parse_request_head, parse_response_head, HeadError, RequestHead, ResponseHead, MAX_HEADERS};

@@ -82,10 +82,7 @@ impl HeadError {
 
 /// Ok(None) = head incomplete, read more. Ok(Some((head, n))) = head parsed from buf[..n]; the body starts at buf[n].
 /// `max_head` is the limit on the head size in bytes (request line + all header lines + final CRLF).
-pub fn parse_request_head(
-    buf: &[u8],
-    max_head: usize,
-) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub fn parse_request_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let Some(end) = find_head_end(buf, max_head, HeadError::UriTooLong)? else {
         return Ok(None);
     };
@@ -106,15 +103,8 @@ pub fn parse_request_head(
     let framing = framing::request_framing(&headers, version)?;
     let keep_alive = connection_keep_alive(&headers, version);
     let expect_continue = expect_continue(&headers, version)?;
-    let head = RequestHead {
-        method,
-        target: target.to_owned(),
-        version,
-        headers,
-        framing,
-        keep_alive,
-        expect_continue,
-    };
+    let head =
+        RequestHead { method, target: target.to_owned(), version, headers, framing, keep_alive, expect_continue };
     Ok(Some((head, end)))
 }
 
@@ -137,33 +127,20 @@ pub fn parse_response_head(
     }
     let version = map_version(res.version)?;
     // httparse yields exactly three digits; StatusCode rejects 000-099.
-    let status = StatusCode::from_u16(res.code.unwrap_or_default())
-        .map_err(|_| HeadError::malformed("invalid status code"))?;
+    let status =
+        StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| HeadError::malformed("invalid status code"))?;
     let reason = res.reason.unwrap_or_default().to_owned();
     let headers = build_header_map(res.headers).map_err(HeadError::malformed)?;
     let (framing, suspect) = framing::response_framing(status, request_method, &headers, version)?;
-    let keep_alive = !suspect
-        && framing != BodyFraming::CloseDelimited
-        && connection_keep_alive(&headers, version);
-    let head = ResponseHead {
-        status,
-        version,
-        reason,
-        headers,
-        framing,
-        keep_alive,
-    };
+    let keep_alive = !suspect && framing != BodyFraming::CloseDelimited && connection_keep_alive(&headers, version);
+    let head = ResponseHead { status, version, reason, headers, framing, keep_alive };
     Ok(Some((head, end)))
 }
 
 /// Finds the end of the head (index just past the empty line), enforcing
 /// `max_head` on complete and incomplete input alike. `line_too_long` is the
 /// error for a start line that alone exceeds the limit.
-fn find_head_end(
-    buf: &[u8],
-    max_head: usize,
-    line_too_long: HeadError,
-) -> Result<Option<usize>, HeadError> {
+fn find_head_end(buf: &[u8], max_head: usize, line_too_long: HeadError) -> Result<Option<usize>, HeadError> {
     // RFC 9112 §2.2: ignore empty lines received before the start line
     // (they still count against max_head).
     let mut start = 0;
@@ -173,18 +150,12 @@ fn find_head_end(
     // Only the first max_head bytes can belong to an acceptable head.
     let view = &buf[..buf.len().min(max_head)];
     if start >= view.len() {
-        return if buf.len() > max_head {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
-        };
+        return if buf.len() > max_head { Err(HeadError::TooLarge) } else { Ok(None) };
     }
     match scan_section(view, start).map_err(HeadError::malformed)? {
         Scan::Complete(end) => Ok(Some(end)),
         Scan::Partial { .. } if buf.len() <= max_head => Ok(None),
-        Scan::Partial {
-            first_line_done: false,
-        } => Err(line_too_long),
+        Scan::Partial { first_line_done: false } => Err(line_too_long),
         Scan::Partial { .. } => Err(HeadError::TooLarge),
     }
 }
@@ -231,10 +202,7 @@ fn is_authority_form(t: &[u8]) -> bool {
         return false;
     };
     let (host, port) = (&t[..colon], &t[colon + 1..]);
-    !host.is_empty()
-        && is_host_chars(host)
-        && !port.is_empty()
-        && port.iter().all(u8::is_ascii_digit)
+    !host.is_empty() && is_host_chars(host) && !port.is_empty() && port.iter().all(u8::is_ascii_digit)
 }
 
 /// absolute-URI starts with scheme ":" (RFC 3986 §3.1). Only hierarchical
@@ -249,15 +217,12 @@ fn is_absolute_form(t: &[u8]) -> bool {
     }
     let scheme = &t[..colon];
     scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && scheme.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// Characters of uri-host [":" port] (reg-name, IP-literal, IPv4), RFC 3986 §3.2.2.
 fn is_host_chars(v: &[u8]) -> bool {
-    v.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+    v.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host; any request with
@@ -314,30 +279,20 @@ mod tests {
     fn req_ok(s: &[u8]) -> (RequestHead, usize) {
         match req(s) {
             Ok(Some(h)) => h,
-            other => panic!(
-                "expected a head for {:?}, got {other:?}",
-                String::from_utf8_lossy(s)
-            ),
+            other => panic!("expected a head for {:?}, got {other:?}", String::from_utf8_lossy(s)),
         }
     }
 
     fn req_err(s: &[u8]) -> HeadError {
         match req(s) {
             Err(e) => e,
-            other => panic!(
-                "expected an error for {:?}, got {other:?}",
-                String::from_utf8_lossy(s)
-            ),
+            other => panic!("expected an error for {:?}, got {other:?}", String::from_utf8_lossy(s)),
         }
     }
 
     fn assert_malformed(cases: &[&[u8]]) {
         for case in cases {
-            assert!(
-                matches!(req_err(case), HeadError::Malformed(_)),
-                "{:?}",
-                String::from_utf8_lossy(case)
-            );
+            assert!(matches!(req_err(case), HeadError::Malformed(_)), "{:?}", String::from_utf8_lossy(case));
         }
     }
 
@@ -457,10 +412,7 @@ mod tests {
         let targets: [(&[u8], &str); 4] = [
             (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "*"),
             (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", "h:443"),
-            (
-                b"GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\n",
-                "http://h/p?q",
-            ),
+            (b"GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\n", "http://h/p?q"),
             (b"PURGE /x HTTP/1.1\r\nHost: h\r\n\r\n", "/x"),
         ];
         for (buf, target) in targets {
@@ -472,23 +424,14 @@ mod tests {
     fn size_limits() {
         let buf = b"GET /0123456789 HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(parse_request_head(buf, buf.len()).is_ok_and(|r| r.is_some()));
-        assert_eq!(
-            parse_request_head(buf, buf.len() - 1),
-            Err(HeadError::TooLarge)
-        );
+        assert_eq!(parse_request_head(buf, buf.len() - 1), Err(HeadError::TooLarge));
         // Incomplete but already over the limit.
         assert_eq!(parse_request_head(&buf[..30], 29), Err(HeadError::TooLarge));
         assert_eq!(parse_request_head(&buf[..30], 30), Ok(None));
         // The request line alone is over the limit.
         assert_eq!(parse_request_head(buf, 20), Err(HeadError::UriTooLong));
-        assert_eq!(
-            parse_request_head(&buf[..21], 20),
-            Err(HeadError::UriTooLong)
-        );
-        assert_eq!(
-            parse_request_head(&[b'\r', b'\n'].repeat(20), 10),
-            Err(HeadError::TooLarge)
-        );
+        assert_eq!(parse_request_head(&buf[..21], 20), Err(HeadError::UriTooLong));
+        assert_eq!(parse_request_head(&[b'\r', b'\n'].repeat(20), 10), Err(HeadError::TooLarge));
         let many = |n: usize| {
             let mut s = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
             for i in 1..n {
@@ -498,37 +441,23 @@ mod tests {
             s
         };
         assert!(parse_request_head(&many(MAX_HEADERS), 1 << 16).is_ok_and(|r| r.is_some()));
-        assert_eq!(
-            parse_request_head(&many(MAX_HEADERS + 1), 1 << 16),
-            Err(HeadError::TooLarge)
-        );
+        assert_eq!(parse_request_head(&many(MAX_HEADERS + 1), 1 << 16), Err(HeadError::TooLarge));
     }
 
     #[test]
     fn connection_and_expect() {
         let ka = |s: &[u8]| req_ok(s).0.keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
-        assert!(!ka(
-            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n"
-        ));
+        assert!(!ka(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n"));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        assert!(!ka(
-            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
-        ));
+        assert!(!ka(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"));
         let ec = |s: &[u8]| req_ok(s).0.expect_continue;
-        assert!(ec(
-            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n"
-        ));
-        assert!(!ec(
-            b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
-        ));
+        assert!(ec(b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n"));
+        assert!(!ec(b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"));
         let bad = b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue, foo\r\n\r\n";
         assert_eq!(req_err(bad), HeadError::Expectation);
-        assert_eq!(
-            req_err(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: foo\r\n\r\n"),
-            HeadError::Expectation
-        );
+        assert_eq!(req_err(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: foo\r\n\r\n"), HeadError::Expectation);
     }
 
     #[test]
@@ -560,11 +489,7 @@ mod tests {
             b"HTTP/1.1 099 Low\r\n\r\n",
             b"HTTP/1.1 20 OK\r\n\r\n",
         ] {
-            assert!(
-                matches!(res(bad, &get), Err(HeadError::Malformed(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(matches!(res(bad, &get), Err(HeadError::Malformed(_))), "{:?}", String::from_utf8_lossy(bad));
         }
         let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(parse_response_head(buf, 10, &get), Err(HeadError::TooLarge));
@@ -574,9 +499,7 @@ mod tests {
     fn response_split_at_every_byte() {
         let buf = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n5\r\n";
         let get = Method::GET;
-        let Ok(Some((whole, n))) = res(buf, &get) else {
-            panic!("no head")
-        };
+        let Ok(Some((whole, n))) = res(buf, &get) else { panic!("no head") };
         for i in 0..buf.len() {
             match res(&buf[..i], &get) {
                 Ok(None) => assert!(i < n),

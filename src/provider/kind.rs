@@ -22,11 +22,7 @@ pub const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, X_API_KEY
 
 /// The client's key as presented, looked up where this type's SDKs send it.
 /// `Proxy-Authorization: Bearer` is accepted for every type and wins when present.
-pub fn client_key<'a>(
-    kind: ProviderType,
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Option<Cow<'a, [u8]>> {
+pub fn client_key<'a>(kind: ProviderType, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, [u8]>> {
     if let Some(key) = bearer(headers.get(PROXY_AUTHORIZATION)) {
         return Some(Cow::Borrowed(key));
     }
@@ -35,9 +31,9 @@ pub fn client_key<'a>(
     match kind {
         ProviderType::OpenAi => from_bearer(),
         ProviderType::Anthropic => plain(&X_API_KEY).or_else(from_bearer),
-        ProviderType::Gemini => plain(&X_GOOG_API_KEY)
-            .or_else(|| query.and_then(query_key).map(Cow::Owned))
-            .or_else(from_bearer),
+        ProviderType::Gemini => {
+            plain(&X_GOOG_API_KEY).or_else(|| query.and_then(query_key).map(Cow::Owned)).or_else(from_bearer)
+        }
         ProviderType::Forward => None,
     }
 }
@@ -84,12 +80,7 @@ fn add_beta_flag(headers: &mut HeaderMap, flag: &str) {
     let mut flags: Vec<String> = Vec::new();
     for value in headers.get_all(&ANTHROPIC_BETA) {
         if let Ok(text) = value.to_str() {
-            flags.extend(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .map(String::from),
-            );
+            flags.extend(text.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from));
         }
     }
     if !flags.iter().any(|f| f == flag) {
@@ -113,18 +104,13 @@ fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
 
 /// The decoded value of the first `key=` parameter in a query string.
 fn query_key(query: &str) -> Option<Vec<u8>> {
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("key="))
-        .map(percent_decode)
+    query.split('&').find_map(|pair| pair.strip_prefix("key=")).map(percent_decode)
 }
 
 /// The query string without its `key=` parameters, `None` if nothing is left.
 pub fn strip_query_key(query: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && *pair != "key" && !pair.starts_with("key="))
-        .collect();
+    let kept: Vec<&str> =
+        query.split('&').filter(|pair| !pair.is_empty() && *pair != "key" && !pair.starts_with("key=")).collect();
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
@@ -134,11 +120,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
@@ -163,10 +145,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         map
     }
@@ -178,108 +157,39 @@ mod tests {
     #[test]
     fn each_type_reads_the_key_where_its_sdk_sends_it() {
         let k = Some(b"k1".to_vec());
-        assert_eq!(
-            key(
-                ProviderType::OpenAi,
-                &[("authorization", "Bearer k1")],
-                None
-            ),
-            k
-        );
-        assert_eq!(
-            key(
-                ProviderType::OpenAi,
-                &[("authorization", "bearer   k1 ")],
-                None
-            ),
-            k
-        );
-        assert_eq!(
-            key(ProviderType::OpenAi, &[("x-api-key", "k1")], None),
-            None
-        );
-        assert_eq!(
-            key(ProviderType::Anthropic, &[("x-api-key", "k1")], None),
-            k
-        );
-        assert_eq!(
-            key(
-                ProviderType::Anthropic,
-                &[("authorization", "Bearer k1")],
-                None
-            ),
-            k
-        );
-        assert_eq!(
-            key(ProviderType::Gemini, &[("x-goog-api-key", "k1")], None),
-            k
-        );
+        assert_eq!(key(ProviderType::OpenAi, &[("authorization", "Bearer k1")], None), k);
+        assert_eq!(key(ProviderType::OpenAi, &[("authorization", "bearer   k1 ")], None), k);
+        assert_eq!(key(ProviderType::OpenAi, &[("x-api-key", "k1")], None), None);
+        assert_eq!(key(ProviderType::Anthropic, &[("x-api-key", "k1")], None), k);
+        assert_eq!(key(ProviderType::Anthropic, &[("authorization", "Bearer k1")], None), k);
+        assert_eq!(key(ProviderType::Gemini, &[("x-goog-api-key", "k1")], None), k);
         assert_eq!(key(ProviderType::Gemini, &[], Some("alt=sse&key=k%31")), k);
-        assert_eq!(
-            key(
-                ProviderType::Forward,
-                &[("authorization", "Bearer k1")],
-                None
-            ),
-            None
-        );
-        assert_eq!(
-            key(
-                ProviderType::Forward,
-                &[("proxy-authorization", "Bearer k1")],
-                None
-            ),
-            k
-        );
-        assert_eq!(
-            key(ProviderType::OpenAi, &[("authorization", "Basic k1")], None),
-            None
-        );
+        assert_eq!(key(ProviderType::Forward, &[("authorization", "Bearer k1")], None), None);
+        assert_eq!(key(ProviderType::Forward, &[("proxy-authorization", "Bearer k1")], None), k);
+        assert_eq!(key(ProviderType::OpenAi, &[("authorization", "Basic k1")], None), None);
     }
 
     #[test]
     fn oauth_keeps_client_beta_flags() {
-        let mut map = headers(&[
-            ("anthropic-beta", "tools-2024, files-1"),
-            ("anthropic-beta", "x"),
-        ]);
-        inject_key(
-            ProviderType::Anthropic,
-            &HeaderValue::from_static("tok"),
-            true,
-            &mut map,
-        );
+        let mut map = headers(&[("anthropic-beta", "tools-2024, files-1"), ("anthropic-beta", "x")]);
+        inject_key(ProviderType::Anthropic, &HeaderValue::from_static("tok"), true, &mut map);
         assert_eq!(map["authorization"], "Bearer tok");
-        assert_eq!(
-            map["anthropic-beta"],
-            "tools-2024,files-1,x,oauth-2025-04-20"
-        );
+        assert_eq!(map["anthropic-beta"], "tools-2024,files-1,x,oauth-2025-04-20");
         assert!(map.get("x-api-key").is_none());
     }
 
     #[test]
     fn plain_anthropic_key_goes_in_x_api_key() {
         let mut map = HeaderMap::new();
-        inject_key(
-            ProviderType::Anthropic,
-            &HeaderValue::from_static("sk"),
-            false,
-            &mut map,
-        );
+        inject_key(ProviderType::Anthropic, &HeaderValue::from_static("sk"), false, &mut map);
         assert_eq!(map["x-api-key"], "sk");
         assert!(map.get("anthropic-beta").is_none());
     }
 
     #[test]
     fn query_key_is_removed() {
-        assert_eq!(
-            strip_query_key("key=abc&alt=sse").as_deref(),
-            Some("alt=sse")
-        );
+        assert_eq!(strip_query_key("key=abc&alt=sse").as_deref(), Some("alt=sse"));
         assert_eq!(strip_query_key("key=abc"), None);
-        assert_eq!(
-            strip_query_key("monkey=1&key=2").as_deref(),
-            Some("monkey=1")
-        );
+        assert_eq!(strip_query_key("monkey=1&key=2").as_deref(), Some("monkey=1"));
     }
 }

@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 use rand::Rng;
 
-use crate::config::{
-    ApiKeyConfig, ProviderConfig, ProviderHealthCheck, ProviderType, SecretSource,
-};
+use crate::config::{ApiKeyConfig, ProviderConfig, ProviderHealthCheck, ProviderType, SecretSource};
 use crate::upstream::Endpoint;
 use secret::{CommandSecret, Secret};
 
@@ -42,16 +40,8 @@ pub struct ApiKey {
 }
 
 impl Provider {
-    pub fn new(
-        cfg: &ProviderConfig,
-        endpoint: Arc<Endpoint>,
-        health: Arc<Health>,
-    ) -> Result<Self, String> {
-        let keys = cfg
-            .api_keys
-            .iter()
-            .map(api_key)
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn new(cfg: &ProviderConfig, endpoint: Arc<Endpoint>, health: Arc<Health>) -> Result<Self, String> {
+        let keys = cfg.api_keys.iter().map(api_key).collect::<Result<Vec<_>, _>>()?;
         let mut route_label = cfg.host.clone();
         if let Some(port) = cfg.host_port {
             route_label.push_str(&format!(":{port}"));
@@ -95,17 +85,14 @@ impl Provider {
 fn api_key(cfg: &ApiKeyConfig) -> Result<ApiKey, String> {
     let secret = match &cfg.source {
         SecretSource::Literal(text) => {
-            let mut value = HeaderValue::from_str(text)
-                .map_err(|_| "api key is not a valid header value".to_string())?;
+            let mut value =
+                HeaderValue::from_str(text).map_err(|_| "api key is not a valid header value".to_string())?;
             value.set_sensitive(true);
             Secret::Literal(value)
         }
         SecretSource::Command(cmd) => Secret::Command(CommandSecret::new(cmd.clone())),
     };
-    Ok(ApiKey {
-        secret,
-        weight: cfg.weight,
-    })
+    Ok(ApiKey { secret, weight: cfg.weight })
 }
 
 /// A provider's health, shared by every snapshot that has the same provider so a
@@ -123,9 +110,7 @@ impl Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Health {
-            healthy: AtomicBool::new(true),
-        }
+        Health { healthy: AtomicBool::new(true) }
     }
 }
 
@@ -141,14 +126,7 @@ impl HealthRegistry {
     pub fn flag_for(&self, cfg: &ProviderConfig) -> Arc<Health> {
         let identity = format!(
             "{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
-            cfg.kind,
-            cfg.host,
-            cfg.host_port,
-            cfg.path_prefix,
-            cfg.endpoint,
-            cfg.port,
-            cfg.tls,
-            cfg.health_check
+            cfg.kind, cfg.host, cfg.host_port, cfg.path_prefix, cfg.endpoint, cfg.port, cfg.tls, cfg.health_check
         );
         let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
         flags.entry(identity).or_default().clone()

@@ -52,19 +52,12 @@ pub struct CommandSecret {
 
 impl CommandSecret {
     pub fn new(command: String) -> Self {
-        CommandSecret {
-            command,
-            cached: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-        }
+        CommandSecret { command, cached: Mutex::new(None), fetching: tokio::sync::Mutex::new(()) }
     }
 
     fn fresh(&self) -> Option<HeaderValue> {
         let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        cached
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() < COMMAND_TTL)
-            .map(|(v, _)| v.clone())
+        cached.as_ref().filter(|(_, at)| at.elapsed() < COMMAND_TTL).map(|(v, _)| v.clone())
     }
 
     pub async fn value(&self) -> Result<HeaderValue, String> {
@@ -76,8 +69,7 @@ impl CommandSecret {
             return Ok(value);
         }
         let value = run_command(&self.command).await?;
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((value.clone(), Instant::now()));
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((value.clone(), Instant::now()));
         Ok(value)
     }
 
@@ -100,12 +92,7 @@ async fn run_command(command: &str) -> Result<HeaderValue, String> {
         .kill_on_drop(true)
         .output();
     let output = match tokio::time::timeout(COMMAND_TIMEOUT, child).await {
-        Err(_) => {
-            return Err(format!(
-                "key command timed out after {}s",
-                COMMAND_TIMEOUT.as_secs()
-            ))
-        }
+        Err(_) => return Err(format!("key command timed out after {}s", COMMAND_TIMEOUT.as_secs())),
         Ok(Err(e)) => return Err(format!("key command could not start: {e}")),
         Ok(Ok(output)) => output,
     };
@@ -120,8 +107,8 @@ async fn run_command(command: &str) -> Result<HeaderValue, String> {
     if key.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
         return Err("key command output contains CR, LF or NUL".into());
     }
-    let mut value = HeaderValue::from_str(key)
-        .map_err(|_| "key command output is not a valid header value".to_string())?;
+    let mut value =
+        HeaderValue::from_str(key).map_err(|_| "key command output is not a valid header value".to_string())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -134,44 +121,23 @@ mod tests {
     async fn command_output_is_trimmed_and_cached() {
         let dir = tempfile::tempdir().unwrap();
         let counter = dir.path().join("count");
-        let cmd = format!(
-            "echo x >> {0}; echo '  tok-'$(wc -l < {0})'  '",
-            counter.display()
-        );
+        let cmd = format!("echo x >> {0}; echo '  tok-'$(wc -l < {0})'  '", counter.display());
         let secret = Secret::Command(CommandSecret::new(cmd));
         let first = secret.value().await.unwrap();
         assert_eq!(first, "tok-1");
-        assert_eq!(
-            secret.value().await.unwrap(),
-            "tok-1",
-            "cached, not run again"
-        );
+        assert_eq!(secret.value().await.unwrap(), "tok-1", "cached, not run again");
         secret.rejected(&HeaderValue::from_static("something-else"));
-        assert_eq!(
-            secret.value().await.unwrap(),
-            "tok-1",
-            "a 401 for another value keeps the cache"
-        );
+        assert_eq!(secret.value().await.unwrap(), "tok-1", "a 401 for another value keeps the cache");
         secret.rejected(&first);
-        assert_eq!(
-            secret.value().await.unwrap(),
-            "tok-2",
-            "a 401 for this value refetches"
-        );
+        assert_eq!(secret.value().await.unwrap(), "tok-2", "a 401 for this value refetches");
     }
 
     #[tokio::test]
     async fn bad_output_is_an_error_without_the_secret() {
         let secret = CommandSecret::new("printf 'abc\\ndef'".into());
         let err = secret.value().await.unwrap_err();
-        assert!(
-            err.contains("CR, LF or NUL") && !err.contains("abc"),
-            "{err}"
-        );
-        let err = CommandSecret::new("exit 3".into())
-            .value()
-            .await
-            .unwrap_err();
+        assert!(err.contains("CR, LF or NUL") && !err.contains("abc"), "{err}");
+        let err = CommandSecret::new("exit 3".into()).value().await.unwrap_err();
         assert!(err.contains("failed"), "{err}");
         let err = CommandSecret::new("true".into()).value().await.unwrap_err();
         assert!(err.contains("nothing"), "{err}");

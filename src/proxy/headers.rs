@@ -66,9 +66,7 @@ pub fn rewrite_target(kind_: ProviderType, target: &str) -> Option<String> {
         return None;
     }
     let (path, query) = target.split_once('?')?;
-    let has_key = query
-        .split('&')
-        .any(|p| p == "key" || p.starts_with("key="));
+    let has_key = query.split('&').any(|p| p == "key" || p.starts_with("key="));
     if !has_key {
         return None;
     }
@@ -85,22 +83,14 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
     }
 
     #[test]
     fn connection_named_fields_go_too() {
-        let mut h = map(&[
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "5"),
-            ("x-ok", "1"),
-        ]);
+        let mut h = map(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-ok", "1")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-ok"));
@@ -117,50 +107,26 @@ mod tests {
             ("content-length", "5"),
         ]);
         let key = HeaderValue::from_static("real");
-        rewrite_request(
-            &mut h,
-            ProviderType::OpenAi,
-            &HeaderValue::from_static("api.up"),
-            Some((&key, false)),
-        );
+        rewrite_request(&mut h, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), Some((&key, false)));
         assert_eq!(h["authorization"], "Bearer real");
         assert_eq!(h["host"], "api.up");
-        for gone in [
-            "x-api-key",
-            "x-goog-api-key",
-            "proxy-authorization",
-            "content-length",
-        ] {
+        for gone in ["x-api-key", "x-goog-api-key", "proxy-authorization", "content-length"] {
             assert!(!h.contains_key(gone), "{gone} left");
         }
     }
 
     #[test]
     fn forward_keeps_client_headers() {
-        let mut h = map(&[
-            ("authorization", "Bearer theirs"),
-            ("proxy-authorization", "Bearer ours"),
-        ]);
-        rewrite_request(
-            &mut h,
-            ProviderType::Forward,
-            &HeaderValue::from_static("b:8080"),
-            None,
-        );
+        let mut h = map(&[("authorization", "Bearer theirs"), ("proxy-authorization", "Bearer ours")]);
+        rewrite_request(&mut h, ProviderType::Forward, &HeaderValue::from_static("b:8080"), None);
         assert_eq!(h["authorization"], "Bearer theirs");
         assert!(!h.contains_key("proxy-authorization"));
     }
 
     #[test]
     fn gemini_query_key_removed() {
-        assert_eq!(
-            rewrite_target(ProviderType::Gemini, "/v1/m?key=abc&alt=sse").as_deref(),
-            Some("/v1/m?alt=sse")
-        );
-        assert_eq!(
-            rewrite_target(ProviderType::Gemini, "/v1/m?key=abc").as_deref(),
-            Some("/v1/m")
-        );
+        assert_eq!(rewrite_target(ProviderType::Gemini, "/v1/m?key=abc&alt=sse").as_deref(), Some("/v1/m?alt=sse"));
+        assert_eq!(rewrite_target(ProviderType::Gemini, "/v1/m?key=abc").as_deref(), Some("/v1/m"));
         assert_eq!(rewrite_target(ProviderType::Gemini, "/v1/m?alt=sse"), None);
         assert_eq!(rewrite_target(ProviderType::Forward, "/v1/m?key=abc"), None);
     }

@@ -45,11 +45,7 @@ pub struct Response {
 impl Response {
     pub fn from_error(err: &ProxyError, style: ErrorStyle) -> Response {
         let (status, headers, body) = err.render(style);
-        Response {
-            status,
-            headers,
-            body: Body::Full(body),
-        }
+        Response { status, headers, body: Body::Full(body) }
     }
 }
 
@@ -80,48 +76,28 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(snapshot: Snapshot, health: HealthRegistry) -> Self {
-        Proxy {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            pools: Arc::default(),
-            health,
-        }
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), pools: Arc::default(), health }
     }
 
     /// Route, authenticate and select.
     pub fn prepare(&self, head: &RequestHead) -> Result<Plan, Refusal> {
         let snapshot = self.snapshot.load_full();
-        let plain = |error| Refusal {
-            error,
-            style: ErrorStyle::Plain,
-        };
-        let authority = head
-            .authority
-            .as_deref()
-            .ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;
-        let (route, target) = match snapshot
-            .router
-            .find(authority, head.default_port, &head.target)
-        {
+        let plain = |error| Refusal { error, style: ErrorStyle::Plain };
+        let authority =
+            head.authority.as_deref().ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;
+        let (route, target) = match snapshot.router.find(authority, head.default_port, &head.target) {
             Ok(found) => found,
-            Err(Miss::UnknownHost) => {
-                return Err(plain(ProxyError::UnknownHost(printable(authority))))
-            }
+            Err(Miss::UnknownHost) => return Err(plain(ProxyError::UnknownHost(printable(authority)))),
             Err(Miss::NoPrefix) => return Err(plain(ProxyError::NoRoute(printable(authority)))),
         };
         let style = ErrorStyle::from(route.kind);
         let query = head.target.split_once('?').map(|(_, q)| q);
         let presented = crate::provider::kind::client_key(route.kind, &head.headers, query);
         let presented = presented.as_deref();
-        let accepting: Vec<&Arc<Provider>> = route
-            .providers
-            .iter()
-            .filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys))
-            .collect();
+        let accepting: Vec<&Arc<Provider>> =
+            route.providers.iter().filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys)).collect();
         if accepting.is_empty() {
-            return Err(Refusal {
-                error: ProxyError::Unauthorized,
-                style,
-            });
+            return Err(Refusal { error: ProxyError::Unauthorized, style });
         }
         let class = |p: &&Arc<Provider>| Class {
             usable: p.is_healthy(),
@@ -131,28 +107,15 @@ impl Proxy {
         };
         let provider = select::choose(&accepting, class, &mut rand::thread_rng())
             .map(|p| Arc::clone(p))
-            .ok_or(Refusal {
-                error: ProxyError::NoHealthyProvider,
-                style,
-            })?;
+            .ok_or(Refusal { error: ProxyError::NoHealthyProvider, style })?;
         let target = target.into_owned();
         drop(accepting);
-        Ok(Plan {
-            snapshot,
-            provider,
-            target,
-            style,
-        })
+        Ok(Plan { snapshot, provider, target, style })
     }
 
     /// Sends the request to the planned provider and returns the response as
     /// soon as its head arrives; the body streams on demand.
-    pub async fn forward(
-        &self,
-        plan: &Plan,
-        head: RequestHead,
-        body: Body,
-    ) -> Result<Response, ProxyError> {
+    pub async fn forward(&self, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
         let provider = &plan.provider;
         let mut headers = head.headers;
         let key = provider.pick_key(&mut rand::thread_rng());
@@ -170,15 +133,8 @@ impl Proxy {
         );
         let rewritten = headers::rewrite_target(provider.kind, &plan.target);
         let target = rewritten.as_deref().unwrap_or(&plan.target);
-        let request = UpstreamRequest {
-            method: &head.method,
-            target,
-            headers: &headers,
-        };
-        let response = self
-            .send(plan, request, body)
-            .await
-            .map_err(|e| upstream_error(e, provider))?;
+        let request = UpstreamRequest { method: &head.method, target, headers: &headers };
+        let response = self.send(plan, request, body).await.map_err(|e| upstream_error(e, provider))?;
         if response.status == StatusCode::UNAUTHORIZED {
             if let (Some(key), Some(value)) = (key, &key_value) {
                 key.secret.rejected(value);
@@ -186,11 +142,7 @@ impl Proxy {
         }
         let mut headers = response.headers;
         headers::strip_hop_by_hop(&mut headers);
-        Ok(Response {
-            status: response.status,
-            headers,
-            body: response.body,
-        })
+        Ok(Response { status: response.status, headers, body: response.body })
     }
 
     /// One exchange, repeated once on a fresh connection when a pooled one turns

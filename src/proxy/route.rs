@@ -31,16 +31,11 @@ pub struct Router {
 impl Router {
     /// `entries` are (host name, host port, prefix, provider); validation already
     /// made sure providers sharing a route share a type.
-    pub fn new<'a>(
-        entries: impl IntoIterator<Item = (&'a str, Option<u16>, Option<&'a str>, Arc<Provider>)>,
-    ) -> Self {
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Option<u16>, Option<&'a str>, Arc<Provider>)>) -> Self {
         let mut by_host: HashMap<String, Vec<Route>> = HashMap::new();
         for (host, port, prefix, provider) in entries {
             let routes = by_host.entry(host.to_string()).or_default();
-            match routes
-                .iter_mut()
-                .find(|r| r.port == port && r.prefix.as_deref() == prefix)
-            {
+            match routes.iter_mut().find(|r| r.port == port && r.prefix.as_deref() == prefix) {
                 Some(route) => route.providers.push(provider),
                 None => routes.push(Route {
                     port,
@@ -52,12 +47,7 @@ impl Router {
         }
         // Most specific first: longer prefix, then an explicit port.
         for routes in by_host.values_mut() {
-            routes.sort_by_key(|r| {
-                (
-                    std::cmp::Reverse(r.prefix.as_ref().map_or(0, String::len)),
-                    r.port.is_none(),
-                )
-            });
+            routes.sort_by_key(|r| (std::cmp::Reverse(r.prefix.as_ref().map_or(0, String::len)), r.port.is_none()));
         }
         Router { by_host }
     }
@@ -65,20 +55,14 @@ impl Router {
     /// The route for `authority` (a `Host` value) and `path`, with the path the
     /// upstream should see (prefix removed). `default_port` is the listener's
     /// scheme port, used when the authority names none.
-    pub fn find<'p>(
-        &self,
-        authority: &str,
-        default_port: u16,
-        path: &'p str,
-    ) -> Result<(&Route, Cow<'p, str>), Miss> {
+    pub fn find<'p>(&self, authority: &str, default_port: u16, path: &'p str) -> Result<(&Route, Cow<'p, str>), Miss> {
         let (name, port) = split_authority(authority).ok_or(Miss::UnknownHost)?;
         let port = port.unwrap_or(default_port);
         let routes = match self.by_host.get(name) {
             Some(routes) => routes,
-            None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
-                .by_host
-                .get(&name.to_ascii_lowercase())
-                .ok_or(Miss::UnknownHost)?,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.by_host.get(&name.to_ascii_lowercase()).ok_or(Miss::UnknownHost)?
+            }
             None => return Err(Miss::UnknownHost),
         };
         let mut port_matched = false;
@@ -88,11 +72,7 @@ impl Router {
                 return Ok((route, rest));
             }
         }
-        Err(if port_matched {
-            Miss::NoPrefix
-        } else {
-            Miss::UnknownHost
-        })
+        Err(if port_matched { Miss::NoPrefix } else { Miss::UnknownHost })
     }
 }
 
@@ -155,18 +135,9 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_segments() {
-        assert_eq!(
-            strip_prefix("/openai", Some("/openai")).as_deref(),
-            Some("/")
-        );
-        assert_eq!(
-            strip_prefix("/openai/v1/x", Some("/openai")).as_deref(),
-            Some("/v1/x")
-        );
-        assert_eq!(
-            strip_prefix("/openai?a=1", Some("/openai")).as_deref(),
-            Some("/?a=1")
-        );
+        assert_eq!(strip_prefix("/openai", Some("/openai")).as_deref(), Some("/"));
+        assert_eq!(strip_prefix("/openai/v1/x", Some("/openai")).as_deref(), Some("/v1/x"));
+        assert_eq!(strip_prefix("/openai?a=1", Some("/openai")).as_deref(), Some("/?a=1"));
         assert_eq!(strip_prefix("/openai2", Some("/openai")), None);
         assert_eq!(strip_prefix("/v1", None).as_deref(), Some("/v1"));
     }

@@ -14,19 +14,10 @@ pub struct Class {
 }
 
 /// The chosen item, or `None` when no candidate is usable.
-pub fn choose<'a, T>(
-    items: &'a [T],
-    class: impl Fn(&T) -> Class,
-    rng: &mut impl Rng,
-) -> Option<&'a T> {
+pub fn choose<'a, T>(items: &'a [T], class: impl Fn(&T) -> Class, rng: &mut impl Rng) -> Option<&'a T> {
     // Tier order: non-fallback before fallback, then higher priority.
     let tier = |c: &Class| (!c.fallback, c.priority);
-    let best = items
-        .iter()
-        .map(&class)
-        .filter(|c| c.usable)
-        .map(|c| tier(&c))
-        .max()?;
+    let best = items.iter().map(&class).filter(|c| c.usable).map(|c| tier(&c)).max()?;
     let in_tier = |item: &&T| {
         let c = class(item);
         c.usable && tier(&c) == best
@@ -51,12 +42,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn c(usable: bool, fallback: bool, priority: i64, weight: f64) -> Class {
-        Class {
-            usable,
-            fallback,
-            priority,
-            weight,
-        }
+        Class { usable, fallback, priority, weight }
     }
 
     fn counts(items: &[Class], draws: usize) -> Vec<usize> {
@@ -89,11 +75,7 @@ mod tests {
 
     #[test]
     fn highest_priority_wins_within_a_tier() {
-        let items = [
-            c(true, false, 1, 1.0),
-            c(true, false, 5, 1.0),
-            c(false, false, 9, 1.0),
-        ];
+        let items = [c(true, false, 1, 1.0), c(true, false, 5, 1.0), c(false, false, 9, 1.0)];
         assert_eq!(counts(&items, 500), vec![0, 500, 0]);
     }
 

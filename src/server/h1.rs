@@ -46,10 +46,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, mut wr) = tokio::io::split(io);
-    let mut reader = Reader {
-        rd,
-        buf: BytesMut::with_capacity(8 * 1024),
-    };
+    let mut reader = Reader { rd, buf: BytesMut::with_capacity(8 * 1024) };
     loop {
         let max_head = proxy.snapshot.load().max_header_size;
         match next_head(&mut reader, max_head, &mut shutdown).await {
@@ -72,11 +69,7 @@ where
 }
 
 /// Waits for and parses the next request head.
-async fn next_head<S: AsyncRead>(
-    reader: &mut Reader<S>,
-    max_head: usize,
-    shutdown: &mut Shutdown,
-) -> Next {
+async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, max_head: usize, shutdown: &mut Shutdown) -> Next {
     let started = Instant::now();
     loop {
         if !reader.buf.is_empty() {
@@ -90,11 +83,7 @@ async fn next_head<S: AsyncRead>(
             }
         }
         let idle = reader.buf.is_empty();
-        let limit = if idle {
-            IDLE_TIMEOUT
-        } else {
-            HEAD_TIMEOUT.saturating_sub(started.elapsed())
-        };
+        let limit = if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT.saturating_sub(started.elapsed()) };
         reader.buf.reserve(READ_SIZE);
         let read = tokio::select! {
             read = tokio::time::timeout(limit, reader.rd.read_buf(&mut reader.buf)) => read,
@@ -105,11 +94,7 @@ async fn next_head<S: AsyncRead>(
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
             Ok(Ok(_)) => {}
             Err(_) if idle => return Next::Closed,
-            Err(_) => {
-                return Next::Bad(HeadError::Malformed(
-                    "request head not completed in time".into(),
-                ))
-            }
+            Err(_) => return Next::Bad(HeadError::Malformed("request head not completed in time".into())),
         }
     }
 }
@@ -133,19 +118,7 @@ where
     let expect_continue = h1.expect_continue;
     let head = match neutral_head(h1, default_port) {
         Ok(head) => head,
-        Err(err) => {
-            return refuse(
-                reader,
-                wr,
-                err,
-                ErrorStyle::Plain,
-                &method,
-                version,
-                framing,
-                false,
-            )
-            .await
-        }
+        Err(err) => return refuse(reader, wr, err, ErrorStyle::Plain, &method, version, framing, false).await,
     };
     let (log_method, log_authority, log_target) = (head.method.clone(), head.authority.clone(), head.target.clone());
     let log = |status: u16, provider: Option<usize>| {
@@ -155,17 +128,7 @@ where
         Ok(plan) => plan,
         Err(refusal) => {
             log(refusal.error.status().as_u16(), None);
-            return refuse(
-                reader,
-                wr,
-                refusal.error,
-                refusal.style,
-                &method,
-                version,
-                framing,
-                keep_alive,
-            )
-            .await;
+            return refuse(reader, wr, refusal.error, refusal.style, &method, version, framing, keep_alive).await;
         }
     };
     let buffered = matches!(framing, BodyFraming::Length(n) if reader.buf.len() as u64 >= n);
@@ -196,10 +159,7 @@ where
         let (resp, close) = match proxy.forward(&plan, head, body).await {
             Ok(resp) => (resp, !keep_alive),
             // The body may be half read: only a fresh connection is safe after this.
-            Err(err) => (
-                Response::from_error(&err, plan.style),
-                !keep_alive || streaming,
-            ),
+            Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
         };
         log(resp.status.as_u16(), Some(plan.provider.index));
         write_response(wr, resp, &method, version, close).await
@@ -245,10 +205,7 @@ where
     };
     let close = !(keep_alive && skipped);
     let resp = Response::from_error(&err, style);
-    matches!(
-        write_response(wr, resp, method, version, close).await,
-        Ok(Written::Complete)
-    )
+    matches!(write_response(wr, resp, method, version, close).await, Ok(Written::Complete))
 }
 
 /// Reads the request body off the socket into the channel. Returns true when
@@ -266,9 +223,7 @@ async fn pump_body<S: AsyncRead>(
             Ok(DecodeEvent::End) => return true,
             Ok(DecodeEvent::NeedMore) => {
                 reader.buf.reserve(READ_SIZE);
-                let read =
-                    tokio::time::timeout(BODY_READ_TIMEOUT, reader.rd.read_buf(&mut reader.buf))
-                        .await;
+                let read = tokio::time::timeout(BODY_READ_TIMEOUT, reader.rd.read_buf(&mut reader.buf)).await;
                 let failure = match read {
                     Ok(Ok(0)) => BodyError::Incomplete,
                     Ok(Ok(_)) => continue,
@@ -292,50 +247,27 @@ async fn pump_body<S: AsyncRead>(
 /// The neutral head: absolute-form targets carry the authority (RFC 9112 §3.2.2),
 /// origin-form ones take it from `Host`.
 fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError> {
-    let H1Head {
-        method,
-        target,
-        headers,
-        ..
-    } = h1;
+    let H1Head { method, target, headers, .. } = h1;
     if method == Method::CONNECT {
-        return Err(ProxyError::Method(
-            "CONNECT tunnels are not enabled on this proxy".into(),
-        ));
+        return Err(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into()));
     }
     let host = match headers.get(http::header::HOST) {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ProxyError::BadRequest("Host header is not valid".into()))?
-                .to_string(),
-        ),
+        Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("Host header is not valid".into()))?.to_string()),
         None => None,
     };
     let (authority, target) = if target.starts_with('/') {
         (host, target)
     } else {
-        let uri: Uri = target
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("request target is not valid".into()))?;
+        let uri: Uri = target.parse().map_err(|_| ProxyError::BadRequest("request target is not valid".into()))?;
         match (uri.scheme_str(), uri.authority()) {
             (Some("http" | "https"), Some(authority)) => {
                 let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
                 (Some(authority.as_str().to_string()), path)
             }
-            _ => {
-                return Err(ProxyError::BadRequest(
-                    "request target must be a path or an http URL".into(),
-                ))
-            }
+            _ => return Err(ProxyError::BadRequest("request target must be a path or an http URL".into())),
         }
     };
-    Ok(RequestHead {
-        method,
-        authority,
-        target,
-        headers,
-        default_port,
-    })
+    Ok(RequestHead { method, authority, target, headers, default_port })
 }
 
 fn head_error(err: HeadError) -> ProxyError {

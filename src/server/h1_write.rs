@@ -40,11 +40,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     version: Version,
     close: bool,
 ) -> Result<Written, WriteError> {
-    let Response {
-        status,
-        mut headers,
-        mut body,
-    } = resp;
+    let Response { status, mut headers, mut body } = resp;
     let bodiless = *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -76,15 +72,9 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     }
     wr.write_all(&out).await?;
     wr.flush().await?;
-    write_body(wr, body, framing == BodyFraming::Chunked)
-        .await
-        .map_err(|e| match e {
-            WriteBodyError::Source(e) => WriteError::Upstream(e),
-            WriteBodyError::Sink(e) => WriteError::Client(e),
-        })?;
-    Ok(if close {
-        Written::CompleteClose
-    } else {
-        Written::Complete
-    })
+    write_body(wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
+        WriteBodyError::Source(e) => WriteError::Upstream(e),
+        WriteBodyError::Sink(e) => WriteError::Client(e),
+    })?;
+    Ok(if close { Written::CompleteClose } else { Written::Complete })
 }

@@ -47,19 +47,12 @@ impl Drain {
     pub fn new() -> Self {
         let (signal, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
-        Drain {
-            signal,
-            alive_rx,
-            alive_tx: Some(alive_tx),
-        }
+        Drain { signal, alive_rx, alive_tx: Some(alive_tx) }
     }
 
     pub fn handle(&self) -> Shutdown {
         let alive = self.alive_tx.clone().unwrap_or_else(|| mpsc::channel(1).0);
-        Shutdown {
-            signal: self.signal.subscribe(),
-            _alive: alive,
-        }
+        Shutdown { signal: self.signal.subscribe(), _alive: alive }
     }
 
     /// Signals every holder and waits until all of them have been dropped.
@@ -77,7 +70,14 @@ impl Default for Drain {
 }
 
 /// One access-log line per request. The query is left out: it can hold a key.
-pub fn access_log(method: &Method, authority: Option<&str>, target: &str, status: u16, provider: Option<usize>, started: Instant) {
+pub fn access_log(
+    method: &Method,
+    authority: Option<&str>,
+    target: &str,
+    status: u16,
+    provider: Option<usize>,
+    started: Instant,
+) {
     let path: String = target.split('?').next().unwrap_or("/").chars().take(512).collect();
     tracing::info!(
         target: "openproxy::access",

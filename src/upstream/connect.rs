@@ -50,15 +50,11 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Stream, UpstreamError> {
     }
     let tcp = tcp.ok_or_else(|| UpstreamError::Connect(name.clone(), last_err))?;
     // Heads are written whole; Nagle would only delay them behind an ACK.
-    tcp.set_nodelay(true)
-        .map_err(|e| UpstreamError::Connect(name.clone(), e))?;
+    tcp.set_nodelay(true).map_err(|e| UpstreamError::Connect(name.clone(), e))?;
     match (&endpoint.tls, &endpoint.server_name) {
         (Some(config), Some(server_name)) => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
-            let tls = connector
-                .connect(server_name.clone(), tcp)
-                .await
-                .map_err(|e| UpstreamError::Tls(name, e))?;
+            let tls = connector.connect(server_name.clone(), tcp).await.map_err(|e| UpstreamError::Tls(name, e))?;
             Ok(Stream::Tls(Box::new(tls)))
         }
         _ => Ok(Stream::Plain(tcp)),
@@ -79,9 +75,7 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
             return Err(format!("ca_file {} holds no certificate", path.display()));
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -105,11 +99,7 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -118,11 +108,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -57,8 +57,7 @@ pub async fn exchange(
             body = Body::Empty;
         }
     }
-    let (head, sent_ok) =
-        send_and_receive(&mut conn, &out, body, framing, max_head, req.method).await?;
+    let (head, sent_ok) = send_and_receive(&mut conn, &out, body, framing, max_head, req.method).await?;
     let reusable = sent_ok && head.keep_alive;
     let body = match head.framing {
         BodyFraming::Empty => {
@@ -78,11 +77,7 @@ pub async fn exchange(
             reusable,
         })),
     };
-    Ok(UpstreamResponse {
-        status: head.status,
-        headers: head.headers,
-        body,
-    })
+    Ok(UpstreamResponse { status: head.status, headers: head.headers, body })
 }
 
 /// Writes the head and body while reading the response head, so an upstream
@@ -100,12 +95,10 @@ async fn send_and_receive(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let send = async {
         wr.write_all(head).await.map_err(UpstreamError::Write)?;
-        write_body(&mut wr, body, framing == BodyFraming::Chunked)
-            .await
-            .map_err(|e| match e {
-                WriteBodyError::Source(e) => UpstreamError::ClientBody(e),
-                WriteBodyError::Sink(e) => UpstreamError::Write(e),
-            })?;
+        write_body(&mut wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
+            WriteBodyError::Source(e) => UpstreamError::ClientBody(e),
+            WriteBodyError::Sink(e) => UpstreamError::Write(e),
+        })?;
         wr.flush().await.map_err(UpstreamError::Write)
     };
     let recv = read_head(&mut rd, buf, max_head, method);
@@ -146,16 +139,12 @@ async fn read_head<R: AsyncRead + Unpin>(
             match http1::parse_response_head(buf, max_head, method) {
                 Ok(Some((head, used))) => {
                     buf.advance(used);
-                    if head.status.is_informational()
-                        && head.status != StatusCode::SWITCHING_PROTOCOLS
-                    {
+                    if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                         continue;
                     }
                     if has_other_transfer_coding(&head.headers) {
                         // We re-frame bodies; passing gzip through as chunked would corrupt them.
-                        return Err(UpstreamError::BadResponse(
-                            "unsupported transfer-coding".into(),
-                        ));
+                        return Err(UpstreamError::BadResponse("unsupported transfer-coding".into()));
                     }
                     return Ok(head);
                 }
@@ -180,9 +169,7 @@ fn has_other_transfer_coding(headers: &HeaderMap) -> bool {
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|coding| {
-            !coding.trim_ascii().is_empty() && !coding.trim_ascii().eq_ignore_ascii_case(b"chunked")
-        })
+        .any(|coding| !coding.trim_ascii().is_empty() && !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A response body still on its upstream connection.

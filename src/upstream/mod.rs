@@ -32,24 +32,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
-        host: &str,
-        port: u16,
-        tls: Option<(Arc<rustls::ClientConfig>, &str)>,
-    ) -> Result<Self, String> {
+    pub fn new(host: &str, port: u16, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> Result<Self, String> {
         let default_port = if tls.is_some() { 443 } else { 80 };
-        let bracketed = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        let authority = if port == default_port {
-            bracketed
-        } else {
-            format!("{bracketed}:{port}")
-        };
-        let host_header = HeaderValue::from_str(&authority)
-            .map_err(|_| format!("endpoint \"{host}\" is not a valid host name"))?;
+        let bracketed = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
+        let host_header =
+            HeaderValue::from_str(&authority).map_err(|_| format!("endpoint \"{host}\" is not a valid host name"))?;
         let (tls, server_name, roots) = match tls {
             Some((config, roots)) => {
                 let name = ServerName::try_from(host.to_string())
@@ -60,14 +48,7 @@ impl Endpoint {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let key = format!("{scheme}://{authority}#{roots}").into();
-        Ok(Endpoint {
-            host: host.to_string(),
-            port,
-            tls,
-            server_name,
-            host_header,
-            key,
-        })
+        Ok(Endpoint { host: host.to_string(), port, tls, server_name, host_header, key })
     }
 }
 
@@ -104,10 +85,8 @@ impl UpstreamError {
     /// True when nothing of the request can have been processed by the upstream
     /// on a *reused* connection, so sending it again on a fresh one is safe.
     pub fn is_stale_connection(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse
-        ) || matches!(self, UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(self, UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse)
+            || matches!(self, UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
 

@@ -39,7 +39,10 @@ type Idle = (Conn, Instant);
 pub enum Checkout {
     H1(Conn),
     /// A handle to the endpoint's shared HTTP/2 connection.
-    H2 { send: SendRequest<Bytes>, reused: bool },
+    H2 {
+        send: SendRequest<Bytes>,
+        reused: bool,
+    },
 }
 
 impl Checkout {
@@ -77,7 +80,11 @@ impl Pools {
 
     /// A new connection, bypassing the idle list; when ALPN picks HTTP/2 it
     /// becomes (or replaces) the endpoint's shared connection.
-    pub async fn checkout_fresh(&self, endpoint: &Endpoint, connect_timeout: Duration) -> Result<Checkout, UpstreamError> {
+    pub async fn checkout_fresh(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+    ) -> Result<Checkout, UpstreamError> {
         let stream = connect(endpoint, connect_timeout).await?;
         if stream.is_h2() {
             let send = super::h2::handshake(stream, endpoint).await?;

@@ -22,11 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A free loopback port (bound then released; the race is harmless in tests).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The proxy binary running on a config; killed on drop.
@@ -55,22 +51,13 @@ impl TestProxy {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut proxy = TestProxy {
-            child,
-            addr,
-            dir,
-            log,
-        };
+        let mut proxy = TestProxy { child, addr, dir, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = proxy.child.try_wait() {
                 panic!("proxy exited with {status}:\n{}", proxy.logs());
             }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start:\n{}",
-                proxy.logs()
-            );
+            assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
         proxy
@@ -90,10 +77,7 @@ impl TestProxy {
 
     /// Sends a signal to the proxy process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
         assert!(ok.success());
     }
 
@@ -114,10 +98,7 @@ impl TestProxy {
     /// Peak resident memory of the proxy, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         let mut status = String::new();
-        std::fs::File::open(format!("/proc/{}/status", self.pid()))
-            .unwrap()
-            .read_to_string(&mut status)
-            .unwrap();
+        std::fs::File::open(format!("/proc/{}/status", self.pid())).unwrap().read_to_string(&mut status).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
@@ -181,9 +162,7 @@ impl MockUpstream {
         MockUpstream::with(move |_| Reply::json(200, &body)).await
     }
 
-    pub async fn with(
-        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
-    ) -> MockUpstream {
+    pub async fn with(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -226,12 +205,7 @@ impl MockUpstream {
                 });
             }
         });
-        MockUpstream {
-            addr,
-            requests,
-            connections,
-            task,
-        }
+        MockUpstream { addr, requests, connections, task }
     }
 
     pub fn port(&self) -> u16 {
@@ -334,18 +308,13 @@ pub async fn send(
     body: &str,
 ) -> (u16, http::HeaderMap, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let mut req = hyper::Request::builder().method(method).uri(path);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-        .await
-        .unwrap();
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -34,7 +34,8 @@ impl TestCa {
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "OpenProxy Test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         TestCa { ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() }
     }
@@ -84,7 +85,10 @@ impl Default for TestCa {
     }
 }
 
-pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
@@ -216,7 +220,9 @@ impl TlsUpstream {
                     });
                     let io = TokioIo::new(tls);
                     if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await;
                     } else {
                         let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
                     }
@@ -248,7 +254,13 @@ async fn answer(
     let trailers = collected.trailers().cloned();
     let body = collected.to_bytes();
     let summary = format!(r#"{{"len":{},"sum":{}}}"#, body.len(), body.iter().map(|b| *b as u64).sum::<u64>());
-    let recorded = Recorded { method: parts.method.to_string(), uri: parts.uri.to_string(), headers: parts.headers, body, trailers };
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers,
+        body,
+        trailers,
+    };
     reqs.lock().unwrap().push((recorded, version));
     let mut body = match script.download {
         Some(size) => TestBody::generated(size),
