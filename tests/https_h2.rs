@@ -220,3 +220,39 @@ async fn unauthorized_h2_stream_gets_the_provider_error_shape() {
     assert_eq!(resp.status(), 200);
     assert_eq!(up.recorded().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_stream_does_not_stall_its_neighbours() {
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let ca = TestCa::new();
+    let big = TlsUpstream::start(&ca, &[b"h2"], UpstreamScript { download: Some(SIZE), trailers: None }).await;
+    let small = MockUpstream::start("small").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _, _) = ca.write(dir.path());
+    let providers = format!(
+        "  - type: openai\n    host: localhost/big\n    endpoint: \"localhost:{}\"\n    ca_file: {}\n    api_key: k\n{}",
+        big.addr.port(),
+        ca_file.display(),
+        plain_provider(small.port())
+    );
+    let proxy = TestProxy::start(&https_config(dir.path(), &ca, &providers));
+    let mut client = h2_client(proxy.addr, &ca).await;
+    // Open the big download and never read it: its window fills and stays full.
+    let stalled = client.send_request(request("GET", "/big/v1/blob", TestBody::empty())).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    for i in 0..20 {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.send_request(request("GET", &format!("/v1/n/{i}"), TestBody::empty())),
+        )
+        .await
+        .expect("a neighbour stream was held up by the stalled one")
+        .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("small"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak_mib = proxy.peak_rss_kib() / 1024;
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB while a 64 MiB download is stalled: it is being buffered");
+    drop(stalled);
+}

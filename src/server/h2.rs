@@ -2,6 +2,7 @@
 //! a neutral [`RequestHead`] + [`Body`] and runs through the same pipeline as
 //! HTTP/1.1, in a task of its own, so streams are independent of each other.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,11 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+const SEND_BUFFER: usize = 256 * 1024;
+/// Logged status of a request the client abandoned (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
 
 pub async fn serve<S>(io: S, proxy: Arc<Proxy>, mut shutdown: Shutdown)
 where
@@ -36,6 +42,13 @@ where
         .max_header_list_size((max_header * 2) as u32)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // Rapid-reset defences (CVE-2023-44487), stated rather than implied: a
+        // client that resets many streams before we accept them, or provokes
+        // many stream errors, gets GOAWAY.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // Bound what a slow reader can make us buffer per stream.
+        .max_send_buffer_size(SEND_BUFFER)
         .handshake::<_, Bytes>(io);
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(conn)) => conn,
@@ -82,9 +95,18 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
         Err(refusal) => (Response::from_error(&refusal.error, refusal.style), None),
         Ok(plan) => {
             let body = Body::H2(Box::new(H2Body::new(recv, &head.headers)));
-            match proxy.forward(&plan, head, body).await {
-                Ok(resp) => (resp, Some(plan.provider.index)),
-                Err(err) => (Response::from_error(&err, plan.style), Some(plan.provider.index)),
+            let provider = Some(plan.provider.index);
+            tokio::select! {
+                result = proxy.forward(&plan, head, body) => match result {
+                    Ok(resp) => (resp, provider),
+                    Err(err) => (Response::from_error(&err, plan.style), provider),
+                },
+                // The client reset the stream (cancelled, or a rapid-reset flood):
+                // stop the upstream request instead of finishing work nobody wants.
+                _ = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    crate::server::access_log(&method, authority.as_deref(), &path, CLIENT_CLOSED, provider, started);
+                    return;
+                }
             }
         }
     };
