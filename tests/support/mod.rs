@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod wire;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
