@@ -12,6 +12,12 @@ upstreams on 127.0.0.1.
   teardown. Its stderr is attached to the report of every failing test.
 * ``proxy``          the shared session proxy with every route the tests use;
   ``start_proxy``    a factory for tests that need their own configuration.
+* ``tls_files``      a throwaway test CA (trustme) and a ``localhost`` /
+  ``127.0.0.1`` server certificate, as PEM files; ``other_ca`` a second CA.
+* ``TLSMockUpstream`` the same recording mock behind TLS (HTTP/1.1 by ALPN);
+  ``H2MockUpstream`` a TLS mock that speaks only HTTP/2 (``h2`` package).
+* ``https_proxy``    a proxy listening on ``http_port`` and ``https_port`` at once,
+  with routes to the plain mocks and to the TLS mocks (see its docstring).
 
 All addresses are loopback and every wait is bounded.
 """
@@ -24,6 +30,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 import time
@@ -46,6 +53,8 @@ ANTHROPIC_REAL_KEY = "sk-ant-real-anthropic-abcdef"
 GEMINI_REAL_KEY = "real-gemini-key-xyz"
 SCOPED_REAL_KEY = "sk-real-scoped-key-555"
 OAUTH_TOKEN = "oauth-token-123"
+TLS_UPSTREAM_REAL_KEY = "sk-real-tls-upstream-9876"
+H2_UPSTREAM_REAL_KEY = "sk-real-h2-upstream-5432"
 
 CLIENT_SECRETS = (CLIENT_KEY, SCOPED_CLIENT_KEY, WRONG_KEY)
 
@@ -273,6 +282,31 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     mock: "MockUpstream"
 
 
+class _TLSServer(_Server):
+    """`_Server` behind TLS. The handshake runs in the connection's own thread
+    (not in the accept loop), so a client that fails it blocks nobody; each
+    failure is recorded on the mock (`MockUpstream.tls_errors`)."""
+
+    ssl_context: ssl.SSLContext
+
+    def finish_request(self, request, client_address) -> None:
+        try:
+            request.settimeout(10)
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            self.mock._tls_error(e)
+            return
+        with self.mock._cond:
+            self.mock.alpn.append(tls.selected_alpn_protocol())
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            self.shutdown_request(tls)
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # the proxy closing a pooled connection is not an error worth a traceback
+
+
 class MockUpstream:
     """A recording upstream. Responses are chosen by path:
 
@@ -286,14 +320,20 @@ class MockUpstream:
     that status with a provider-shaped error.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        if ssl_context is None:
+            self._server = _Server(("127.0.0.1", 0), _Handler)
+        else:
+            self._server = _TLSServer(("127.0.0.1", 0), _Handler)
+            self._server.ssl_context = ssl_context
         self._server.mock = self
         self.port = self._server.server_address[1]
         self._cond = threading.Condition()
         self._requests: list[Recorded] = []
         self.event_send_times: list[float] = []
+        self.tls_errors: list[Exception] = []  # failed TLS handshakes (TLS mocks only)
+        self.alpn: list[str | None] = []  # ALPN protocol of each TLS connection
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"mock-{name}", daemon=True)
         self._thread.start()
 
@@ -306,10 +346,28 @@ class MockUpstream:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    @property
+    def tls_endpoint(self) -> str:
+        """The endpoint by name, matching the `localhost` certificate of TLS mocks."""
+        return f"localhost:{self.port}"
+
     def reset(self) -> None:
         with self._cond:
             self._requests.clear()
             self.event_send_times.clear()
+            self.tls_errors.clear()
+            self.alpn.clear()
+
+    def _tls_error(self, e: Exception) -> None:
+        with self._cond:
+            self.tls_errors.append(e)
+            self._cond.notify_all()
+
+    def wait_for_tls_error(self, timeout: float = 5.0) -> list[Exception]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.tls_errors, timeout=timeout):
+                raise AssertionError(f"mock {self.name}: no failed TLS handshake within {timeout}s")
+            return list(self.tls_errors)
 
     @property
     def requests(self) -> list[Recorded]:
@@ -479,6 +537,137 @@ class MockUpstream:
         )
 
 
+class H2MockUpstream(MockUpstream):
+    """A recording upstream that speaks only HTTP/2 over TLS (ALPN ``h2``), one
+    thread per connection. ``POST /v1/chat/completions`` gets the OpenAI-shaped
+    JSON answer (``"Echo: <prompt>"``); anything else ``200 {"ok": true, ...}``.
+    Recorded headers include the pseudo-headers (``:authority`` ...).
+    ``connections`` counts accepted TCP connections."""
+
+    def __init__(self, name: str, ssl_context: ssl.SSLContext) -> None:
+        import h2.config  # noqa: F401 - fail early when the package is missing
+
+        self.name = name
+        self._ssl_context = ssl_context
+        self._cond = threading.Condition()
+        self._requests: list[Recorded] = []
+        self.event_send_times: list[float] = []
+        self.tls_errors: list[Exception] = []
+        self.alpn: list[str | None] = []
+        self.connections = 0
+        self._stopping = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, name=f"mock-{name}", daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        super().reset()
+        with self._cond:
+            self.connections = 0
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        try:
+            raw.settimeout(10)
+            tls = self._ssl_context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            raw.close()
+            self._tls_error(e)
+            return
+        with self._cond:
+            self.alpn.append(tls.selected_alpn_protocol())
+        tls.settimeout(60)
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        streams: dict[int, tuple[list[tuple[str, str]], bytearray]] = {}
+        try:
+            tls.sendall(conn.data_to_send())
+            while not self._stopping.is_set():
+                data = tls.recv(65536)
+                if not data:
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        streams[event.stream_id] = (list(event.headers), bytearray())
+                    elif isinstance(event, h2.events.DataReceived):
+                        streams[event.stream_id][1].extend(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        headers, body = streams.pop(event.stream_id)
+                        self._answer(conn, event.stream_id, headers, bytes(body))
+                    elif isinstance(event, h2.events.StreamReset):
+                        streams.pop(event.stream_id, None)
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        tls.sendall(conn.data_to_send())
+                        return
+                tls.sendall(conn.data_to_send())
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            tls.close()
+
+    def _answer(self, conn, stream_id: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        pseudo = dict((k, v) for k, v in headers if k.startswith(":"))
+        rec = Recorded(
+            method=pseudo.get(":method", ""),
+            target=pseudo.get(":path", ""),
+            headers=headers,
+            body=body,
+            chunked=False,
+            received_at=time.monotonic(),
+        )
+        self._record(rec)
+        try:
+            req = rec.json() if body else {}
+        except ValueError:
+            req = {}
+        if rec.method == "POST" and rec.path == "/v1/chat/completions":
+            prompt = _last_user_text(req.get("messages", []))
+            payload = {
+                "id": "chatcmpl-h2mock",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.get("model", "gpt-4o-mini"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": f"Echo: {prompt}"}, "logprobs": None, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+            }
+        else:
+            payload = {"ok": True, "mock": self.name, "method": rec.method, "path": rec.path}
+        data = json.dumps(payload).encode()
+        conn.send_headers(
+            stream_id,
+            [(":status", "200"), ("content-type", "application/json"), ("content-length", str(len(data))), ("x-mock-protocol", "h2")],
+        )
+        conn.send_data(stream_id, data, end_stream=True)
+
+
 # --------------------------------------------------------------------------
 # the proxy process
 
@@ -487,9 +676,20 @@ _RUNNING: list["ProxyProcess"] = []
 
 
 class ProxyProcess:
-    def __init__(self, binary: Path, config: dict, workdir: Path, name: str = "proxy") -> None:
+    def __init__(self, binary: Path, config: dict, workdir: Path, name: str = "proxy", https: "TLSFiles | None" = None) -> None:
         self.port = free_port()
         config = {"http_port": self.port, "http_bind_address": "127.0.0.1", **config}
+        # With `https`, also serve TLS on a second port with the test certificate.
+        self.https_port: int | None = None
+        if https is not None:
+            self.https_port = free_port()
+            config = {
+                "https_port": self.https_port,
+                "https_bind_address": "127.0.0.1",
+                "cert_file": str(https.cert_pem),
+                "private_key_file": str(https.key_pem),
+                **config,
+            }
         self.config = config
         workdir.mkdir(parents=True, exist_ok=True)
         # JSON is YAML: no YAML library needed, and quoting is exact.
@@ -518,6 +718,12 @@ class ProxyProcess:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def https_base(self) -> str:
+        """`https://localhost:<https_port>`: the name the test certificate is for."""
+        assert self.https_port is not None, "this proxy has no https_port"
+        return f"https://localhost:{self.https_port}"
+
     def stderr(self) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")
@@ -526,17 +732,21 @@ class ProxyProcess:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        pending = [port for port in (self.port, self.https_port) if port is not None]
         while True:
             code = self.proc.poll()
             if code is not None:
                 raise RuntimeError(f"openproxy exited with code {code} before listening\n--- config ---\n{self.config_path.read_text()}\n--- stderr ---\n{self.stderr()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
+                    pending.pop(0)
+                    if not pending:
+                        return
+                    continue
             except OSError:
                 pass
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"openproxy did not accept connections on port {self.port} within {STARTUP_TIMEOUT}s\n--- stderr ---\n{self.stderr()}")
+                raise RuntimeError(f"openproxy did not accept connections on port {pending[0]} within {STARTUP_TIMEOUT}s\n--- stderr ---\n{self.stderr()}")
             time.sleep(0.05)
 
     def stop(self) -> int | None:
@@ -649,14 +859,121 @@ def start_proxy(openproxy_bin: Path, tmp_path: Path) -> Iterator[Callable[[dict]
     """Starts extra proxies with a test's own configuration; all stopped at teardown."""
     started: list[ProxyProcess] = []
 
-    def start(config: dict) -> ProxyProcess:
-        p = ProxyProcess(openproxy_bin, config, tmp_path, name=f"proxy{len(started)}")
+    def start(config: dict, https: TLSFiles | None = None) -> ProxyProcess:
+        p = ProxyProcess(openproxy_bin, config, tmp_path, name=f"proxy{len(started)}", https=https)
         started.append(p)
         return p
 
     yield start
     for p in started:
         p.stop()
+
+
+# --------------------------------------------------------------------------
+# TLS: a throwaway CA, certificates, TLS mocks and a proxy serving HTTPS
+
+
+@dataclass
+class TLSFiles:
+    """A test CA and a server certificate for `localhost` and `127.0.0.1`."""
+
+    ca: Any  # trustme.CA
+    ca_pem: Path
+    cert_pem: Path  # the leaf (then any intermediates): what cert_file wants
+    key_pem: Path  # PKCS#8
+
+    def client_context(self) -> ssl.SSLContext:
+        """A fresh client context trusting only this CA (httpx sets ALPN on it,
+        so each client gets its own)."""
+        return ssl.create_default_context(cafile=str(self.ca_pem))
+
+    def server_context(self, alpn: list[str]) -> ssl.SSLContext:
+        """A server context with a fresh `localhost` / `127.0.0.1` leaf of this CA."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+        ctx.set_alpn_protocols(alpn)
+        return ctx
+
+
+def _make_tls_files(directory: Path) -> TLSFiles:
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    files = TLSFiles(ca=ca, ca_pem=directory / "ca.pem", cert_pem=directory / "certificate.pem", key_pem=directory / "private-key.pem")
+    ca.cert_pem.write_to_path(str(files.ca_pem))
+    files.cert_pem.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.key_pem))
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    return _make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory) -> TLSFiles:
+    """A second, unrelated CA (and leaf): trusting it must not help with `tls_files`."""
+    return _make_tls_files(tmp_path_factory.mktemp("tls-other"))
+
+
+@dataclass
+class TLSMocks:
+    h1: MockUpstream  # OpenAI-shaped, TLS, ALPN http/1.1 only
+    h2: H2MockUpstream  # OpenAI-shaped, TLS, ALPN h2 only
+
+    def reset(self) -> None:
+        self.h1.reset()
+        self.h2.reset()
+
+
+@pytest.fixture(scope="session")
+def _tls_mocks(tls_files: TLSFiles) -> Iterator[TLSMocks]:
+    made = TLSMocks(
+        h1=MockUpstream("tls-h1", ssl_context=tls_files.server_context(["http/1.1"])),
+        h2=H2MockUpstream("tls-h2", ssl_context=tls_files.server_context(["h2"])),
+    )
+    yield made
+    made.h1.close()
+    made.h2.close()
+
+
+@pytest.fixture
+def tls_mocks(_tls_mocks: TLSMocks) -> TLSMocks:
+    """The session TLS mocks, with their recordings cleared for this test."""
+    _tls_mocks.reset()
+    return _tls_mocks
+
+
+@pytest.fixture(scope="session")
+def https_proxy(openproxy_bin: Path, _mocks: Mocks, _tls_mocks: TLSMocks, tls_files: TLSFiles, tmp_path_factory) -> Iterator[ProxyProcess]:
+    """A proxy on `http_port` and `https_port` at once (certificate from
+    `tls_files`). Routes:
+
+    localhost/openai, 127.0.0.1/openai -> openai mock (plain)  (key OPENAI_REAL_KEY)
+    localhost/tls-up        -> TLS HTTP/1.1 mock, ca_file = test CA (TLS_UPSTREAM_REAL_KEY)
+    localhost/tls-untrusted -> the same TLS mock, no ca_file (web roots only)
+    localhost/h2-up         -> TLS HTTP/2 mock, ca_file = test CA   (H2_UPSTREAM_REAL_KEY)
+    """
+    m, t = _mocks, _tls_mocks
+    ca = str(tls_files.ca_pem)
+    config = {
+        "auth_keys": [CLIENT_KEY],
+        "health_check": {"enabled": False, "interval": 60},
+        "connect_timeout": 3,
+        "providers": [
+            _provider("openai", "localhost/openai", m.openai.endpoint, api_key=OPENAI_REAL_KEY),
+            _provider("openai", "127.0.0.1/openai", m.openai.endpoint, api_key=OPENAI_REAL_KEY),
+            _provider("openai", "localhost/tls-up", t.h1.tls_endpoint, api_key=TLS_UPSTREAM_REAL_KEY, tls=True, ca_file=ca),
+            _provider("openai", "localhost/tls-untrusted", t.h1.tls_endpoint, api_key=TLS_UPSTREAM_REAL_KEY, tls=True),
+            _provider("openai", "localhost/h2-up", t.h2.tls_endpoint, api_key=H2_UPSTREAM_REAL_KEY, tls=True, ca_file=ca),
+        ],
+    }
+    p = ProxyProcess(openproxy_bin, config, tmp_path_factory.mktemp("https-proxy"), name="https", https=tls_files)
+    yield p
+    p.stop()
 
 
 def assert_no_client_secret(rec: Recorded) -> None:

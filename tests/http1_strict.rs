@@ -9,8 +9,8 @@ use support::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use support::wire::Wire;
+use tokio::io::AsyncWriteExt;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";

@@ -230,12 +230,14 @@ async fn a_stalled_h2_stream_does_not_stall_its_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, _, _) = ca.write(dir.path());
     let providers = format!(
-        "  - type: openai\n    host: localhost/big\n    endpoint: \"localhost:{}\"\n    ca_file: {}\n    api_key: k\n{}",
+        "  - type: openai\n    host: localhost/big\n    endpoint: \"localhost:{}\"\n    api_key: k\n{}",
         big.addr.port(),
-        ca_file.display(),
         plain_provider(small.port())
     );
-    let proxy = TestProxy::start(&https_config(dir.path(), &ca, &providers));
+    // The top-level ca_file is every provider's default.
+    let config = https_config(dir.path(), &ca, &providers)
+        .replace("providers:\n", &format!("ca_file: {}\nproviders:\n", ca_file.display()));
+    let proxy = TestProxy::start(&config);
     let mut client = h2_client(proxy.addr, &ca).await;
     // Open the big download and never read it: its window fills and stays full.
     let stalled = client.send_request(request("GET", "/big/v1/blob", TestBody::empty())).await.unwrap();

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::wire::Wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
-use support::wire::Wire;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";
