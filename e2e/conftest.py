@@ -279,6 +279,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: bursts of concurrent requests open many connections at once
     mock: "MockUpstream"
 
 

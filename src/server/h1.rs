@@ -112,13 +112,21 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let (method, version, framing) = (h1.method.clone(), h1.version, h1.framing);
-    let keep_alive = h1.keep_alive && !shutdown.is_signalled();
+    let mut req = ReqFacts {
+        method: h1.method.clone(),
+        version: h1.version,
+        framing: h1.framing,
+        keep_alive: h1.keep_alive && !shutdown.is_signalled(),
+    };
+    let (framing, keep_alive) = (req.framing, req.keep_alive);
     let has_body = !matches!(framing, BodyFraming::Empty | BodyFraming::Length(0));
     let expect_continue = h1.expect_continue;
     let head = match neutral_head(h1, default_port) {
         Ok(head) => head,
-        Err(err) => return refuse(reader, wr, err, ErrorStyle::Plain, &method, version, framing, false).await,
+        Err(err) => {
+            req.keep_alive = false;
+            return refuse(reader, wr, &req, err, ErrorStyle::Plain).await;
+        }
     };
     let (log_method, log_authority, log_target) = (head.method.clone(), head.authority.clone(), head.target.clone());
     let log = |status: u16, provider: Option<usize>| {
@@ -128,7 +136,7 @@ where
         Ok(plan) => plan,
         Err(refusal) => {
             log(refusal.error.status().as_u16(), None);
-            return refuse(reader, wr, refusal.error, refusal.style, &method, version, framing, keep_alive).await;
+            return refuse(reader, wr, &req, refusal.error, refusal.style).await;
         }
     };
     let buffered = matches!(framing, BodyFraming::Length(n) if reader.buf.len() as u64 >= n);
@@ -162,7 +170,7 @@ where
             Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
         };
         log(resp.status.as_u16(), Some(plan.provider.index));
-        write_response(wr, resp, &method, version, close).await
+        write_response(wr, resp, &req.method, req.version, close).await
     };
     let (body_complete, written) = tokio::join!(pump, respond);
     match written {
@@ -179,23 +187,27 @@ where
     }
 }
 
-/// Answers a request the proxy will not forward. The connection stays usable
-/// only when the refused body was already fully buffered (then it is skipped).
-#[allow(clippy::too_many_arguments)]
-async fn refuse<S>(
-    reader: &mut Reader<S>,
-    wr: &mut WriteHalf<S>,
-    err: ProxyError,
-    style: ErrorStyle,
-    method: &Method,
+/// What the response side needs to know of the request it answers.
+struct ReqFacts {
+    method: Method,
     version: Version,
     framing: BodyFraming,
     keep_alive: bool,
+}
+
+/// Answers a request the proxy will not forward. The connection stays usable
+/// only when the refused body was already fully buffered (then it is skipped).
+async fn refuse<S>(
+    reader: &mut Reader<S>,
+    wr: &mut WriteHalf<S>,
+    req: &ReqFacts,
+    err: ProxyError,
+    style: ErrorStyle,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let skipped = match framing {
+    let skipped = match req.framing {
         BodyFraming::Empty => true,
         BodyFraming::Length(n) if reader.buf.len() as u64 >= n => {
             reader.buf.advance(n as usize);
@@ -203,9 +215,9 @@ where
         }
         _ => false,
     };
-    let close = !(keep_alive && skipped);
+    let close = !(req.keep_alive && skipped);
     let resp = Response::from_error(&err, style);
-    matches!(write_response(wr, resp, method, version, close).await, Ok(Written::Complete))
+    matches!(write_response(wr, resp, &req.method, req.version, close).await, Ok(Written::Complete))
 }
 
 /// Reads the request body off the socket into the channel. Returns true when
