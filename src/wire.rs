@@ -47,7 +47,8 @@ pub async fn write_body<W: AsyncWrite + Unpin>(
                     wr.write_all(http1::CHUNK_SUFFIX).await?;
                 }
             }
-            Frame::Trailers(trailers) if chunked => {
+            Frame::Trailers(mut trailers) if chunked => {
+                crate::proxy::headers::strip_trailer_fields(&mut trailers);
                 out.clear();
                 http1::encode_last_chunk(Some(&trailers), &mut out);
                 wr.write_all(&out).await?;

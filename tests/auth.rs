@@ -152,3 +152,18 @@ async fn anthropic_oauth_command_token_is_bearer_and_refreshed_after_401() {
         assert_no_client_key(rec);
     }
 }
+
+#[tokio::test]
+async fn credentials_in_trailers_never_reach_the_upstream() {
+    let up = MockUpstream::start("t").await;
+    let proxy = TestProxy::start(&one_provider("openai", "t.local", up.port(), ""));
+    let request = b"POST /v1/x HTTP/1.1\r\nHost: t.local\r\nAuthorization: Bearer client-key\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nAuthorization: Bearer client-key\r\nX-Api-Key: client-key\r\nContent-Length: 99\r\nX-Checksum: abc\r\n\r\n";
+    let resp = raw_exchange(proxy.addr, request, std::time::Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let rec = &up.recorded()[0];
+    assert_eq!(rec.body, "hello");
+    let trailers = rec.trailers.clone().unwrap_or_default();
+    assert_eq!(trailers.get("x-checksum").map(|v| v.to_str().unwrap()), Some("abc"));
+    assert_eq!(trailers.len(), 1, "forbidden trailer fields were forwarded: {trailers:?}");
+    assert_no_client_key(rec);
+}

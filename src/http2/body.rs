@@ -88,7 +88,8 @@ pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body) -> Result<(
     while let Some(frame) = body.next_frame().await {
         match frame.map_err(SendError::Source)? {
             Frame::Data(data) => send_data(send, data).await?,
-            Frame::Trailers(trailers) => {
+            Frame::Trailers(mut trailers) => {
+                crate::proxy::headers::strip_trailer_fields(&mut trailers);
                 send.send_trailers(trailers)?;
                 return Ok(());
             }

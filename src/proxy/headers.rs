@@ -37,6 +37,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
+/// authentication, and anything that changes how the content is processed.
+/// Credentials are the point: a trailer must not smuggle a client key upstream.
+const FORBIDDEN_IN_TRAILERS: [HeaderName; 14] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_TYPE,
+    header::CONTENT_RANGE,
+    header::TRAILER,
+    header::HOST,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::CACHE_CONTROL,
+    header::MAX_FORWARDS,
+    kind::X_API_KEY,
+    kind::X_GOOG_API_KEY,
+    header::WWW_AUTHENTICATE,
+];
+
+/// Removes from a trailer section everything that must not travel there.
+pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    for name in &FORBIDDEN_IN_TRAILERS {
+        trailers.remove(name);
+    }
+}
+
 /// Rewrites a client request head for the upstream: hop-by-hop fields and the
 /// client's length removed (the upstream codec frames the body itself), `Host`
 /// set to the endpoint, and for keyed providers every client credential swapped
@@ -94,6 +122,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-ok"));
+    }
+
+    #[test]
+    fn trailers_lose_framing_and_credentials() {
+        let mut t = map(&[
+            ("x-checksum", "1"),
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client"),
+            ("content-length", "9"),
+            ("host", "evil"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_trailer_fields(&mut t);
+        assert_eq!(t.len(), 1);
+        assert!(t.contains_key("x-checksum"));
     }
 
     #[test]
