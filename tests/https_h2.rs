@@ -113,7 +113,12 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
     let ca = TestCa::new();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-usage", "42".parse().unwrap());
-    let up = TlsUpstream::start(&ca, &[b"h2"], UpstreamScript { download: None, trailers: Some(trailers) }).await;
+    let up = TlsUpstream::start(
+        &ca,
+        &[b"h2"],
+        UpstreamScript { download: None, trailers: Some(trailers), ..Default::default() },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, _, _) = ca.write(dir.path());
     let yaml = format!(
@@ -154,7 +159,12 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
 async fn large_bodies_both_ways_over_h2_are_byte_exact() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let ca = TestCa::new();
-    let up = TlsUpstream::start(&ca, &[b"h2"], UpstreamScript { download: Some(SIZE), trailers: None }).await;
+    let up = TlsUpstream::start(
+        &ca,
+        &[b"h2"],
+        UpstreamScript { download: Some(SIZE), trailers: None, ..Default::default() },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, _, _) = ca.write(dir.path());
     let provider = format!(
@@ -225,7 +235,12 @@ async fn unauthorized_h2_stream_gets_the_provider_error_shape() {
 async fn a_stalled_h2_stream_does_not_stall_its_neighbours() {
     const SIZE: u64 = 64 * 1024 * 1024;
     let ca = TestCa::new();
-    let big = TlsUpstream::start(&ca, &[b"h2"], UpstreamScript { download: Some(SIZE), trailers: None }).await;
+    let big = TlsUpstream::start(
+        &ca,
+        &[b"h2"],
+        UpstreamScript { download: Some(SIZE), trailers: None, ..Default::default() },
+    )
+    .await;
     let small = MockUpstream::start("small").await;
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, _, _) = ca.write(dir.path());

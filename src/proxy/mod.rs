@@ -18,7 +18,7 @@ use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
 use crate::provider::{HealthRegistry, Provider};
 use crate::state::Snapshot;
-use crate::upstream::{self, Pools, UpstreamError, UpstreamRequest};
+use crate::upstream::{self, Pools, Replay, UpstreamError, UpstreamRequest};
 use route::Miss;
 use select::Class;
 
@@ -164,13 +164,29 @@ impl Proxy {
         let reused = checkout.is_reused();
         let max_head = snapshot.upstream_max_head;
         match upstream::exchange(&self.pools, checkout, endpoint, request, body, max_head).await {
-            Err(e) if reused && e.is_stale_connection() && replay.is_some() => {
+            Err(e) if reused && replay.is_some() && may_replay(e.replay(), &request) => {
                 tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
                 let fresh = self.pools.checkout_fresh(endpoint, snapshot.connect_timeout).await?;
                 let body = replay.unwrap_or(Body::Empty);
                 upstream::exchange(&self.pools, fresh, endpoint, request, body, max_head).await
             }
             result => result,
+        }
+    }
+}
+
+/// Whether a request that failed on a reused connection may go again. A request
+/// the upstream may have acted on is repeated only when repeating is harmless:
+/// an idempotent method, or a client-supplied idempotency key.
+fn may_replay(replay: Replay, request: &UpstreamRequest<'_>) -> bool {
+    match replay {
+        Replay::Always => true,
+        Replay::Never => false,
+        Replay::IfIdempotent => {
+            matches!(
+                *request.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            ) || request.headers.contains_key("idempotency-key")
         }
     }
 }

@@ -94,7 +94,12 @@ async fn send_and_receive(
     let Conn { stream, buf, .. } = conn;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let send = async {
-        wr.write_all(head).await.map_err(UpstreamError::Write)?;
+        // The first write decides whether a failure left the upstream untouched.
+        let first = wr.write(head).await.map_err(UpstreamError::NothingWritten)?;
+        if first == 0 {
+            return Err(UpstreamError::NothingWritten(std::io::ErrorKind::WriteZero.into()));
+        }
+        wr.write_all(&head[first..]).await.map_err(UpstreamError::Write)?;
         write_body(&mut wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
             WriteBodyError::Source(e) => UpstreamError::ClientBody(e),
             WriteBodyError::Sink(e) => UpstreamError::Write(e),

@@ -17,9 +17,16 @@ use crate::http2::{send_body, H2Body, SendError};
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
+/// Identifies one shared connection, so only its own failure removes it.
+pub type SharedId = u64;
+
 /// Starts HTTP/2 on a connection whose ALPN chose `h2`; the connection is
-/// driven by a task of its own and lives as long as a handle to it does.
-pub async fn handshake(stream: Stream, endpoint: &Endpoint) -> Result<SendRequest<Bytes>, UpstreamError> {
+/// driven by a task of its own, which calls `on_close` when it ends.
+pub async fn handshake(
+    stream: Stream,
+    endpoint: &Endpoint,
+    on_close: impl FnOnce() + Send + 'static,
+) -> Result<SendRequest<Bytes>, UpstreamError> {
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -31,6 +38,7 @@ pub async fn handshake(stream: Stream, endpoint: &Endpoint) -> Result<SendReques
         if let Err(e) = conn.await {
             tracing::debug!(endpoint = %key, error = %e, "upstream HTTP/2 connection ended");
         }
+        on_close();
     });
     Ok(send)
 }
@@ -41,7 +49,8 @@ pub async fn exchange(
     req: UpstreamRequest<'_>,
     body: Body,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    let mut send = send.ready().await.map_err(h2_error)?;
+    // A connection that cannot take a stream has sent nothing of ours.
+    let mut send = send.ready().await.map_err(|e| UpstreamError::H2Refused(e.to_string()))?;
     let authority = endpoint.host_header.to_str().unwrap_or(&endpoint.host);
     let uri = http::Uri::builder()
         .scheme("https")
@@ -60,7 +69,8 @@ pub async fn exchange(
     }
     *request.headers_mut() = headers;
     let end = body.is_empty();
-    let (response, mut stream) = send.send_request(request, end).map_err(h2_error)?;
+    let (response, mut stream) =
+        send.send_request(request, end).map_err(|e| UpstreamError::H2Refused(e.to_string()))?;
     let upload = (!end).then(|| {
         tokio::spawn(async move {
             let result = send_body(&mut stream, body).await;
@@ -87,11 +97,13 @@ pub async fn exchange(
     Ok(UpstreamResponse { status: parts.status, headers: parts.headers, body })
 }
 
-/// Refused streams and GOAWAY mean the upstream did not process the request:
-/// safe to send again on a new connection.
+/// A refused stream was not processed (RFC 9113 §8.7); any other connection
+/// failure may have come after the upstream acted on the request.
 fn h2_error(e: h2::Error) -> UpstreamError {
-    if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_io() {
-        UpstreamError::H2Unavailable(e.to_string())
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        UpstreamError::H2Refused(e.to_string())
+    } else if e.is_go_away() || e.is_io() {
+        UpstreamError::H2Gone(e.to_string())
     } else {
         UpstreamError::H2(e.to_string())
     }

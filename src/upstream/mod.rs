@@ -9,6 +9,7 @@ mod pool;
 
 pub use connect::{client_tls_config, Stream};
 pub use h1::{H1ResponseBody, UpstreamRequest, UpstreamResponse};
+pub use h2::SharedId;
 pub use pool::{Checkout, Conn, Pools};
 
 use std::sync::Arc;
@@ -52,8 +53,7 @@ impl Endpoint {
     }
 }
 
-/// How an upstream exchange failed. `retryable` failures happened before the
-/// upstream could have acted on the request.
+/// How an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot resolve {0}")]
@@ -64,6 +64,9 @@ pub enum UpstreamError {
     ConnectTimeout(String),
     #[error("TLS handshake with {0} failed: {1}")]
     Tls(String, std::io::Error),
+    /// Not one byte of the request reached the connection.
+    #[error("connection to upstream lost before the request was sent: {0}")]
+    NothingWritten(std::io::Error),
     #[error("connection to upstream lost while sending the request: {0}")]
     Write(std::io::Error),
     #[error("connection to upstream lost before the response: {0}")]
@@ -76,17 +79,34 @@ pub enum UpstreamError {
     ClientBody(#[from] crate::body::BodyError),
     #[error("upstream HTTP/2 error: {0}")]
     H2(String),
-    /// The shared HTTP/2 connection is gone or refused the stream unprocessed.
-    #[error("upstream HTTP/2 connection unavailable: {0}")]
-    H2Unavailable(String),
+    /// The stream never left, or the upstream refused it unprocessed (RFC 9113 §8.7).
+    #[error("upstream HTTP/2 connection refused the request: {0}")]
+    H2Refused(String),
+    /// The shared connection failed while the stream was open.
+    #[error("upstream HTTP/2 connection lost: {0}")]
+    H2Gone(String),
+}
+
+/// Whether a failed request may be sent again on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The upstream cannot have seen it: safe for any method.
+    Always,
+    /// It may have been processed: only for idempotent requests (RFC 9110 §9.2.2).
+    IfIdempotent,
+    Never,
 }
 
 impl UpstreamError {
-    /// True when nothing of the request can have been processed by the upstream
-    /// on a *reused* connection, so sending it again on a fresh one is safe.
-    pub fn is_stale_connection(&self) -> bool {
-        matches!(self, UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse)
-            || matches!(self, UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    pub fn replay(&self) -> Replay {
+        match self {
+            UpstreamError::NothingWritten(_) | UpstreamError::H2Refused(_) => Replay::Always,
+            UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse | UpstreamError::H2Gone(_) => {
+                Replay::IfIdempotent
+            }
+            UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Replay::IfIdempotent,
+            _ => Replay::Never,
+        }
     }
 }
 
@@ -101,6 +121,13 @@ pub async fn exchange(
 ) -> Result<UpstreamResponse, UpstreamError> {
     match checkout {
         Checkout::H1(conn) => h1::exchange(pools, conn, req, body, max_head).await,
-        Checkout::H2 { send, .. } => h2::exchange(send, endpoint, req, body).await,
+        Checkout::H2 { send, id, .. } => {
+            let result = h2::exchange(send, endpoint, req, body).await;
+            if let Err(UpstreamError::H2Refused(_) | UpstreamError::H2Gone(_)) = &result {
+                // Whatever broke, new requests must not be handed this connection.
+                pools.forget_shared(&endpoint.key, id);
+            }
+            result
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use h2::client::SendRequest;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::connect::{connect, Stream};
-use super::{Endpoint, UpstreamError};
+use super::{Endpoint, SharedId, UpstreamError};
 
 /// How long an idle connection is kept. Below the common 60 s server keep-alive,
 /// so we usually drop a connection before the upstream does.
@@ -33,6 +34,7 @@ pub struct Conn {
 
 /// A pooled connection and when it went idle.
 type Idle = (Conn, Instant);
+type SharedMap = Arc<Mutex<HashMap<Arc<str>, (SendRequest<Bytes>, SharedId)>>>;
 
 /// A connection to send one request on.
 #[derive(Debug)]
@@ -41,6 +43,7 @@ pub enum Checkout {
     /// A handle to the endpoint's shared HTTP/2 connection.
     H2 {
         send: SendRequest<Bytes>,
+        id: SharedId,
         reused: bool,
     },
 }
@@ -58,16 +61,17 @@ impl Checkout {
 pub struct Pools {
     // Std mutexes: held only to push, pop or clone an entry, never across an await.
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
-    /// One multiplexed connection per endpoint that speaks HTTP/2.
-    shared: Mutex<HashMap<Arc<str>, SendRequest<Bytes>>>,
+    /// One multiplexed connection per endpoint that speaks HTTP/2. Shared with
+    /// each connection's driver task, which removes its own entry when it ends.
+    shared: SharedMap,
 }
 
 impl Pools {
     /// The endpoint's shared HTTP/2 connection, a live idle HTTP/1.1 one, or a new one.
     pub async fn checkout(&self, endpoint: &Endpoint, connect_timeout: Duration) -> Result<Checkout, UpstreamError> {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).get(&endpoint.key).cloned();
-        if let Some(send) = shared {
-            return Ok(Checkout::H2 { send, reused: true });
+        if let Some((send, id)) = shared {
+            return Ok(Checkout::H2 { send, id, reused: true });
         }
         while let Some(mut conn) = self.pop(&endpoint.key) {
             if is_open(&mut conn.stream) {
@@ -87,9 +91,12 @@ impl Pools {
     ) -> Result<Checkout, UpstreamError> {
         let stream = connect(endpoint, connect_timeout).await?;
         if stream.is_h2() {
-            let send = super::h2::handshake(stream, endpoint).await?;
-            self.shared.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.key.clone(), send.clone());
-            return Ok(Checkout::H2 { send, reused: false });
+            let id = NEXT_SHARED_ID.fetch_add(1, Ordering::Relaxed);
+            let (shared, key) = (self.shared.clone(), endpoint.key.clone());
+            let on_close = move || remove_shared(&shared, &key, id);
+            let send = super::h2::handshake(stream, endpoint, on_close).await?;
+            self.shared.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.key.clone(), (send.clone(), id));
+            return Ok(Checkout::H2 { send, id, reused: false });
         }
         let buf = BytesMut::with_capacity(8 * 1024);
         Ok(Checkout::H1(Conn { stream, buf, pool_key: endpoint.key.clone(), reused: false }))
@@ -104,6 +111,11 @@ impl Pools {
             }
         }
         None
+    }
+
+    /// Stops handing out shared connection `id` for `key` (it failed).
+    pub fn forget_shared(&self, key: &Arc<str>, id: SharedId) {
+        remove_shared(&self.shared, key, id);
     }
 
     /// Returns a connection whose last exchange ended cleanly.
@@ -132,6 +144,17 @@ impl Pools {
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.values().map(Vec::len).sum()
+    }
+}
+
+static NEXT_SHARED_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Removes the shared connection for `key` if it is still `id` (a newer one
+/// may have replaced it already).
+fn remove_shared(shared: &SharedMap, key: &Arc<str>, id: SharedId) {
+    let mut map = shared.lock().unwrap_or_else(|e| e.into_inner());
+    if map.get(key).is_some_and(|(_, current)| *current == id) {
+        map.remove(key);
     }
 }
 

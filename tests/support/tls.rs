@@ -188,6 +188,9 @@ impl HttpBody for TestBody {
 pub struct UpstreamScript {
     pub download: Option<u64>,
     pub trailers: Option<http::HeaderMap>,
+    /// Close each HTTP/2 connection (GOAWAY) right after its first response,
+    /// as servers that recycle connections do.
+    pub one_request_per_connection: bool,
 }
 
 /// A recording HTTPS upstream; ALPN offers `alpn` (e.g. only `h2`).
@@ -211,18 +214,32 @@ impl TlsUpstream {
                 let Ok((tcp, _)) = listener.accept().await else { return };
                 *conns.lock().unwrap() += 1;
                 let (acceptor, reqs, script) = (acceptor.clone(), reqs.clone(), script.clone());
+                let close_after_one = script.one_request_per_connection;
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    // Signalled as a request arrives, for `one_request_per_connection`.
+                    let arrived = Arc::new(tokio::sync::Notify::new());
+                    let signal = arrived.clone();
                     let service = service_fn(move |req: hyper::Request<Incoming>| {
                         let (reqs, script) = (reqs.clone(), script.clone());
+                        signal.notify_one();
                         async move { Ok::<_, hyper::Error>(answer(req, &reqs, &script).await) }
                     });
                     let io = TokioIo::new(tls);
                     if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service)
-                            .await;
+                        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service);
+                        tokio::pin!(conn);
+                        if close_after_one {
+                            tokio::select! {
+                                _ = &mut conn => return,
+                                _ = arrived.notified() => {}
+                            }
+                            // GOAWAY now: the first stream finishes, no later one is taken.
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        let _ = conn.await;
                     } else {
                         let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
                     }

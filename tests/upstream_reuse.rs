@@ -1,0 +1,109 @@
+//! Reusing upstream connections safely: a recycled HTTP/2 connection is
+//! replaced, and a request the upstream may have acted on is never sent twice
+//! unless repeating it is harmless.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::tls::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_h2_upstream_connection_is_replaced() {
+    let ca = TestCa::new();
+    let script = UpstreamScript { one_request_per_connection: true, ..Default::default() };
+    let up = TlsUpstream::start(&ca, &[b"h2"], script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _, _) = ca.write(dir.path());
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nca_file: {}\nproviders:\n  - type: forward\n    host: h.local\n    endpoint: \"localhost:{}\"\n",
+        ca_file.display(),
+        up.addr.port()
+    );
+    let proxy = TestProxy::start(&yaml);
+    for i in 0..6 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let (status, _, body) = send(proxy.addr, method, &format!("/v1/{i}"), &[("host", "h.local")], "x").await;
+        assert_eq!(status, 200, "request {i} ({method}) after the upstream closed its connection: {body}");
+    }
+    let uris: Vec<String> = up.recorded().iter().map(|(r, _)| r.uri.clone()).collect();
+    assert_eq!(uris.len(), 6, "each request reached the upstream exactly once: {uris:?}\n{}", proxy.logs());
+    assert_eq!(*up.connections.lock().unwrap(), 6);
+}
+
+/// An upstream whose first connection answers one request, then reads the
+/// next one whole and closes without answering; later connections answer.
+async fn upstream_that_drops_the_second_request(log: Arc<Mutex<Vec<String>>>) -> RawUpstream {
+    let conns = Arc::new(AtomicUsize::new(0));
+    RawUpstream::start(move |mut stream| {
+        let (log, n) = (log.clone(), conns.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let answers = if n == 0 { 1 } else { usize::MAX };
+            let mut served = 0;
+            loop {
+                let head = read_head(&mut stream).await;
+                if head.is_empty() {
+                    return;
+                }
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                let already = head.split("\r\n\r\n").nth(1).map_or(0, str::len);
+                let mut body = vec![0; len.saturating_sub(already)];
+                stream.read_exact(&mut body).await.unwrap();
+                log.lock().unwrap().push(head.lines().next().unwrap_or("").to_string());
+                if served == answers {
+                    return; // processed, then the connection dies: no answer
+                }
+                served += 1;
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_post_the_upstream_may_have_processed_is_not_sent_again() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let up = upstream_that_drops_the_second_request(log.clone()).await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    assert_eq!(send(proxy.addr, "POST", "/v1/charge/1", &auth, "{}").await.0, 200);
+    let (status, _, body) = send(proxy.addr, "POST", "/v1/charge/2", &auth, "{}").await;
+    assert_eq!(status, 502, "{body}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen, vec!["POST /v1/charge/1 HTTP/1.1", "POST /v1/charge/2 HTTP/1.1"], "sent twice?");
+}
+
+#[tokio::test]
+async fn an_idempotent_request_is_retried_on_a_new_connection() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let up = upstream_that_drops_the_second_request(log.clone()).await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    assert_eq!(send(proxy.addr, "GET", "/v1/models/1", &auth, "").await.0, 200);
+    assert_eq!(send(proxy.addr, "GET", "/v1/models/2", &auth, "").await.0, 200, "GET is safe to repeat");
+    let with_key = [("host", "h.local"), ("authorization", "Bearer client-key"), ("idempotency-key", "abc")];
+    let log2 = Arc::new(Mutex::new(Vec::new()));
+    let up2 = upstream_that_drops_the_second_request(log2.clone()).await;
+    let proxy2 = TestProxy::start(&one_provider("openai", "h.local", up2.port(), ""));
+    assert_eq!(send(proxy2.addr, "POST", "/v1/a", &with_key, "{}").await.0, 200);
+    assert_eq!(
+        send(proxy2.addr, "POST", "/v1/b", &with_key, "{}").await.0,
+        200,
+        "an Idempotency-Key makes a POST repeatable"
+    );
+    assert_eq!(log.lock().unwrap().len(), 3);
+    assert_eq!(log2.lock().unwrap().len(), 3);
+}
