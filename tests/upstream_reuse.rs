@@ -107,3 +107,47 @@ async fn an_idempotent_request_is_retried_on_a_new_connection() {
     assert_eq!(log.lock().unwrap().len(), 3);
     assert_eq!(log2.lock().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_upstream_answer_reaches_the_client_without_waiting_for_the_upload() {
+    // The upstream refuses after the head, never reads the body, keeps the socket open.
+    let up = RawUpstream::start(|mut stream| async move {
+        read_head(&mut stream).await;
+        let refusal = br#"{"error":"too large"}"#;
+        let head = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n", refusal.len());
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(refusal).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let size = 50 * 1024 * 1024;
+    let head = format!("POST /v1/files HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nContent-Length: {size}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = client.into_split();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while !String::from_utf8_lossy(&response).contains("too large") {
+            let n = rd.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the client never got the upstream's early answer");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    upload.abort();
+}

@@ -165,7 +165,8 @@ where
     };
     let respond = async {
         let (resp, close) = match proxy.forward(&plan, head, body).await {
-            Ok(resp) => (resp, !keep_alive),
+            // A shutdown that began while this request ran closes the connection.
+            Ok(resp) => (resp, !keep_alive || shutdown.is_signalled()),
             // The body may be half read: only a fresh connection is safe after this.
             Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
         };
@@ -273,7 +274,12 @@ fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError
         let uri: Uri = target.parse().map_err(|_| ProxyError::BadRequest("request target is not valid".into()))?;
         match (uri.scheme_str(), uri.authority()) {
             (Some("http" | "https"), Some(authority)) => {
-                let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+                // Credentials in the authority would end up in logs and routing keys.
+                if authority.as_str().contains('@') {
+                    return Err(ProxyError::BadRequest("user information in the request target is not allowed".into()));
+                }
+                let path = uri.path_and_query().map_or("", |p| p.as_str());
+                let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
                 (Some(authority.as_str().to_string()), path)
             }
             _ => return Err(ProxyError::BadRequest("request target must be a path or an http URL".into())),

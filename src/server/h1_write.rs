@@ -62,6 +62,10 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         }
     };
     let close = close || framing == BodyFraming::CloseDelimited;
+    if version == Version::HTTP_10 && !close {
+        // HTTP/1.0 persistence is opt-in on both sides (RFC 9112 §C.2.2).
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
     let mut out = BytesMut::with_capacity(512);
     http1::encode_response_head(status, "", &headers, framing, close, &mut out);
     if let Body::Full(bytes) = &body {

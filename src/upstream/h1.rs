@@ -121,14 +121,13 @@ async fn send_and_receive(
         }
     };
     let head = head?;
-    let sent = match sent {
-        Some(result) => result,
-        None => send.await,
-    };
     match sent {
-        Ok(()) => Ok((head, true)),
-        Err(UpstreamError::ClientBody(e)) => Err(UpstreamError::ClientBody(e)),
-        Err(_) => Ok((head, false)), // the upstream answered early and stopped reading
+        Some(Ok(())) => Ok((head, true)),
+        // The upstream answered before taking the whole request (an early 413,
+        // say): answer the client now instead of waiting on an upload the
+        // upstream may never read. The rest of the body is dropped, so neither
+        // connection can be reused.
+        _ => Ok((head, false)),
     }
 }
 
@@ -144,7 +143,11 @@ async fn read_head<R: AsyncRead + Unpin>(
             match http1::parse_response_head(buf, max_head, method) {
                 Ok(Some((head, used))) => {
                     buf.advance(used);
-                    if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        // We never forward Upgrade, so a switch is unsolicited.
+                        return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols".into()));
+                    }
+                    if head.status.is_informational() {
                         continue;
                     }
                     if has_other_transfer_coding(&head.headers) {

@@ -1,0 +1,113 @@
+//! HTTP/1.1 edge cases found in review: HTTP/1.0 persistence, absolute-form
+//! targets, unsolicited upgrades and shutdown during a request.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads one whole response with a Content-Length body from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut buf)).await.expect("response timed out").unwrap();
+        if n == 0 {
+            return text;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn http10_keep_alive_is_acknowledged_and_honoured() {
+    let up = MockUpstream::start("u").await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request =
+        b"GET /v1/a HTTP/1.0\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nConnection: keep-alive\r\n\r\n";
+    for _ in 0..2 {
+        stream.write_all(request).await.unwrap();
+        let resp = read_response(&mut stream).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.to_ascii_lowercase().contains("connection: keep-alive"), "{resp}");
+    }
+    assert_eq!(up.recorded().len(), 2);
+}
+
+#[tokio::test]
+async fn absolute_form_targets() {
+    let up = MockUpstream::start("u").await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let resp = raw_exchange(
+        proxy.addr,
+        b"GET http://h.local?x=1 HTTP/1.1\r\nHost: other.local\r\nAuthorization: Bearer client-key\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "the target's authority routes, not Host: {resp}");
+    assert_eq!(up.recorded()[0].uri, "/?x=1");
+    let resp = raw_exchange(
+        proxy.addr,
+        b"GET http://user:secret@h.local/v1 HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(!resp.contains("secret"));
+    assert!(!proxy.logs().contains("secret"), "userinfo reached the log");
+    assert_eq!(up.recorded().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unsolicited_upstream_upgrade_is_a_bad_gateway() {
+    let up = RawUpstream::start(|mut stream| async move {
+        read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw")
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let (status, _, body) =
+        send(proxy.addr, "GET", "/v1/x", &[("host", "h.local"), ("authorization", "Bearer client-key")], "").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("101"), "{body}");
+}
+
+#[tokio::test]
+async fn a_response_finished_during_shutdown_closes_its_connection() {
+    let up = RawUpstream::start(|mut stream| async move {
+        read_head(&mut stream).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow").await;
+    })
+    .await;
+    let mut proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /v1/x HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.signal("TERM");
+    let resp = read_response(&mut stream).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "the in-flight request finishes: {resp}");
+    assert!(resp.contains("slow"));
+    assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
