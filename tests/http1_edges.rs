@@ -111,3 +111,31 @@ async fn a_response_finished_during_shutdown_closes_its_connection() {
     assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_upstream_request() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let up = RawUpstream::start(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            read_head(&mut stream).await;
+            // Think for a long time; report whether the proxy hung up on us first.
+            let mut byte = [0u8; 1];
+            let hung_up = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+            let _ = tx.send(matches!(hung_up, Ok(Ok(0)) | Ok(Err(_))));
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let cancelled = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+    assert_eq!(cancelled.ok().flatten(), Some(true), "the upstream request outlived its client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !proxy.logs().contains("status=499") {
+        assert!(std::time::Instant::now() < deadline, "no 499 access line:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

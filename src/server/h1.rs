@@ -3,6 +3,7 @@
 //! write the response, while the request body streams on to the upstream.
 //! Requests on one connection are handled strictly one after another.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::mpsc;
 
 use super::h1_write::{write_response, WriteError, Written};
-use super::Shutdown;
+use super::{Shutdown, CLIENT_CLOSED};
 use crate::body::{Body, BodyError, Frame};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head};
@@ -28,6 +29,8 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const BODY_CHANNEL: usize = 4;
 const READ_SIZE: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Pipelined bytes we buffer while a request is in flight.
+const PIPELINE_LIMIT: usize = 64 * 1024;
 
 struct Reader<S> {
     rd: ReadHalf<S>,
@@ -155,13 +158,18 @@ where
         _ => Body::Channel { rx, len: None },
     };
     let streaming = matches!(body, Body::Channel { .. });
-    let pump = async {
+    let body_done = AtomicBool::new(!streaming);
+    // Reads the request body on, then watches for the client hanging up.
+    let client = async {
         if streaming {
-            pump_body(reader, framing, tx).await
+            if !pump_body(reader, framing, tx).await {
+                return ClientSide::Unusable;
+            }
+            body_done.store(true, Ordering::Relaxed);
         } else {
             drop(tx);
-            true
         }
+        watch_for_close(reader).await
     };
     let respond = async {
         let (resp, close) = match proxy.forward(&plan, head, body).await {
@@ -173,9 +181,20 @@ where
         log(resp.status.as_u16(), Some(plan.provider.index));
         write_response(wr, resp, &req.method, req.version, close).await
     };
-    let (body_complete, written) = tokio::join!(pump, respond);
+    tokio::pin!(respond);
+    let written = tokio::select! {
+        written = &mut respond => written,
+        side = client => match side {
+            ClientSide::Unusable => respond.await,
+            // Dropping `respond` cancels the upstream request: nobody will read it.
+            ClientSide::Gone => {
+                log(CLIENT_CLOSED, Some(plan.provider.index));
+                return false;
+            }
+        },
+    };
     match written {
-        Ok(Written::Complete) => body_complete,
+        Ok(Written::Complete) => body_done.load(Ordering::Relaxed),
         Ok(Written::CompleteClose) => false,
         Err(WriteError::Client(e)) => {
             tracing::debug!(error = %e, "client went away mid-response");
@@ -186,6 +205,31 @@ where
             false
         }
     }
+}
+
+/// How the client side of an exchange ended before the response did.
+enum ClientSide {
+    /// The request body broke or was abandoned: answer, then close.
+    Unusable,
+    /// The client closed its connection.
+    Gone,
+}
+
+/// Resolves when the client closes the connection (EOF or error). Bytes it
+/// pipelines meanwhile stay buffered for the next request; past a bound we
+/// stop reading, and never resolve.
+///
+/// # Cancel safety
+/// Cancel safe: `read_buf` loses nothing when dropped.
+async fn watch_for_close<S: AsyncRead>(reader: &mut Reader<S>) -> ClientSide {
+    while reader.buf.len() < PIPELINE_LIMIT {
+        reader.buf.reserve(READ_SIZE);
+        match reader.rd.read_buf(&mut reader.buf).await {
+            Ok(0) | Err(_) => return ClientSide::Gone,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 /// What the response side needs to know of the request it answers.

@@ -12,7 +12,7 @@ use http::header::{CONTENT_LENGTH, COOKIE, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Shutdown;
+use super::{Shutdown, CLIENT_CLOSED};
 use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
 use crate::http2::{send_body, H2Body, SendError};
@@ -28,8 +28,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const SEND_BUFFER: usize = 256 * 1024;
-/// Logged status of a request the client abandoned (nginx's convention).
-const CLIENT_CLOSED: u16 = 499;
 
 pub async fn serve<S>(io: S, proxy: Arc<Proxy>, mut shutdown: Shutdown)
 where

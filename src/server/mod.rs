@@ -69,6 +69,9 @@ impl Default for Drain {
     }
 }
 
+/// Logged status of a request the client abandoned (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// One access-log line per request. The query is left out: it can hold a key.
 pub fn access_log(
     method: &Method,
