@@ -3,6 +3,7 @@
 //! HTTP/1.1, in a task of its own, so streams are independent of each other.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no open stream for this long is closed (GOAWAY).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const SEND_BUFFER: usize = 256 * 1024;
@@ -54,6 +57,10 @@ where
         Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
     };
     let mut closing = false;
+    // Streams still running; the connection is idle when none are.
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 2);
+    let mut busy_since_check = true;
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
@@ -63,10 +70,25 @@ where
                 closing = true;
                 continue;
             }
+            _ = idle_check.tick(), if !closing => {
+                // Idle for a whole check period: close, as HTTP/1.1 does after IDLE_TIMEOUT.
+                if !busy_since_check && open.load(Ordering::Relaxed) == 0 {
+                    conn.graceful_shutdown();
+                    closing = true;
+                }
+                busy_since_check = open.load(Ordering::Relaxed) > 0;
+                continue;
+            }
         };
         match next {
             Some(Ok((request, respond))) => {
-                tokio::spawn(handle_stream(request, respond, proxy.clone()));
+                busy_since_check = true;
+                let guard = OpenStream::new(&open);
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    handle_stream(request, respond, proxy).await;
+                    drop(guard);
+                });
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "HTTP/2 connection error");
@@ -74,6 +96,22 @@ where
             }
             None => break,
         }
+    }
+}
+
+/// Counts a running stream for as long as it lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(open.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
