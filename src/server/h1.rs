@@ -159,6 +159,7 @@ where
     };
     let streaming = matches!(body, Body::Channel { .. });
     let body_done = AtomicBool::new(!streaming);
+    let answered = AtomicBool::new(false);
     // Reads the request body on, then watches for the client hanging up.
     let client = async {
         if streaming {
@@ -179,6 +180,7 @@ where
             Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
         };
         log(resp.status.as_u16(), Some(plan.provider.index));
+        answered.store(true, Ordering::Relaxed);
         write_response(wr, resp, &req.method, req.version, close).await
     };
     tokio::pin!(respond);
@@ -188,7 +190,10 @@ where
             ClientSide::Unusable => respond.await,
             // Dropping `respond` cancels the upstream request: nobody will read it.
             ClientSide::Gone => {
-                log(CLIENT_CLOSED, Some(plan.provider.index));
+                // Logged once: a hang-up after the answer began is just a short write.
+                if !answered.load(Ordering::Relaxed) {
+                    log(CLIENT_CLOSED, Some(plan.provider.index));
+                }
                 return false;
             }
         },

@@ -26,6 +26,8 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSING_POLL: Duration = Duration::from_millis(100);
+const CLOSING_LINGER: Duration = Duration::from_millis(300);
 /// A connection with no open stream for this long is closed (GOAWAY).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -61,6 +63,7 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 2);
     let mut busy_since_check = true;
+    let mut quiet_since: Option<Instant> = None;
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
@@ -68,6 +71,16 @@ where
                 // GOAWAY: no new streams, the ones in flight finish.
                 conn.graceful_shutdown();
                 closing = true;
+                continue;
+            }
+            // GOAWAY is followed by a PING whose answer an idle client may never
+            // send: once no stream is left (and frames had time to flush), close.
+            _ = tokio::time::sleep(CLOSING_POLL), if closing => {
+                if open.load(Ordering::Relaxed) > 0 {
+                    quiet_since = None;
+                } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= CLOSING_LINGER {
+                    break;
+                }
                 continue;
             }
             _ = idle_check.tick(), if !closing => {
