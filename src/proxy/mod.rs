@@ -109,7 +109,6 @@ impl Proxy {
             .map(|p| Arc::clone(p))
             .ok_or(Refusal { error: ProxyError::NoHealthyProvider, style })?;
         let target = target.into_owned();
-        drop(accepting);
         Ok(Plan { snapshot, provider, target, style })
     }
 
