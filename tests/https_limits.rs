@@ -61,7 +61,13 @@ async fn rapid_reset_flood_is_cut_off_and_others_are_served() {
         Ok(Ok(Err(e))) => e.reason(),
         other => panic!("the flooding connection was not closed: {other:?} after {opened} streams"),
     };
-    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "GOAWAY reason after {opened} streams");
+    // The client may see the GOAWAY, or only the reset socket that follows it.
+    assert!(matches!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM) | None), "reason {reason:?} after {opened} streams");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !proxy.logs().contains("ENHANCE_YOUR_CALM") {
+        assert!(std::time::Instant::now() < deadline, "the proxy did not cut the flood off:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(up.recorded().len() < opened, "every reset stream still reached the upstream");
     let mut good = h2_client(proxy.addr, &ca).await;
     let req = hyper::Request::builder()
