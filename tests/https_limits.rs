@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
 use http_body_util::BodyExt;
 use support::tls::*;
 use support::*;
@@ -215,4 +217,32 @@ async fn sighup_loads_renewed_certificates() {
         .unwrap();
     let body = client.send_request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("ok"));
+}
+
+#[tokio::test]
+async fn tls_12_and_13_are_both_served() {
+    let ca = TestCa::new();
+    let up = MockUpstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = ca.write(dir.path());
+    let proxy = TestProxy::start(&https_config(&cert, &key, up.port(), ""));
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.ca_pem.as_bytes()).unwrap();
+        roots.add(ca_der).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut tls = tls_connect(proxy.addr, std::sync::Arc::new(config)).await;
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer client-key\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{version:?}");
+    }
 }
