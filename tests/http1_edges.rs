@@ -139,3 +139,64 @@ async fn a_client_that_hangs_up_cancels_its_upstream_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_success_keeps_the_upload_going() {
+    const SIZE: usize = 200_000;
+    // Answers 200 at once, then reads the whole upload and reports its size.
+    let up = RawUpstream::start(|mut stream| async move {
+        let head = read_head(&mut stream).await;
+        stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+        let mut got = head.split("\r\n\r\n").nth(1).map_or(0, str::len);
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < SIZE {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let report = format!("received {got}");
+        let _ = stream.write_all(format!("{:x}\r\n{report}\r\n0\r\n\r\n", report.len()).as_bytes()).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!("POST /v1/stream HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'a'; 1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.write_all(&vec![b'b'; SIZE - 1000]).await.unwrap();
+    let resp = read_until_close(&mut client, LIMIT).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(&format!("received {SIZE}")), "the upload was cut short: {resp}");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_the_answer_began_still_gets_all_of_it() {
+    let up = RawUpstream::start(|mut stream| async move {
+        read_head(&mut stream).await;
+        stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stream.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+    })
+    .await;
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /v1/x HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let n = tokio::time::timeout(LIMIT, client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    client.shutdown().await.unwrap(); // half-close: done sending, still reading
+    let rest = read_until_close(&mut client, LIMIT).await;
+    assert!(rest.contains("last") && rest.ends_with("0\r\n\r\n"), "the tail was lost: {rest}");
+}

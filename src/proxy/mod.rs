@@ -175,8 +175,8 @@ impl Proxy {
 }
 
 /// Whether a request that failed on a reused connection may go again. A request
-/// the upstream may have acted on is repeated only when repeating is harmless:
-/// an idempotent method, or a client-supplied idempotency key.
+/// the upstream may have acted on is repeated only when its method is idempotent
+/// (RFC 9110 §9.2.2): a second POST would be a second, billed generation.
 fn may_replay(replay: Replay, request: &UpstreamRequest<'_>) -> bool {
     match replay {
         Replay::Always => true,
@@ -185,7 +185,7 @@ fn may_replay(replay: Replay, request: &UpstreamRequest<'_>) -> bool {
             matches!(
                 *request.method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-            ) || request.headers.contains_key("idempotency-key")
+            )
         }
     }
 }

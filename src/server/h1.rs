@@ -174,8 +174,9 @@ where
     };
     let respond = async {
         let (resp, close) = match proxy.forward(&plan, head, body).await {
-            // A shutdown that began while this request ran closes the connection.
-            Ok(resp) => (resp, !keep_alive || shutdown.is_signalled()),
+            // A shutdown that began while this request ran closes the connection,
+            // and so does an answer that came before the whole upload was read.
+            Ok(resp) => (resp, !keep_alive || shutdown.is_signalled() || !body_done.load(Ordering::Relaxed)),
             // The body may be half read: only a fresh connection is safe after this.
             Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
         };
@@ -185,15 +186,21 @@ where
     };
     tokio::pin!(respond);
     let written = tokio::select! {
+        biased; // a finished response wins over a hang-up noticed at the same time
         written = &mut respond => written,
         side = client => match side {
             ClientSide::Unusable => respond.await,
-            // Dropping `respond` cancels the upstream request: nobody will read it.
+            // Once the answer has begun, let it run out: a client that only
+            // half-closed still reads it, and one that left makes the write fail.
+            ClientSide::Gone if answered.load(Ordering::Relaxed) => {
+                let _ = respond.await;
+                return false;
+            }
+            // Still waiting on the upstream: drop `respond`, which cancels the
+            // upstream request (as nginx does by default, the client's EOF counts
+            // as leaving, half-close included).
             ClientSide::Gone => {
-                // Logged once: a hang-up after the answer began is just a short write.
-                if !answered.load(Ordering::Relaxed) {
-                    log(CLIENT_CLOSED, Some(plan.provider.index));
-                }
+                log(CLIENT_CLOSED, Some(plan.provider.index));
                 return false;
             }
         },

@@ -27,7 +27,7 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSING_POLL: Duration = Duration::from_millis(100);
-const CLOSING_LINGER: Duration = Duration::from_millis(300);
+const CLOSING_LINGER: Duration = Duration::from_secs(1);
 /// A connection with no open stream for this long is closed (GOAWAY).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -143,7 +143,10 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     let (response, provider) = match proxy.prepare(&head) {
         Err(refusal) => (Response::from_error(&refusal.error, refusal.style), None),
         Ok(plan) => {
-            let body = Body::H2(Box::new(H2Body::new(recv, &head.headers)));
+            // A request whose stream already ended has nothing to stream: an
+            // empty body keeps it eligible for a retry on a fresh connection.
+            let body =
+                if recv.is_end_stream() { Body::Empty } else { Body::H2(Box::new(H2Body::new(recv, &head.headers))) };
             let provider = Some(plan.provider.index);
             tokio::select! {
                 result = proxy.forward(&plan, head, body) => match result {

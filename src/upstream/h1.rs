@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use super::connect::Stream;
 use super::pool::{Conn, Pools};
 use super::UpstreamError;
 use crate::body::{Body, BodyError, Frame};
@@ -92,12 +93,20 @@ async fn send_and_receive(
     method: &Method,
 ) -> Result<(ResponseHead, bool), UpstreamError> {
     let Conn { stream, buf, .. } = conn;
+    // Over TLS one write can put a whole record on the wire before failing, so
+    // only plain TCP can vouch that a failed first write sent nothing.
+    let plain = matches!(stream, Stream::Plain(_));
     let (mut rd, mut wr) = tokio::io::split(stream);
     let send = async {
-        // The first write decides whether a failure left the upstream untouched.
-        let first = wr.write(head).await.map_err(UpstreamError::NothingWritten)?;
+        let first = wr.write(head).await.map_err(|e| {
+            if plain {
+                UpstreamError::NothingWritten(e)
+            } else {
+                UpstreamError::Write(e)
+            }
+        })?;
         if first == 0 {
-            return Err(UpstreamError::NothingWritten(std::io::ErrorKind::WriteZero.into()));
+            return Err(UpstreamError::Write(std::io::ErrorKind::WriteZero.into()));
         }
         wr.write_all(&head[first..]).await.map_err(UpstreamError::Write)?;
         write_body(&mut wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
@@ -120,14 +129,25 @@ async fn send_and_receive(
             head = &mut recv => break head,
         }
     };
-    let head = head?;
+    let head = match (head, sent) {
+        // The read side only saw the closed connection; the write side knows
+        // whether anything of ours went out.
+        (Err(_), Some(Err(e @ UpstreamError::NothingWritten(_)))) => return Err(e),
+        (head, Some(sent)) => return Ok((head?, sent.is_ok())),
+        (head, None) => head?,
+    };
+    // The upstream answered while the upload is still going.
+    if head.status.as_u16() >= 300 || !head.keep_alive {
+        // It does not want the rest (an early 413, say): answer the client now
+        // rather than wait on an upload the upstream may never read. The rest
+        // of the body is dropped, so neither connection can be reused.
+        return Ok((head, false));
+    }
+    // A success means it is still reading (RFC 9112 §9.3): finish the upload.
+    let sent = send.await;
     match sent {
-        Some(Ok(())) => Ok((head, true)),
-        // The upstream answered before taking the whole request (an early 413,
-        // say): answer the client now instead of waiting on an upload the
-        // upstream may never read. The rest of the body is dropped, so neither
-        // connection can be reused.
-        _ => Ok((head, false)),
+        Err(UpstreamError::ClientBody(e)) => Err(UpstreamError::ClientBody(e)),
+        sent => Ok((head, sent.is_ok())),
     }
 }
 

@@ -20,11 +20,13 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Identifies one shared connection, so only its own failure removes it.
 pub type SharedId = u64;
 
-/// Starts HTTP/2 on a connection whose ALPN chose `h2`; the connection is
-/// driven by a task of its own, which calls `on_close` when it ends.
+/// Starts HTTP/2 on a connection whose ALPN chose `h2`. `publish` runs with
+/// the new handle before the connection's driver task starts, so the driver's
+/// `on_close` (run when the connection ends) always comes after it.
 pub async fn handshake(
     stream: Stream,
     endpoint: &Endpoint,
+    publish: impl FnOnce(&SendRequest<Bytes>),
     on_close: impl FnOnce() + Send + 'static,
 ) -> Result<SendRequest<Bytes>, UpstreamError> {
     let (send, conn) = h2::client::Builder::new()
@@ -33,6 +35,7 @@ pub async fn handshake(
         .handshake::<_, Bytes>(stream)
         .await
         .map_err(|e| UpstreamError::H2(format!("HTTP/2 handshake with {} failed: {e}", endpoint.key)))?;
+    publish(&send);
     let key = endpoint.key.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -94,8 +94,11 @@ impl Pools {
             let id = NEXT_SHARED_ID.fetch_add(1, Ordering::Relaxed);
             let (shared, key) = (self.shared.clone(), endpoint.key.clone());
             let on_close = move || remove_shared(&shared, &key, id);
-            let send = super::h2::handshake(stream, endpoint, on_close).await?;
-            self.shared.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.key.clone(), (send.clone(), id));
+            let publish = |send: &SendRequest<Bytes>| {
+                let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                map.insert(endpoint.key.clone(), (send.clone(), id));
+            };
+            let send = super::h2::handshake(stream, endpoint, publish, on_close).await?;
             return Ok(Checkout::H2 { send, id, reused: false });
         }
         let buf = BytesMut::with_capacity(8 * 1024);
