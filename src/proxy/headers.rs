@@ -40,27 +40,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
 /// authentication, and anything that changes how the content is processed.
 /// Credentials are the point: a trailer must not smuggle a client key upstream.
-const FORBIDDEN_IN_TRAILERS: [HeaderName; 14] = [
+const FORBIDDEN_IN_TRAILERS: [HeaderName; 11] = [
     header::CONTENT_LENGTH,
     header::CONTENT_ENCODING,
     header::CONTENT_TYPE,
     header::CONTENT_RANGE,
     header::TRAILER,
     header::HOST,
-    header::AUTHORIZATION,
     header::COOKIE,
     header::SET_COOKIE,
     header::CACHE_CONTROL,
     header::MAX_FORWARDS,
-    kind::X_API_KEY,
-    kind::X_GOOG_API_KEY,
     header::WWW_AUTHENTICATE,
 ];
 
 /// Removes from a trailer section everything that must not travel there.
 pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
     strip_hop_by_hop(trailers);
-    for name in &FORBIDDEN_IN_TRAILERS {
+    for name in FORBIDDEN_IN_TRAILERS.iter().chain(&kind::CLIENT_CREDENTIAL_HEADERS) {
         trailers.remove(name);
     }
 }
