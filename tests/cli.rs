@@ -89,23 +89,20 @@ fn help_and_version() {
 }
 
 #[tokio::test]
-async fn pid_file_and_graceful_stop() {
+async fn sigterm_exits_cleanly() {
     let up = MockUpstream::start("u").await;
     let mut proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
-    // Restart with a pid file: TestProxy::start has no flag for it, so run by hand.
-    let pid_path = proxy.dir.path().join("openproxy.pid");
-    let port = free_port();
-    let config = std::fs::read_to_string(proxy.config_path())
-        .unwrap()
-        .replace(&proxy.addr.port().to_string(), &port.to_string());
-    let config_path = proxy.dir.path().join("second.yml");
-    std::fs::write(&config_path, config).unwrap();
     proxy.signal("TERM");
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0), "SIGTERM exits cleanly");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn pid_file_is_written_and_removed_on_exit() {
+    let config = one_provider("openai", "h.local", 9, "").replace("{port}", &free_port().to_string());
+    let (dir, config_path) = write_config(&config);
+    let pid_path = dir.path().join("openproxy.pid");
     let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
-        .args(["start", "-c"])
-        .arg(&config_path)
-        .arg("-p")
+        .args(["start", "-c", &config_path, "-p"])
         .arg(&pid_path)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -117,8 +114,7 @@ async fn pid_file_and_graceful_stop() {
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "SIGINT exits cleanly");
     assert!(!pid_path.exists(), "pid file removed on exit");
 }
 
