@@ -11,10 +11,9 @@ use std::time::Duration;
 use crate::config::{self, Config};
 use crate::lifecycle::{self, PidFile};
 use crate::provider::HealthRegistry;
-use crate::proxy::Proxy;
 use crate::server::listener::{self, Scheme};
 use crate::server::Drain;
-use crate::state::Snapshot;
+use crate::state::{App, Snapshot};
 
 /// Loads, validates and builds; on failure prints every problem to stderr.
 fn load(path: &Path) -> Option<(Snapshot, HealthRegistry)> {
@@ -91,7 +90,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     if let Some(https) = &snapshot.config.https {
         bound.push((https.addr, Scheme::Https));
     }
-    let proxy = Arc::new(Proxy::new(snapshot, health));
+    let app = Arc::new(App::new(snapshot, health));
     let drain = Drain::new();
     for (addr, scheme) in bound {
         let listener = match listener::bind(addr).and_then(tokio::net::TcpListener::from_std) {
@@ -103,7 +102,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
         };
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!(addr = %local, ?scheme, "listening");
-        tokio::spawn(listener::serve(listener, scheme, proxy.clone(), drain.handle()));
+        tokio::spawn(listener::serve(listener, scheme, app.clone(), drain.handle()));
     }
     let _pid = match pid_file.map(PidFile::write).transpose() {
         Ok(pid) => pid,
@@ -112,8 +111,8 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let health_task = tokio::spawn(crate::health::run(proxy.clone()));
-    let pools = proxy.pools.clone();
+    let health_task = tokio::spawn(crate::health::run(app.clone()));
+    let pools = app.pools.clone();
     let sweeper = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -121,13 +120,13 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
         }
     });
     tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
-    if let Err(e) = lifecycle::signal_loop(proxy.clone(), path.to_path_buf()).await {
+    if let Err(e) = lifecycle::signal_loop(app.clone(), path.to_path_buf()).await {
         eprintln!("cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
     health_task.abort();
     sweeper.abort();
-    let grace = proxy.snapshot.load().graceful_shutdown_timeout;
+    let grace = app.snapshot.load().limits.graceful_shutdown_timeout;
     if tokio::time::timeout(grace, drain.wait()).await.is_err() {
         tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");
     }

@@ -1,12 +1,18 @@
 //! The one place that decides what a client sees when the proxy itself answers:
-//! every failure is a [`ProxyError`], and [`ProxyError::render`] turns it into a
-//! status and a small JSON body shaped like the route's provider API, so the
-//! official SDKs surface our message the way they surface the provider's.
+//! every failure is a [`ProxyError`] that keeps its typed cause, and
+//! [`ProxyError::render`] turns it into a status and a small JSON body shaped
+//! like the route's provider API, so the official SDKs surface our message the
+//! way they surface the provider's. Knows errors, not providers or routes.
+
+use std::error::Error as _;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::config::ProviderType;
+use crate::body::{Body, BodyError};
+use crate::http1::HeadError;
+use crate::message::Response;
+use crate::upstream::UpstreamError;
 
 /// Which API's error shape a proxy-made response copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,22 +24,18 @@ pub enum ErrorStyle {
     Plain,
 }
 
-impl From<ProviderType> for ErrorStyle {
-    fn from(kind: ProviderType) -> Self {
-        match kind {
-            ProviderType::OpenAi => ErrorStyle::OpenAi,
-            ProviderType::Anthropic => ErrorStyle::Anthropic,
-            ProviderType::Gemini => ErrorStyle::Gemini,
-            ProviderType::Forward => ErrorStyle::Plain,
-        }
-    }
-}
-
-/// Everything the proxy can answer on its own. Messages never contain secrets.
+/// Everything the proxy can answer on its own. Causes are kept as sources, so
+/// the status is decided from what really happened; messages carry the whole
+/// cause chain and never a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("{0}")]
     BadRequest(String),
+    /// The request head broke the HTTP/1.1 rules (one mapping for every reader).
+    #[error("{}", head_message(.0))]
+    Head(#[source] HeadError),
+    #[error("the request body could not be read")]
+    ClientBody(#[source] BodyError),
     #[error("invalid or missing API key")]
     Unauthorized,
     #[error("no provider is configured for host \"{0}\"")]
@@ -42,49 +44,80 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("{0}")]
     Method(String),
-    #[error("request body is too large")]
-    PayloadTooLarge,
-    #[error("request target is too long")]
-    UriTooLong,
-    #[error("request header fields are too large")]
-    HeadersTooLarge,
-    #[error("only \"Expect: 100-continue\" is supported")]
-    Expectation,
-    #[error("{0}")]
-    NotImplemented(String),
     #[error("no healthy provider is available for this host")]
     NoHealthyProvider,
-    #[error("upstream request failed: {0}")]
-    Upstream(String),
-    #[error("upstream did not answer in time: {0}")]
-    UpstreamTimeout(String),
+    #[error("upstream request failed")]
+    Upstream(#[source] UpstreamError),
     #[error("provider credential unavailable: {0}")]
     Credential(String),
+}
+
+impl From<HeadError> for ProxyError {
+    fn from(err: HeadError) -> Self {
+        ProxyError::Head(err)
+    }
+}
+
+impl From<UpstreamError> for ProxyError {
+    /// A client body that broke on its way upstream is the client's failure.
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::ClientBody(body) => ProxyError::ClientBody(body),
+            other => ProxyError::Upstream(other),
+        }
+    }
+}
+
+fn head_message(err: &HeadError) -> String {
+    match err {
+        HeadError::TooLarge => "request header fields are too large".into(),
+        HeadError::UriTooLong => "request target is too long".into(),
+        HeadError::Expectation => "only \"Expect: 100-continue\" is supported".into(),
+        HeadError::UnsupportedTransferCoding => "only the chunked transfer-coding is supported".into(),
+        HeadError::Malformed(why) => format!("malformed request: {why}"),
+    }
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Head(head) => match head {
+                HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
+                HeadError::Expectation => StatusCode::EXPECTATION_FAILED,
+                HeadError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+                HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            },
+            ProxyError::ClientBody(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
-            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoHealthyProvider => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::Credential(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+
+    /// The message with every cause after it: `upstream request failed: connect
+    /// to api:443 failed: Connection refused (os error 111)`.
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = self.source();
+        while let Some(err) = cause {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            cause = err.source();
+        }
+        text
     }
 
     /// Status, headers and JSON body in the given style.
     pub fn render(&self, style: ErrorStyle) -> (StatusCode, HeaderMap, Bytes) {
         let status = self.status();
-        let message = json_string(&self.to_string());
+        let message = json_string(&self.message());
         let body = match style {
             ErrorStyle::OpenAi => format!(
                 r#"{{"error":{{"message":{message},"type":"{}","code":"{}"}}}}"#,
@@ -107,22 +140,29 @@ impl ProxyError {
         (status, headers, Bytes::from(body))
     }
 
+    /// The whole answer, ready to write.
+    pub fn into_response(self, style: ErrorStyle) -> Response {
+        let (status, headers, body) = self.render(style);
+        Response { status, headers, body: Body::Full(body) }
+    }
+
     /// A stable machine-readable name for the failure.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequest(_) | ProxyError::Head(HeadError::Malformed(_)) => "bad_request",
+            ProxyError::Head(HeadError::TooLarge) => "headers_too_large",
+            ProxyError::Head(HeadError::UriTooLong) => "uri_too_long",
+            ProxyError::Head(HeadError::Expectation) => "expectation_failed",
+            ProxyError::Head(HeadError::UnsupportedTransferCoding) => "not_implemented",
+            ProxyError::ClientBody(BodyError::TooLarge(_)) => "payload_too_large",
+            ProxyError::ClientBody(_) => "bad_request",
             ProxyError::Unauthorized => "invalid_api_key",
             ProxyError::UnknownHost(_) => "unknown_host",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::Method(_) => "method_not_allowed",
-            ProxyError::PayloadTooLarge => "payload_too_large",
-            ProxyError::UriTooLong => "uri_too_long",
-            ProxyError::HeadersTooLarge => "headers_too_large",
-            ProxyError::Expectation => "expectation_failed",
-            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::NoHealthyProvider => "no_healthy_provider",
+            ProxyError::Upstream(e) if e.is_timeout() => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_error",
-            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::Credential(_) => "credential_unavailable",
         }
     }
@@ -206,6 +246,35 @@ mod tests {
             body,
             r#"{"error":{"type":"no_healthy_provider","message":"no healthy provider is available for this host"}}"#
         );
+    }
+
+    fn refused() -> UpstreamError {
+        let peer = "api:443".into();
+        UpstreamError::Connect { peer, source: std::io::ErrorKind::ConnectionRefused.into() }
+    }
+
+    #[test]
+    fn statuses_follow_the_cause() {
+        assert_eq!(ProxyError::from(HeadError::TooLarge).status(), 431);
+        assert_eq!(ProxyError::from(HeadError::UriTooLong).status(), 414);
+        assert_eq!(ProxyError::from(HeadError::Malformed("x".into())).status(), 400);
+        assert_eq!(ProxyError::from(HeadError::Expectation).status(), 417);
+        assert_eq!(ProxyError::from(HeadError::UnsupportedTransferCoding).status(), 501);
+        let timeout = UpstreamError::ConnectTimeout { peer: "api:443".into() };
+        assert_eq!(ProxyError::from(timeout).status(), 504);
+        assert_eq!(ProxyError::from(refused()).status(), 502);
+        let tls = UpstreamError::Tls { peer: "api:443".into(), source: std::io::Error::other("bad certificate") };
+        let tls = ProxyError::from(tls);
+        assert_eq!((tls.status(), tls.message().contains("bad certificate")), (StatusCode::BAD_GATEWAY, true));
+        let body = ProxyError::from(UpstreamError::ClientBody(BodyError::Incomplete));
+        assert_eq!((body.status(), body.code()), (StatusCode::BAD_REQUEST, "bad_request"));
+        assert_eq!(ProxyError::ClientBody(BodyError::TooLarge(10)).status(), 413);
+    }
+
+    #[test]
+    fn messages_carry_the_cause_chain() {
+        let err = ProxyError::from(refused());
+        assert_eq!(err.message(), "upstream request failed: connect to api:443 failed: connection refused");
     }
 
     #[test]

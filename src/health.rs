@@ -11,10 +11,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::task::JoinSet;
 
 use crate::body::Body;
-use crate::error::ErrorStyle;
+use crate::message::RequestHead;
 use crate::provider::Provider;
-use crate::proxy::{Plan, Proxy, RequestHead};
-use crate::state::Snapshot;
+use crate::proxy::{self, Plan};
+use crate::state::{App, Snapshot};
 
 /// A check slower than this counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,11 +22,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CHECK_BODY: usize = 1024 * 1024;
 
 /// Runs checks forever, re-reading the snapshot each round so a reload applies.
-pub async fn run(proxy: Arc<Proxy>) {
+pub async fn run(app: Arc<App>) {
     loop {
-        let snapshot = proxy.snapshot.load_full();
+        let snapshot = app.snapshot.load_full();
         if snapshot.health_check.enabled {
-            check_all(&proxy, &snapshot).await;
+            check_all(&app, &snapshot).await;
         } else {
             for provider in &snapshot.providers {
                 provider.health.set(true);
@@ -36,12 +36,12 @@ pub async fn run(proxy: Arc<Proxy>) {
     }
 }
 
-async fn check_all(proxy: &Arc<Proxy>, snapshot: &Arc<Snapshot>) {
+async fn check_all(app: &Arc<App>, snapshot: &Arc<Snapshot>) {
     let mut checks = JoinSet::new();
     for provider in snapshot.providers.iter().filter(|p| p.health_check.is_some()) {
-        let (proxy, snapshot, provider) = (proxy.clone(), snapshot.clone(), provider.clone());
+        let (app, snapshot, provider) = (app.clone(), snapshot.clone(), provider.clone());
         checks.spawn(async move {
-            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check(&proxy, snapshot, provider.clone())).await;
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check(&app, snapshot, provider.clone())).await;
             let outcome = outcome.unwrap_or_else(|_| Err("timed out".into()));
             record(&provider, outcome);
         });
@@ -63,7 +63,7 @@ fn record(provider: &Provider, outcome: Result<(), String>) {
     }
 }
 
-async fn check(proxy: &Proxy, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> Result<(), String> {
+async fn check(app: &App, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> Result<(), String> {
     let Some(spec) = provider.health_check.clone() else {
         return Ok(());
     };
@@ -76,8 +76,8 @@ async fn check(proxy: &Proxy, snapshot: Arc<Snapshot>, provider: Arc<Provider>) 
     }
     let body = spec.body.map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
     let head = RequestHead { method, authority: None, target: spec.path.clone(), headers, default_port: 0 };
-    let plan = Plan { snapshot, style: ErrorStyle::from(provider.kind), target: spec.path, provider };
-    let response = proxy.forward(&plan, head, body).await.map_err(|e| e.to_string())?;
+    let plan = Plan { snapshot, style: provider.kind.error_style(), target: spec.path, provider };
+    let response = proxy::forward(app, &plan, head, body).await.map_err(|e| e.message())?;
     let status = response.status;
     // Read the answer so the connection can go back to the pool.
     let _ = response.body.collect(MAX_CHECK_BODY).await;

@@ -3,41 +3,64 @@
 //! One request's way through the modules:
 //!
 //! ```text
-//! server::listener ──accept──► server::h1 (reads heads with the http1 codec)
-//!        │  neutral proxy::RequestHead + body::Body
-//!        ▼
-//! proxy::prepare   route (Host + path prefix) → auth (client key, constant time)
-//!                  → select (health, fallback, priority, weight)
-//! proxy::forward   headers rewrite (hop-by-hop out, credentials swapped, Host set)
+//! server::listener ──accept──► (TLS + ALPN) ──► server::h1 (http1 codec)  ─┐
+//!                                               server::h2 (h2 crate)     ─┤ message::RequestHead
+//!                                                                          │ + body::Body
+//!                                                                          ▼
+//! proxy::handle   admit: route (Host + prefix) → auth (client key) → select
+//!                 respond: rewrite (credentials swapped) → upstream → error
+//!                 rendering → access log; written once for both protocols
 //!        │
 //!        ▼
-//! upstream::Pools  idle HTTP/1.1 connections per endpoint (TLS by rustls)
-//!        │  upstream::exchange: head + streamed body out, response head back
+//! upstream        Pools: idle HTTP/1.1 connections and one shared HTTP/2
+//!                 connection per endpoint; exchange returns message::Response
+//!        │        as soon as its head arrives
 //!        ▼
-//! server::h1_write streams the response body back frame by frame
+//! server::h1_write / server::h2 stream the body back frame by frame
+//! ```
+//!
+//! Dependencies point one way (no module imports one above it):
+//!
+//! ```text
+//! main, app → lifecycle, health → server → proxy → state → route → provider
+//!   → upstream → message, body → http1, net, headers, tls; error sits beside
+//!   proxy; config feeds state; select and authority are leaves.
 //! ```
 //!
 //! - `config`: YAML → validated `Config` (no I/O beyond reading the file).
-//! - `state`: the immutable `Snapshot` built from it, swapped whole on reload.
-//! - `provider`: one provider (type rules in `kind`, keys in `secret`) and its health flag.
+//! - `state`: the immutable `Snapshot` (routes, providers, keys, `Limits`) and
+//!   `App`, the snapshot plus pools and health that outlive reloads.
+//! - `route`, `select`, `authority`: the routing table, weighted selection,
+//!   the one authority syntax.
+//! - `provider`: one provider, its type's rules (`kind`) and keys (`secret`).
 //! - `http1`: the pure HTTP/1.1 codec: bytes ↔ heads and body frames.
-//! - `wire`: writing neutral bodies onto an HTTP/1.1 stream.
-//! - `health`: active checks; `lifecycle`: signals, reload, pid file.
+//! - `body`: the neutral body, read and written over HTTP/1.1 and HTTP/2.
+//! - `message`: the neutral request head and response.
+//! - `net`: upstream byte streams (TCP or TLS) and connections.
+//! - `headers`: hop-by-hop, trailer and credential header policy.
+//! - `tls`: server and client TLS settings from PEM files.
+//! - `upstream`: endpoints, connecting, pooling, one exchange over h1 or h2.
 //! - `error`: every proxy-made answer, shaped like the route's provider API.
+//! - `health`: active checks; `lifecycle`: signals, reload, pid file.
 
 pub mod app;
+pub mod authority;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod http1;
-pub mod http2;
 pub mod lifecycle;
+pub mod message;
+pub mod net;
 pub mod provider;
 pub mod proxy;
+pub mod route;
+pub mod select;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
-pub mod wire;

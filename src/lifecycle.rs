@@ -8,8 +8,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config;
-use crate::proxy::Proxy;
-use crate::state::Snapshot;
+use crate::state::{App, Snapshot};
 
 /// Removes the pid file when dropped.
 #[derive(Debug)]
@@ -33,14 +32,14 @@ impl Drop for PidFile {
 }
 
 /// Waits for signals until one asks the process to stop.
-pub async fn signal_loop(proxy: Arc<Proxy>, config_path: PathBuf) -> std::io::Result<()> {
+pub async fn signal_loop(app: Arc<App>, config_path: PathBuf) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&proxy, &config_path).await,
+            _ = hup.recv() => reload(&app, &config_path).await,
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down gracefully"); return Ok(()) }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down gracefully"); return Ok(()) }
             _ = usr2.recv() => tracing::warn!("SIGUSR2: hot upgrade is not available in this build; ignoring"),
@@ -50,7 +49,7 @@ pub async fn signal_loop(proxy: Arc<Proxy>, config_path: PathBuf) -> std::io::Re
 
 /// Loads, validates and builds the new configuration off the request path and
 /// swaps it in only if every step succeeded.
-pub async fn reload(proxy: &Proxy, config_path: &Path) {
+pub async fn reload(app: &App, config_path: &Path) {
     let path = config_path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
     let config = match loaded {
@@ -64,17 +63,17 @@ pub async fn reload(proxy: &Proxy, config_path: &Path) {
             return;
         }
     };
-    let current = proxy.snapshot.load();
+    let current = app.snapshot.load();
     if config.http != current.config.http
         || config.https.as_ref().map(|h| h.addr) != current.config.https.as_ref().map(|h| h.addr)
     {
         tracing::warn!("listener addresses changed; they take effect only after a restart");
     }
-    match Snapshot::build(config, &proxy.health) {
+    match Snapshot::build(config, &app.health) {
         Ok(snapshot) => {
             let routes = snapshot.providers.len();
-            proxy.snapshot.store(Arc::new(snapshot));
-            proxy.health.retain_used();
+            app.snapshot.store(Arc::new(snapshot));
+            app.health.retain_used();
             tracing::info!(providers = routes, "configuration reloaded");
         }
         Err(errors) => tracing::error!("reload failed, keeping the running configuration:\n{}", errors.join("\n")),

@@ -4,6 +4,8 @@
 
 use std::net::Ipv6Addr;
 
+use crate::authority::{self, AuthorityError};
+
 /// A parsed `host`: `name`, `name:port` or `name[:port]/path/prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct HostRoute {
@@ -55,49 +57,22 @@ fn reject_scheme(text: &str, what: &str, hint: &str) -> Result<(), String> {
     }
 }
 
-/// Splits `name[:port]`, `[v6][:port]` or a bare v6 literal; lower-cases the name.
+/// Splits `name[:port]`, `[v6][:port]` or a bare v6 literal with the request
+/// path's own parser, so what validates here is what a `Host` can match.
 fn split_authority(text: &str) -> Result<(String, Option<u16>), String> {
-    if let Some(rest) = text.strip_prefix('[') {
-        let Some((inside, after)) = rest.split_once(']') else {
-            return Err(format!("has `[` without a closing `]` (got {text:?})"));
-        };
-        let ip: Ipv6Addr =
-            inside.parse().map_err(|_| format!("has an invalid IPv6 address in brackets (got {text:?})"))?;
-        let port = match after {
-            "" => None,
-            _ => match after.strip_prefix(':') {
-                Some(port) => Some(parse_port(port, text)?),
-                None => return Err(format!("has unexpected text after `]` (got {text:?})")),
-            },
-        };
-        return Ok((ip.to_string(), port));
-    }
-    // Two or more colons can only be an IPv6 literal written without brackets.
-    if text.matches(':').count() > 1 {
+    // Two or more colons outside brackets can only be an IPv6 literal written bare.
+    if !text.starts_with('[') && text.matches(':').count() > 1 {
         let ip: Ipv6Addr = text.parse().map_err(|_| {
             format!("is not a valid name, name:port or IPv6 address; write IPv6 with a port as \"[::1]:8080\" (got {text:?})")
         })?;
         return Ok((ip.to_string(), None));
     }
-    let (name, port) = match text.split_once(':') {
-        Some((name, port)) => (name, Some(parse_port(port, text)?)),
-        None => (text, None),
-    };
-    if name.is_empty() {
-        return Err(format!("has an empty host name (got {text:?})"));
-    }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
-        return Err(format!(
+    match authority::split(text) {
+        Ok((name, port)) => Ok((name.into_owned(), port)),
+        Err(AuthorityError::BadChar(bad)) => Err(format!(
             "has an invalid character {bad:?} in the host name (got {text:?}); use letters, digits, `.`, `-` and `_`"
-        ));
-    }
-    Ok((name.to_ascii_lowercase(), port))
-}
-
-fn parse_port(port: &str, whole: &str) -> Result<u16, String> {
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(format!("has an invalid port {port:?}: must be a number between 1 and 65535 (got {whole:?})")),
+        )),
+        Err(e) => Err(format!("{e} (got {text:?})")),
     }
 }
 

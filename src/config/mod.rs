@@ -3,11 +3,14 @@
 //! `raw` holds the serde structs that mirror the file (unknown keys rejected),
 //! `env` expands `${VAR}` in string values, `validate` turns raw into the typed
 //! structs below and collects every problem, naming the key and the provider.
-//! This module knows nothing about sockets, requests or the runtime.
+//! This module knows nothing about sockets, requests or the runtime; the
+//! provider type and health-check shapes it fills in belong to `provider`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::provider::{ProviderHealthCheck, ProviderType};
 
 /// A fully validated configuration. Every field has its default applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,25 +48,6 @@ pub struct HealthCheckSettings {
     pub enabled: bool,
     /// `health_check.interval` in seconds, default 60, must be > 0.
     pub interval: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderType {
-    OpenAi,
-    Gemini,
-    Anthropic,
-    Forward,
-}
-
-impl ProviderType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderType::OpenAi => "openai",
-            ProviderType::Gemini => "gemini",
-            ProviderType::Anthropic => "anthropic",
-            ProviderType::Forward => "forward",
-        }
-    }
 }
 
 /// Where a provider key comes from.
@@ -119,17 +103,6 @@ impl ProviderConfig {
     pub fn label(&self) -> String {
         format!("providers[{}] (host \"{}\")", self.index, self.host)
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderHealthCheck {
-    /// Upper-case method, default GET.
-    pub method: String,
-    /// Must start with `/`.
-    pub path: String,
-    pub body: Option<String>,
-    /// `"Name: value"` lines split at the first colon, both sides trimmed.
-    pub headers: Vec<(String, String)>,
 }
 
 mod address;

@@ -9,6 +9,8 @@ use super::fields::{build_header_map, scan_section, Scan};
 use super::framing::BodyFraming;
 use super::parse::MAX_HEADERS;
 
+/// Largest trailer section accepted on a chunked body, request or response.
+pub const MAX_TRAILERS: usize = 16 * 1024;
 /// Longest chunk-size line (size + extensions) accepted, without its CRLF.
 /// Extensions are skipped, so anything longer is only a way to make us buffer.
 const MAX_CHUNK_SIZE_LINE: usize = 4096;
@@ -30,7 +32,7 @@ pub enum DecodeEvent {
 
 /// Why a body could not be decoded. The connection cannot be reused after any of them.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum BodyError {
+pub enum DecodeError {
     #[error("connection closed before the body was complete")]
     Incomplete,
     #[error("invalid chunk size line")]
@@ -61,14 +63,13 @@ enum State {
     /// The body is complete.
     Done,
     /// A previous call failed; the error is sticky.
-    Failed(BodyError),
+    Failed(DecodeError),
 }
 
 /// Incremental decoder for one message body.
 #[derive(Debug, Clone)]
 pub struct BodyDecoder {
     state: State,
-    framing: BodyFraming,
     max_trailer_size: usize,
 }
 
@@ -81,12 +82,12 @@ impl BodyDecoder {
             BodyFraming::Chunked => State::ChunkSize,
             BodyFraming::CloseDelimited => State::Close,
         };
-        BodyDecoder { state, framing, max_trailer_size }
+        BodyDecoder { state, max_trailer_size }
     }
 
     /// Consumes from the front of `buf`. After End, always returns End.
     /// After an error, always returns that error.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, BodyError> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, DecodeError> {
         let result = self.step(buf);
         if let Err(e) = &result {
             self.state = State::Failed(e.clone());
@@ -94,9 +95,9 @@ impl BodyDecoder {
         result
     }
 
-    /// The peer closed the connection: Ok(End) for CloseDelimited, Err(BodyError::Incomplete) if a Length/Chunked body was cut short.
+    /// The peer closed the connection: Ok(End) for CloseDelimited, Err(DecodeError::Incomplete) if a Length/Chunked body was cut short.
     /// Call it only once `decode` has returned NeedMore, so that buffered bytes were drained.
-    pub fn eof(&mut self) -> Result<DecodeEvent, BodyError> {
+    pub fn eof(&mut self) -> Result<DecodeEvent, DecodeError> {
         match &self.state {
             State::Done => Ok(DecodeEvent::End),
             State::Failed(e) => Err(e.clone()),
@@ -105,27 +106,19 @@ impl BodyDecoder {
                 Ok(DecodeEvent::End)
             }
             _ => {
-                self.state = State::Failed(BodyError::Incomplete);
-                Err(BodyError::Incomplete)
+                self.state = State::Failed(DecodeError::Incomplete);
+                Err(DecodeError::Incomplete)
             }
         }
     }
 
-    pub fn is_done(&self) -> bool {
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
-    /// Bytes still expected for Length framing (None otherwise) — lets callers size reads.
-    pub fn remaining(&self) -> Option<u64> {
-        match (&self.state, self.framing) {
-            (State::Length { remaining }, _) => Some(*remaining),
-            (State::Done, BodyFraming::Length(_)) => Some(0),
-            _ => None,
-        }
-    }
-
     /// Advances through framing bytes until there is an event to report.
-    fn step(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, BodyError> {
+    fn step(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, DecodeError> {
         loop {
             match &mut self.state {
                 State::Done => return Ok(DecodeEvent::End),
@@ -177,13 +170,13 @@ impl BodyDecoder {
     }
 
     /// trailer-section = *( field-line CRLF ), then the final CRLF (RFC 9112 §7.1.2).
-    fn trailers(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, BodyError> {
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<DecodeEvent, DecodeError> {
         // The lone final CRLF is always accepted, whatever the limit.
         let limit = self.max_trailer_size.max(2);
         let view = &buf[..buf.len().min(limit)];
         let end = match scan_section(view, 0).map_err(invalid_trailers)? {
             Scan::Complete(end) => end,
-            Scan::Partial { .. } if buf.len() > limit => return Err(BodyError::TrailersTooLarge),
+            Scan::Partial { .. } if buf.len() > limit => return Err(DecodeError::TrailersTooLarge),
             Scan::Partial { .. } => return Ok(DecodeEvent::NeedMore),
         };
         let fields = if end == 2 {
@@ -195,8 +188,8 @@ impl BodyDecoder {
                     build_header_map(fields).map_err(invalid_trailers)?
                 }
                 Ok(_) => return Err(invalid_trailers("section does not end where expected")),
-                Err(httparse::Error::TooManyHeaders) => return Err(BodyError::TrailersTooLarge),
-                Err(e) => return Err(BodyError::InvalidTrailers(e.to_string())),
+                Err(httparse::Error::TooManyHeaders) => return Err(DecodeError::TrailersTooLarge),
+                Err(e) => return Err(DecodeError::InvalidTrailers(e.to_string())),
             }
         };
         buf.advance(end);
@@ -216,21 +209,21 @@ fn take(remaining: &mut u64, buf: &mut BytesMut) -> Option<Bytes> {
     Some(buf.split_to(n).freeze())
 }
 
-fn missing_crlf() -> BodyError {
-    BodyError::InvalidChunk("chunk data not followed by CRLF".to_owned())
+fn missing_crlf() -> DecodeError {
+    DecodeError::InvalidChunk("chunk data not followed by CRLF".to_owned())
 }
 
-fn invalid_trailers(what: &str) -> BodyError {
-    BodyError::InvalidTrailers(what.to_owned())
+fn invalid_trailers(what: &str) -> DecodeError {
+    DecodeError::InvalidTrailers(what.to_owned())
 }
 
 /// Parses `chunk-size [ chunk-ext ] CRLF` at the front of `buf`.
 /// Ok(None) = line incomplete; Some((size, bytes up to and including CRLF)).
-fn parse_chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
+fn parse_chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, DecodeError> {
     let view = &buf[..buf.len().min(MAX_CHUNK_SIZE_LINE)];
     let Some(at) = view.iter().position(|&b| b == b'\r' || b == b'\n') else {
         if buf.len() >= MAX_CHUNK_SIZE_LINE {
-            return Err(BodyError::InvalidChunkSize);
+            return Err(DecodeError::InvalidChunkSize);
         }
         // Reject garbage early rather than after buffering a whole line.
         check_size_line(view, false)?;
@@ -238,11 +231,11 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
     };
     // A bare LF (or a CR not followed by LF) is not a line end we accept.
     if view[at] == b'\n' {
-        return Err(BodyError::InvalidChunkSize);
+        return Err(DecodeError::InvalidChunkSize);
     }
     match buf.get(at + 1) {
         Some(b'\n') => {}
-        Some(_) => return Err(BodyError::InvalidChunkSize),
+        Some(_) => return Err(DecodeError::InvalidChunkSize),
         None => {
             check_size_line(&view[..at], false)?;
             return Ok(None);
@@ -258,10 +251,10 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, BodyError> {
 ///
 /// chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
 /// (RFC 9112 §7.1, §7.1.1). Extensions are ignored, so only their bytes are checked.
-fn check_size_line(line: &[u8], complete: bool) -> Result<u64, BodyError> {
+fn check_size_line(line: &[u8], complete: bool) -> Result<u64, DecodeError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits > MAX_HEX_DIGITS || (digits == 0 && (complete || !line.is_empty())) {
-        return Err(BodyError::InvalidChunkSize);
+        return Err(DecodeError::InvalidChunkSize);
     }
     let size = line[..digits].iter().fold(0u64, |acc, &d| {
         // At most 16 hex digits, so the shift never loses bits.
@@ -279,7 +272,7 @@ fn check_size_line(line: &[u8], complete: bool) -> Result<u64, BodyError> {
     if ext_ok && bytes_ok {
         Ok(size)
     } else {
-        Err(BodyError::InvalidChunkSize)
+        Err(DecodeError::InvalidChunkSize)
     }
 }
 
@@ -305,7 +298,7 @@ mod tests {
     }
 
     /// Feeds `input` in pieces cut at `cuts`, draining after each piece.
-    fn feed(framing: BodyFraming, input: &[u8], cuts: &[usize]) -> Result<(Outcome, BytesMut), BodyError> {
+    fn feed(framing: BodyFraming, input: &[u8], cuts: &[usize]) -> Result<(Outcome, BytesMut), DecodeError> {
         let mut dec = BodyDecoder::new(framing, 1024);
         let mut buf = BytesMut::new();
         let mut out = Outcome::default();
@@ -333,7 +326,7 @@ mod tests {
         Ok((out, buf))
     }
 
-    fn chunked_err(input: &[u8]) -> BodyError {
+    fn chunked_err(input: &[u8]) -> DecodeError {
         match feed(BodyFraming::Chunked, input, &[]) {
             Err(e) => e,
             Ok(o) => panic!("expected an error for {:?}, got {o:?}", String::from_utf8_lossy(input)),
@@ -370,7 +363,7 @@ mod tests {
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"defghijklmnop"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
-        assert!(dec.is_done() && buf.is_empty() && dec.remaining().is_none());
+        assert!(dec.is_done() && buf.is_empty());
     }
 
     #[test]
@@ -396,10 +389,10 @@ mod tests {
             &long_ext,
         ];
         for case in cases {
-            assert_eq!(chunked_err(case), BodyError::InvalidChunkSize, "{:?}", String::from_utf8_lossy(case));
+            assert_eq!(chunked_err(case), DecodeError::InvalidChunkSize, "{:?}", String::from_utf8_lossy(case));
         }
         // Garbage is reported before a line end arrives.
-        assert_eq!(chunked_err(b"zz"), BodyError::InvalidChunkSize);
+        assert_eq!(chunked_err(b"zz"), DecodeError::InvalidChunkSize);
         let max = b"ffffffffffffffff\r\nabc";
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&max[..]);
@@ -415,7 +408,7 @@ mod tests {
             b"5\r\nhello\n",
             b"5\r\nhello\r\r",
         ] {
-            assert!(matches!(chunked_err(case), BodyError::InvalidChunk(_)), "{:?}", String::from_utf8_lossy(case));
+            assert!(matches!(chunked_err(case), DecodeError::InvalidChunk(_)), "{:?}", String::from_utf8_lossy(case));
         }
     }
 
@@ -430,17 +423,21 @@ mod tests {
             b"0\r\nX: a\x00\r\n\r\n",
             b"0\r\n\rX\r\n",
         ] {
-            assert!(matches!(chunked_err(case), BodyError::InvalidTrailers(_)), "{:?}", String::from_utf8_lossy(case));
+            assert!(
+                matches!(chunked_err(case), DecodeError::InvalidTrailers(_)),
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
         }
         let big = [&b"0\r\nX: "[..], &[b'a'; 2000], b"\r\n\r\n"].concat();
-        assert_eq!(chunked_err(&big), BodyError::TrailersTooLarge);
+        assert_eq!(chunked_err(&big), DecodeError::TrailersTooLarge);
         let mut many = b"0\r\n".to_vec();
         for _ in 0..=MAX_HEADERS {
             many.extend_from_slice(b"a:\r\n");
         }
         many.extend_from_slice(b"\r\n");
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 1 << 16);
-        assert_eq!(dec.decode(&mut BytesMut::from(&many[..])), Err(BodyError::TrailersTooLarge));
+        assert_eq!(dec.decode(&mut BytesMut::from(&many[..])), Err(DecodeError::TrailersTooLarge));
         // A zero limit still accepts an empty trailer section.
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 0);
         assert_eq!(dec.decode(&mut BytesMut::from(&b"0\r\n\r\n"[..])), Ok(DecodeEvent::End));
@@ -450,25 +447,24 @@ mod tests {
     fn errors_are_sticky() {
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&b"x\r\n"[..]);
-        assert_eq!(dec.decode(&mut buf), Err(BodyError::InvalidChunkSize));
+        assert_eq!(dec.decode(&mut buf), Err(DecodeError::InvalidChunkSize));
         let mut good = BytesMut::from(&b"0\r\n\r\n"[..]);
-        assert_eq!(dec.decode(&mut good), Err(BodyError::InvalidChunkSize));
-        assert_eq!(dec.eof(), Err(BodyError::InvalidChunkSize));
+        assert_eq!(dec.decode(&mut good), Err(DecodeError::InvalidChunkSize));
+        assert_eq!(dec.eof(), Err(DecodeError::InvalidChunkSize));
     }
 
     #[test]
     fn length_framing() {
         let mut dec = BodyDecoder::new(BodyFraming::Length(5), 0);
-        assert_eq!(dec.remaining(), Some(5));
         let mut buf = BytesMut::new();
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::NeedMore));
         buf.extend_from_slice(b"he");
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"he"))));
-        assert_eq!(dec.remaining(), Some(3));
+        assert_eq!(dec.state, State::Length { remaining: 3 });
         buf.extend_from_slice(b"lloGET /");
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"llo"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
-        assert_eq!((&buf[..], dec.remaining(), dec.is_done()), (&b"GET /"[..], Some(0), true));
+        assert_eq!((&buf[..], dec.is_done()), (&b"GET /"[..], true));
         assert_eq!(dec.eof(), Ok(DecodeEvent::End));
         for i in 0..=10 {
             let (out, rest) = feed(BodyFraming::Length(7), b"abcdefgXYZ", &[i]).expect("length");
@@ -493,7 +489,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"abc"[..]);
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::Data(Bytes::from_static(b"abc"))));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::NeedMore));
-        assert!(!dec.is_done() && dec.remaining().is_none());
+        assert!(!dec.is_done());
         assert_eq!(dec.eof(), Ok(DecodeEvent::End));
         assert_eq!(dec.decode(&mut buf), Ok(DecodeEvent::End));
     }
@@ -502,10 +498,10 @@ mod tests {
     fn eof_cuts_short_length_and_chunked() {
         let mut dec = BodyDecoder::new(BodyFraming::Length(3), 0);
         assert_eq!(dec.decode(&mut BytesMut::from(&b"ab"[..])).map(|_| ()), Ok(()));
-        assert_eq!(dec.eof(), Err(BodyError::Incomplete));
+        assert_eq!(dec.eof(), Err(DecodeError::Incomplete));
         let mut dec = BodyDecoder::new(BodyFraming::Chunked, 64);
         let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n"[..]);
         while dec.decode(&mut buf) != Ok(DecodeEvent::NeedMore) {}
-        assert_eq!(dec.eof(), Err(BodyError::Incomplete));
+        assert_eq!(dec.eof(), Err(DecodeError::Incomplete));
     }
 }

@@ -44,10 +44,10 @@ pub fn encode_request_head(
     dst.put_slice(b"\r\n");
 }
 
-/// "HTTP/1.1 <code> <reason>\r\n" + headers + framing header + "\r\n".
+/// "HTTP/1.1 <code> <canonical reason>\r\n" + headers + framing header + "\r\n".
+/// An upstream's own reason phrase is never relayed: it is optional text
+/// (RFC 9112 §4) and a place for control characters to hide.
 ///
-/// The canonical reason is used when `reason` is empty, or holds control
-/// characters that would let it break out of the status line.
 /// Length(n) writes `content-length`, Chunked `transfer-encoding: chunked`,
 /// CloseDelimited nothing; with those three any framing field in `headers`
 /// is dropped. Empty leaves `headers` exactly as given (a HEAD or 304
@@ -56,23 +56,20 @@ pub fn encode_request_head(
 /// `close` adds `connection: close`.
 pub fn encode_response_head(
     status: StatusCode,
-    reason: &str,
     headers: &HeaderMap,
     framing: BodyFraming,
     close: bool,
     dst: &mut BytesMut,
 ) {
-    let reason = if reason.is_empty() || !is_reason_phrase(reason) {
-        status.canonical_reason().unwrap_or_default()
-    } else {
-        reason
-    };
+    let reason = status.canonical_reason().unwrap_or_default();
     dst.reserve(reason.len() + fields_len(headers) + 64);
     dst.put_slice(b"HTTP/1.1 ");
     dst.put_slice(status.as_str().as_bytes());
     dst.put_u8(b' ');
     dst.put_slice(reason.as_bytes());
     dst.put_slice(b"\r\n");
+    // 1xx and 204 never carry framing fields; 304 and HEAD answers keep the
+    // length the body would have had (RFC 9110 §8.6).
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let keep_as_given = framing == BodyFraming::Empty && !bodiless;
     put_fields(headers, !keep_as_given, dst);
@@ -109,11 +106,6 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>, dst: &mut BytesMut) {
 /// "HTTP/1.1 100 Continue\r\n\r\n"
 pub fn encode_continue(dst: &mut BytesMut) {
     dst.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-}
-
-/// reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4).
-fn is_reason_phrase(reason: &str) -> bool {
-    reason.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Bytes `put_fields` will write, to reserve once.
@@ -223,20 +215,20 @@ mod tests {
     fn response_heads() {
         let h = headers(&[("content-type", "text/plain")]);
         let mut out = BytesMut::new();
-        encode_response_head(StatusCode::NOT_FOUND, "", &h, BodyFraming::Length(3), true, &mut out);
+        encode_response_head(StatusCode::NOT_FOUND, &h, BodyFraming::Length(3), true, &mut out);
         assert_eq!(
             &out[..],
             b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
         );
         out.clear();
-        encode_response_head(StatusCode::OK, "Fine", &h, BodyFraming::Chunked, false, &mut out);
-        assert_eq!(&out[..], b"HTTP/1.1 200 Fine\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n");
+        encode_response_head(StatusCode::OK, &h, BodyFraming::Chunked, false, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n");
         out.clear();
-        encode_response_head(StatusCode::OK, "x\r\nset-cookie: a", &h, BodyFraming::CloseDelimited, true, &mut out);
+        encode_response_head(StatusCode::OK, &h, BodyFraming::CloseDelimited, true, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n");
         out.clear();
         let unknown = StatusCode::from_u16(599).unwrap_or(StatusCode::OK);
-        encode_response_head(unknown, "", &HeaderMap::new(), BodyFraming::Empty, false, &mut out);
+        encode_response_head(unknown, &HeaderMap::new(), BodyFraming::Empty, false, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 599 \r\n\r\n");
     }
 
@@ -244,12 +236,12 @@ mod tests {
     fn bodiless_response_heads() {
         let h = headers(&[("content-length", "10"), ("etag", "\"x\"")]);
         let mut out = BytesMut::new();
-        encode_response_head(StatusCode::OK, "", &h, BodyFraming::Empty, false, &mut out);
+        encode_response_head(StatusCode::OK, &h, BodyFraming::Empty, false, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\netag: \"x\"\r\n\r\n");
         let Ok(Some((head, _))) = parse_response_head(&out, 4096, &Method::HEAD) else { panic!("no head") };
         assert_eq!((head.framing, head.keep_alive), (BodyFraming::Empty, true));
         out.clear();
-        encode_response_head(StatusCode::NO_CONTENT, "", &h, BodyFraming::Length(10), false, &mut out);
+        encode_response_head(StatusCode::NO_CONTENT, &h, BodyFraming::Length(10), false, &mut out);
         assert_eq!(&out[..], b"HTTP/1.1 204 No Content\r\netag: \"x\"\r\n\r\n");
     }
 
@@ -264,10 +256,11 @@ mod tests {
         ];
         for (framing, close, parsed, keep_alive) in cases {
             let mut out = BytesMut::new();
-            encode_response_head(StatusCode::CREATED, "", &h, framing, close, &mut out);
+            encode_response_head(StatusCode::CREATED, &h, framing, close, &mut out);
             let Ok(Some((head, n))) = parse_response_head(&out, 4096, &Method::POST) else { panic!("no head") };
             assert_eq!(n, out.len());
-            assert_eq!((head.status, head.reason.as_str()), (StatusCode::CREATED, "Created"));
+            assert_eq!(head.status, StatusCode::CREATED);
+            assert!(out.starts_with(b"HTTP/1.1 201 Created\r\n"));
             assert_eq!((head.framing, head.keep_alive), (parsed, keep_alive));
             assert_eq!(head.headers["x-request-id"], "abc");
         }

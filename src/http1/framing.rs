@@ -72,11 +72,7 @@ pub(crate) fn response_framing(
 ) -> Result<(BodyFraming, bool), HeadError> {
     reject_lookalikes(headers)?;
     // Rule 1: responses that never carry content, whatever the head says.
-    if *request_method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if !has_content(request_method, status) {
         return Ok((BodyFraming::Empty, false));
     }
     // Rule 2: a 2xx to CONNECT switches to a tunnel right after the head.
@@ -97,6 +93,41 @@ pub(crate) fn response_framing(
         Some(n) => (BodyFraming::Length(n), false),
         None => (BodyFraming::CloseDelimited, false),
     })
+}
+
+/// Whether a response to `method` with `status` carries content at all: never
+/// for HEAD, 1xx, 204 and 304 (RFC 9110 §6.4.1, RFC 9112 §6.3 rule 1). The one
+/// rule every reader and writer of responses uses, HTTP/1.1 and HTTP/2 alike.
+pub fn has_content(method: &Method, status: StatusCode) -> bool {
+    !(*method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// How a response we send is framed, from what is known of its body: none for
+/// a bodiless answer, its length when known, else chunked, or close-delimited
+/// for a client that cannot read chunks (HTTP/1.0). HTTP/2 reads `Chunked` as
+/// "no content-length, end the stream when the body ends".
+pub fn response_body_framing(method: &Method, status: StatusCode, len: Option<u64>, chunks: bool) -> BodyFraming {
+    if !has_content(method, status) {
+        return BodyFraming::Empty;
+    }
+    match len {
+        Some(n) => BodyFraming::Length(n),
+        None if chunks => BodyFraming::Chunked,
+        None => BodyFraming::CloseDelimited,
+    }
+}
+
+/// How a request body we send is framed: its length when known (none for an
+/// empty one), else chunked.
+pub fn request_body_framing(len: Option<u64>) -> BodyFraming {
+    match len {
+        Some(0) => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::Chunked,
+    }
 }
 
 /// Rejects `transfer_encoding` / `content_length`: servers behind CGI-style
@@ -370,10 +401,10 @@ mod tests {
     fn parses_responses() {
         let get = Method::GET;
         let h = res_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &get);
-        assert_eq!((h.status, h.reason.as_str(), h.framing), (StatusCode::OK, "OK", BodyFraming::Length(3)));
+        assert_eq!((h.status, h.framing), (StatusCode::OK, BodyFraming::Length(3)));
         assert!(h.keep_alive);
         let h = res_ok(b"HTTP/1.1 599 \r\nTransfer-Encoding: chunked\r\n\r\n", &get);
-        assert_eq!((h.status.as_u16(), h.reason.as_str(), h.framing), (599, "", BodyFraming::Chunked));
+        assert_eq!((h.status.as_u16(), h.framing), (599, BodyFraming::Chunked));
         let h = res_ok(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", &get);
         assert_eq!(h.framing, BodyFraming::Chunked);
         assert!(!h.keep_alive);

@@ -5,6 +5,7 @@
 //! impossible), `framing` decides how the body is delimited (RFC 9112 §6),
 //! `decode` incrementally splits a body out of a caller-owned buffer and
 //! `encode` writes heads and chunk framing for a single write to the socket.
+//! It knows bytes and RFC 9112, nothing of bodies in flight, providers or I/O.
 
 pub mod decode;
 pub mod encode;
@@ -12,9 +13,9 @@ mod fields;
 pub mod framing;
 pub mod parse;
 
-pub use decode::{BodyDecoder, BodyError, DecodeEvent};
+pub use decode::{BodyDecoder, DecodeError, DecodeEvent, MAX_TRAILERS};
 pub use encode::{
     encode_chunk_prefix, encode_continue, encode_last_chunk, encode_request_head, encode_response_head, CHUNK_SUFFIX,
 };
-pub use framing::BodyFraming;
+pub use framing::{has_content, request_body_framing, response_body_framing, BodyFraming};
 pub use parse::{parse_request_head, parse_response_head, HeadError, RequestHead, ResponseHead, MAX_HEADERS};

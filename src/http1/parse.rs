@@ -34,8 +34,6 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    /// Reason phrase as sent (may be empty; empty too if it held non-UTF-8 bytes).
-    pub reason: String,
     pub headers: HeaderMap,
     pub framing: BodyFraming,
     /// False if `Connection: close`, HTTP/1.0 without keep-alive, CloseDelimited
@@ -64,17 +62,6 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    /// The status to answer a rejected request with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
-            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
-            HeadError::Expectation => StatusCode::EXPECTATION_FAILED,
-            HeadError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
-        }
-    }
-
     pub(crate) fn malformed(what: &str) -> Self {
         HeadError::Malformed(what.to_owned())
     }
@@ -129,11 +116,10 @@ pub fn parse_response_head(
     // httparse yields exactly three digits; StatusCode rejects 000-099.
     let status =
         StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| HeadError::malformed("invalid status code"))?;
-    let reason = res.reason.unwrap_or_default().to_owned();
     let headers = build_header_map(res.headers).map_err(HeadError::malformed)?;
     let (framing, suspect) = framing::response_framing(status, request_method, &headers, version)?;
     let keep_alive = !suspect && framing != BodyFraming::CloseDelimited && connection_keep_alive(&headers, version);
-    let head = ResponseHead { status, version, reason, headers, framing, keep_alive };
+    let head = ResponseHead { status, version, headers, framing, keep_alive };
     Ok(Some((head, end)))
 }
 
@@ -461,12 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn error_statuses_and_messages() {
-        assert_eq!(HeadError::TooLarge.status(), 431);
-        assert_eq!(HeadError::UriTooLong.status(), 414);
-        assert_eq!(HeadError::malformed("x").status(), 400);
-        assert_eq!(HeadError::Expectation.status(), 417);
-        assert_eq!(HeadError::UnsupportedTransferCoding.status(), 501);
+    fn error_messages_hold_no_field_values() {
         let e = req_err(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: sk-secret\r\n\r\n");
         assert!(!e.to_string().contains("sk-secret"), "{e}");
         let e = req_err(b"POST / HTTP/1.1\r\nHost: h\r\nAuthorization: sk-se\x00cret\r\n\r\n");

@@ -7,18 +7,42 @@ use std::borrow::Cow;
 use http::header::{HeaderName, AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::ProviderType;
+use crate::error::ErrorStyle;
+use crate::headers::{X_API_KEY, X_GOOG_API_KEY};
 
-pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderType {
+    OpenAi,
+    Gemini,
+    Anthropic,
+    Forward,
+}
+
+impl ProviderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::OpenAi => "openai",
+            ProviderType::Gemini => "gemini",
+            ProviderType::Anthropic => "anthropic",
+            ProviderType::Forward => "forward",
+        }
+    }
+
+    /// The error shape this API's SDKs understand, for answers the proxy makes.
+    pub fn error_style(self) -> ErrorStyle {
+        match self {
+            ProviderType::OpenAi => ErrorStyle::OpenAi,
+            ProviderType::Anthropic => ErrorStyle::Anthropic,
+            ProviderType::Gemini => ErrorStyle::Gemini,
+            ProviderType::Forward => ErrorStyle::Plain,
+        }
+    }
+}
+
 pub const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 /// The beta flag Anthropic requires next to an OAuth bearer token.
 pub const OAUTH_BETA_FLAG: &str = "oauth-2025-04-20";
-
-/// Headers in which any supported client may carry a credential. All of them are
-/// removed before a request to a keyed provider leaves, whichever one held the key,
-/// so a client key can never reach an upstream by sitting in an unexpected place.
-pub const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, X_API_KEY, X_GOOG_API_KEY];
 
 /// The client's key as presented, looked up where this type's SDKs send it.
 /// `Proxy-Authorization: Bearer` is accepted for every type and wins when present.

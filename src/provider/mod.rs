@@ -1,6 +1,7 @@
-//! One upstream provider as the request path sees it: where it lives, how it
-//! is chosen, which keys it holds, and its shared health flag. Built from a
-//! validated [`ProviderConfig`]; immutable except for the health atomics.
+//! One upstream provider as the request path sees it: its type and the rules
+//! that come with it (`kind`), where it lives, how it is chosen, which keys it
+//! holds (`secret`), and its shared health flag. Immutable except for the
+//! health atomics; `state` builds it from the config, which it never sees.
 
 pub mod kind;
 pub mod secret;
@@ -9,12 +10,25 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::HeaderValue;
 use rand::Rng;
 
-use crate::config::{ApiKeyConfig, ProviderConfig, ProviderHealthCheck, ProviderType, SecretSource};
+pub use kind::ProviderType;
+use secret::Secret;
+
+use crate::select::{self, Class};
 use crate::upstream::Endpoint;
-use secret::{CommandSecret, Secret};
+
+/// What a provider's active health check sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHealthCheck {
+    /// Upper-case method, default GET.
+    pub method: String,
+    /// Must start with `/`.
+    pub path: String,
+    pub body: Option<String>,
+    /// `"Name: value"` lines split at the first colon, both sides trimmed.
+    pub headers: Vec<(String, String)>,
+}
 
 #[derive(Debug)]
 pub struct Provider {
@@ -40,59 +54,14 @@ pub struct ApiKey {
 }
 
 impl Provider {
-    pub fn new(cfg: &ProviderConfig, endpoint: Arc<Endpoint>, health: Arc<Health>) -> Result<Self, String> {
-        let keys = cfg.api_keys.iter().map(api_key).collect::<Result<Vec<_>, _>>()?;
-        let mut route_label = cfg.host.clone();
-        if let Some(port) = cfg.host_port {
-            route_label.push_str(&format!(":{port}"));
-        }
-        if let Some(prefix) = &cfg.path_prefix {
-            route_label.push_str(prefix);
-        }
-        Ok(Provider {
-            index: cfg.index,
-            kind: cfg.kind,
-            route_label,
-            endpoint,
-            weight: cfg.weight,
-            priority: cfg.priority,
-            is_fallback: cfg.is_fallback,
-            keys,
-            auth_keys: cfg.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
-            health_check: cfg.health_check.clone(),
-            health,
-        })
-    }
-
     /// One of the provider's keys, at random by key weight; `None` for `forward`.
     pub fn pick_key(&self, rng: &mut impl Rng) -> Option<&ApiKey> {
-        let total: f64 = self.keys.iter().map(|k| k.weight).sum();
-        let mut point = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
-        for key in &self.keys {
-            if point < key.weight {
-                return Some(key);
-            }
-            point -= key.weight;
-        }
-        self.keys.last()
+        select::choose(&self.keys, |k| Class::weighted(k.weight), rng)
     }
 
     pub fn is_healthy(&self) -> bool {
         self.health.healthy.load(Ordering::Relaxed)
     }
-}
-
-fn api_key(cfg: &ApiKeyConfig) -> Result<ApiKey, String> {
-    let secret = match &cfg.source {
-        SecretSource::Literal(text) => {
-            let mut value =
-                HeaderValue::from_str(text).map_err(|_| "api key is not a valid header value".to_string())?;
-            value.set_sensitive(true);
-            Secret::Literal(value)
-        }
-        SecretSource::Command(cmd) => Secret::Command(CommandSecret::new(cmd.clone())),
-    };
-    Ok(ApiKey { secret, weight: cfg.weight })
 }
 
 /// A provider's health, shared by every snapshot that has the same provider so a
@@ -123,11 +92,9 @@ pub struct HealthRegistry {
 }
 
 impl HealthRegistry {
-    pub fn flag_for(&self, cfg: &ProviderConfig) -> Arc<Health> {
-        let identity = format!(
-            "{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
-            cfg.kind, cfg.host, cfg.host_port, cfg.path_prefix, cfg.endpoint, cfg.port, cfg.tls, cfg.health_check
-        );
+    /// The flag for the provider that `identity` names (the caller decides what
+    /// makes two providers of successive configs the same).
+    pub fn flag_for(&self, identity: String) -> Arc<Health> {
         let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
         flags.entry(identity).or_default().clone()
     }

@@ -1,53 +1,32 @@
-//! The protocol-neutral pipeline. A connection driver (HTTP/1.1 now, HTTP/2
-//! later) hands in a [`RequestHead`]; [`Proxy::prepare`] routes, checks the
-//! client key and picks a provider before any body byte is read (so a refused
-//! request never waits for its upload); [`Proxy::forward`] rewrites the head,
-//! sends it upstream and returns a streaming [`Response`].
+//! The protocol-neutral pipeline, where HTTP/1.1 and HTTP/2 meet: routing,
+//! client-key checks, provider selection, the request rewrite, the upstream
+//! exchange (with one replay on a stale pooled connection), error rendering
+//! and the access log are written here once. Connection drivers only turn
+//! their protocol into a [`RequestHead`] + [`Body`] and write back the
+//! [`Response`].
+//!
+//! [`handle`] is the whole exchange. A driver that must act between the
+//! decision and the upload (HTTP/1.1 answers `100 Continue`, and never reads
+//! the body of a refused request) calls [`admit`] and then
+//! [`Admitted::respond`], which is the same thing in two steps.
 
 pub mod auth;
-pub mod headers;
-pub mod route;
-pub mod select;
+pub mod log;
+pub mod rewrite;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 
 use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
-use crate::provider::{HealthRegistry, Provider};
-use crate::state::Snapshot;
-use crate::upstream::{self, Pools, Replay, UpstreamError, UpstreamRequest};
-use route::Miss;
-use select::Class;
-
-/// A request as every protocol describes it.
-#[derive(Debug)]
-pub struct RequestHead {
-    pub method: Method,
-    /// `Host` or `:authority`.
-    pub authority: Option<String>,
-    /// Origin-form target: path and query.
-    pub target: String,
-    pub headers: HeaderMap,
-    /// The listener's scheme port (80 or 443), for a `Host` without a port.
-    pub default_port: u16,
-}
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Body,
-}
-
-impl Response {
-    pub fn from_error(err: &ProxyError, style: ErrorStyle) -> Response {
-        let (status, headers, body) = err.render(style);
-        Response { status, headers, body: Body::Full(body) }
-    }
-}
+use crate::message::{RequestHead, Response};
+use crate::provider::Provider;
+use crate::route::Miss;
+use crate::select::{self, Class};
+use crate::state::{App, Snapshot};
+use crate::upstream::{self, Replay, UpstreamError, UpstreamRequest};
+use log::AccessLog;
 
 /// The decision made before the body is read.
 #[derive(Debug)]
@@ -59,118 +38,146 @@ pub struct Plan {
     pub style: ErrorStyle,
 }
 
-/// A refusal, with the error shape the client's SDK expects.
+/// A request that may go upstream once its body is available.
 #[derive(Debug)]
-pub struct Refusal {
-    pub error: ProxyError,
-    pub style: ErrorStyle,
+pub struct Admitted {
+    plan: Plan,
+    head: RequestHead,
+    log: AccessLog,
 }
 
-/// The long-lived proxy: the current snapshot plus the state that outlives reloads.
+/// What the handler answers, and whether the answer came from the upstream
+/// (when not, a streamed request body may be left half read).
 #[derive(Debug)]
-pub struct Proxy {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub pools: Arc<Pools>,
-    pub health: HealthRegistry,
+pub struct Reply {
+    pub response: Response,
+    pub from_upstream: bool,
 }
 
-impl Proxy {
-    pub fn new(snapshot: Snapshot, health: HealthRegistry) -> Self {
-        Proxy { snapshot: ArcSwap::from_pointee(snapshot), pools: Arc::default(), health }
+/// The whole exchange for a request whose body is at hand.
+pub async fn handle(app: &App, head: RequestHead, body: Body) -> Response {
+    match admit(app, head) {
+        Ok(admitted) => admitted.respond(app, body).await.response,
+        Err(refusal) => *refusal,
     }
+}
 
-    /// Route, authenticate and select.
-    pub fn prepare(&self, head: &RequestHead) -> Result<Plan, Refusal> {
-        let snapshot = self.snapshot.load_full();
-        let plain = |error| Refusal { error, style: ErrorStyle::Plain };
-        let authority =
-            head.authority.as_deref().ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;
-        let (route, target) = match snapshot.router.find(authority, head.default_port, &head.target) {
-            Ok(found) => found,
-            Err(Miss::UnknownHost) => return Err(plain(ProxyError::UnknownHost(printable(authority)))),
-            Err(Miss::NoPrefix) => return Err(plain(ProxyError::NoRoute(printable(authority)))),
-        };
-        let style = ErrorStyle::from(route.kind);
-        let query = head.target.split_once('?').map(|(_, q)| q);
-        let presented = crate::provider::kind::client_key(route.kind, &head.headers, query);
-        let presented = presented.as_deref();
-        let accepting: Vec<&Arc<Provider>> =
-            route.providers.iter().filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys)).collect();
-        if accepting.is_empty() {
-            return Err(Refusal { error: ProxyError::Unauthorized, style });
+/// Routes, authenticates and selects before any body byte is read, so a
+/// refused request never waits for its upload. A refusal is logged and
+/// returned ready to write.
+/// (Boxed: refusals are the cold path, and a `Response` is large.)
+pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
+    let mut log = AccessLog::start(&head);
+    match plan(&app.snapshot.load_full(), &head) {
+        Ok(plan) => {
+            log.provider(plan.provider.index);
+            Ok(Admitted { plan, head, log })
         }
-        let class = |p: &&Arc<Provider>| Class {
-            usable: p.is_healthy(),
-            fallback: p.is_fallback,
-            priority: p.priority,
-            weight: p.weight,
-        };
-        let provider = select::choose(&accepting, class, &mut rand::thread_rng())
-            .map(|p| Arc::clone(p))
-            .ok_or(Refusal { error: ProxyError::NoHealthyProvider, style })?;
-        let target = target.into_owned();
-        Ok(Plan { snapshot, provider, target, style })
+        Err((error, style)) => {
+            log.finish(error.status().as_u16());
+            Err(Box::new(error.into_response(style)))
+        }
     }
+}
 
-    /// Sends the request to the planned provider and returns the response as
-    /// soon as its head arrives; the body streams on demand.
-    pub async fn forward(&self, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
-        let provider = &plan.provider;
-        let mut headers = head.headers;
-        let key = provider.pick_key(&mut rand::thread_rng());
-        let key_value = match key {
-            Some(key) => Some(key.secret.value().await.map_err(ProxyError::Credential)?),
-            None => None,
+impl Admitted {
+    /// Forwards the request with `body` and returns the upstream's response as
+    /// soon as its head arrives (the body streams on demand), or the error the
+    /// client should see. Dropping the future cancels the upstream request
+    /// and logs the request as abandoned (499).
+    pub async fn respond(self, app: &App, body: Body) -> Reply {
+        let Admitted { plan, head, log } = self;
+        let reply = match forward(app, &plan, head, body).await {
+            Ok(response) => Reply { response, from_upstream: true },
+            Err(err) => Reply { response: err.into_response(plan.style), from_upstream: false },
         };
-        let oauth = key.is_some_and(|k| k.secret.is_command());
-        let endpoint = &provider.endpoint;
-        headers::rewrite_request(
-            &mut headers,
-            provider.kind,
-            &endpoint.host_header,
-            key_value.as_ref().map(|v| (v, oauth)),
-        );
-        let rewritten = headers::rewrite_target(provider.kind, &plan.target);
-        let target = rewritten.as_deref().unwrap_or(&plan.target);
-        let request = UpstreamRequest { method: &head.method, target, headers: &headers };
-        let response = self.send(plan, request, body).await.map_err(|e| upstream_error(e, provider))?;
-        if response.status == StatusCode::UNAUTHORIZED {
-            if let (Some(key), Some(value)) = (key, &key_value) {
-                key.secret.rejected(value);
-            }
-        }
-        let mut headers = response.headers;
-        headers::strip_hop_by_hop(&mut headers);
-        Ok(Response { status: response.status, headers, body: response.body })
+        log.finish(reply.response.status.as_u16());
+        reply
     }
+}
 
-    /// One exchange, repeated once on a fresh connection when a pooled one turns
-    /// out to have been closed under us and the body can be sent again.
-    async fn send(
-        &self,
-        plan: &Plan,
-        request: UpstreamRequest<'_>,
-        body: Body,
-    ) -> Result<upstream::UpstreamResponse, UpstreamError> {
-        let snapshot = &plan.snapshot;
-        let endpoint = &plan.provider.endpoint;
-        let replay = match &body {
-            Body::Empty => Some(Body::Empty),
-            Body::Full(bytes) => Some(Body::Full(bytes.clone())),
-            _ => None,
-        };
-        let checkout = self.pools.checkout(endpoint, snapshot.connect_timeout).await?;
-        let reused = checkout.is_reused();
-        let max_head = snapshot.upstream_max_head;
-        match upstream::exchange(&self.pools, checkout, endpoint, request, body, max_head).await {
-            Err(e) if reused && replay.is_some() && may_replay(e.replay(), &request) => {
-                tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
-                let fresh = self.pools.checkout_fresh(endpoint, snapshot.connect_timeout).await?;
-                let body = replay.unwrap_or(Body::Empty);
-                upstream::exchange(&self.pools, fresh, endpoint, request, body, max_head).await
-            }
-            result => result,
+/// Route, authenticate and select: the provider a request goes to.
+fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyError, ErrorStyle)> {
+    let plain = |error| (error, ErrorStyle::Plain);
+    if head.method == Method::CONNECT {
+        return Err(plain(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into())));
+    }
+    let authority =
+        head.authority.as_deref().ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;
+    let (route, target) = match snapshot.router.find(authority, head.default_port, &head.target) {
+        Ok(found) => found,
+        Err(Miss::UnknownHost) => return Err(plain(ProxyError::UnknownHost(printable(authority)))),
+        Err(Miss::NoPrefix) => return Err(plain(ProxyError::NoRoute(printable(authority)))),
+    };
+    let style = route.kind.error_style();
+    let query = head.target.split_once('?').map(|(_, q)| q);
+    let presented = crate::provider::kind::client_key(route.kind, &head.headers, query);
+    let presented = presented.as_deref();
+    let accepting: Vec<&Arc<Provider>> =
+        route.providers.iter().filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys)).collect();
+    if accepting.is_empty() {
+        return Err((ProxyError::Unauthorized, style));
+    }
+    let class = |p: &&Arc<Provider>| Class {
+        usable: p.is_healthy(),
+        fallback: p.is_fallback,
+        priority: p.priority,
+        weight: p.weight,
+    };
+    let provider = select::choose(&accepting, class, &mut rand::thread_rng())
+        .map(|p| Arc::clone(p))
+        .ok_or((ProxyError::NoHealthyProvider, style))?;
+    Ok(Plan { snapshot: snapshot.clone(), provider, target: target.into_owned(), style })
+}
+
+/// Sends the request to the planned provider and returns the response as
+/// soon as its head arrives; the body streams on demand.
+pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
+    let provider = &plan.provider;
+    let mut headers = head.headers;
+    let key = provider.pick_key(&mut rand::thread_rng());
+    let key_value = match key {
+        Some(key) => Some(key.secret.value().await.map_err(ProxyError::Credential)?),
+        None => None,
+    };
+    let oauth = key.is_some_and(|k| k.secret.is_command());
+    let endpoint = &provider.endpoint;
+    rewrite::rewrite_request(
+        &mut headers,
+        provider.kind,
+        &endpoint.host_header,
+        key_value.as_ref().map(|v| (v, oauth)),
+    );
+    let rewritten = rewrite::rewrite_target(provider.kind, &plan.target);
+    let target = rewritten.as_deref().unwrap_or(&plan.target);
+    let request = UpstreamRequest { method: &head.method, target, headers: &headers };
+    let mut response = send(app, plan, request, body).await.map_err(|e| upstream_error(e, provider))?;
+    if response.status == StatusCode::UNAUTHORIZED {
+        if let (Some(key), Some(value)) = (key, &key_value) {
+            key.secret.rejected(value);
         }
+    }
+    crate::headers::strip_hop_by_hop(&mut response.headers);
+    Ok(response)
+}
+
+/// One exchange, repeated once on a fresh connection when a pooled one turns
+/// out to have been closed under us and the body can be sent again.
+async fn send(app: &App, plan: &Plan, request: UpstreamRequest<'_>, body: Body) -> Result<Response, UpstreamError> {
+    let limits = &plan.snapshot.limits;
+    let endpoint = &plan.provider.endpoint;
+    let replay = body.replayable();
+    let checkout = app.pools.checkout(endpoint, limits.connect_timeout).await?;
+    let reused = checkout.is_reused();
+    let max_head = limits.upstream_max_head;
+    match upstream::exchange(&app.pools, checkout, endpoint, request, body, max_head).await {
+        Err(e) if reused && replay.is_some() && may_replay(e.replay(), &request) => {
+            tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
+            let fresh = app.pools.checkout_fresh(endpoint, limits.connect_timeout).await?;
+            let body = replay.unwrap_or(Body::Empty);
+            upstream::exchange(&app.pools, fresh, endpoint, request, body, max_head).await
+        }
+        result => result,
     }
 }
 
@@ -191,13 +198,12 @@ fn may_replay(replay: Replay, request: &UpstreamRequest<'_>) -> bool {
 }
 
 fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
-    match err {
-        UpstreamError::ClientBody(e) => ProxyError::BadRequest(e.to_string()),
-        other => {
-            tracing::warn!(provider = provider.index, route = %provider.route_label, error = %other, "upstream request failed");
-            ProxyError::Upstream(other.to_string())
-        }
+    let err = ProxyError::from(err);
+    if let ProxyError::Upstream(_) = &err {
+        let error = err.message();
+        tracing::warn!(provider = provider.index, route = %provider.route_label, %error, "upstream request failed");
     }
+    err
 }
 
 /// A client-supplied value made safe to echo in an error message.

@@ -1,40 +1,49 @@
 //! The HTTP/1.1 client-connection driver: read heads through a buffer, turn
-//! each request into a neutral [`RequestHead`] + [`Body`], run the pipeline, and
-//! write the response, while the request body streams on to the upstream.
-//! Requests on one connection are handled strictly one after another.
+//! each request into a neutral [`RequestHead`] + [`Body`], hand it to the
+//! proxy handler, and write the response while the request body streams on
+//! to the upstream. Requests on one connection are handled strictly one
+//! after another.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::h1_write::{write_response, WriteError, Written};
-use super::{Shutdown, CLIENT_CLOSED};
-use crate::body::{Body, BodyError, Frame};
+use super::h1_write::{write_response, Written};
+use super::Shutdown;
+use crate::body::{Body, BodyError, CopyError, Frame};
 use crate::error::{ErrorStyle, ProxyError};
-use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head};
-use crate::proxy::{Proxy, RequestHead, Response};
+use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head, MAX_TRAILERS};
+use crate::message::{RequestHead, Response};
+use crate::proxy::{self, Admitted};
+use crate::state::{App, Limits};
 
-/// How long a kept-alive connection may sit idle before its next request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may take to send a whole head once it has started.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request body may stall between two reads.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request-body frames in flight between the socket and the upstream.
 const BODY_CHANNEL: usize = 4;
 const READ_SIZE: usize = 16 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// Pipelined bytes we buffer while a request is in flight.
 const PIPELINE_LIMIT: usize = 64 * 1024;
 
 struct Reader<S> {
     rd: ReadHalf<S>,
     buf: BytesMut,
+}
+
+/// Both halves of a client connection.
+struct Conn<S> {
+    reader: Reader<S>,
+    wr: WriteHalf<S>,
+}
+
+/// A request body about to stream: what the handler reads, and the sending
+/// end the driver fills from the socket (`None` when the body is in memory).
+struct Upload {
+    body: Body,
+    tx: Option<mpsc::Sender<Result<Frame, BodyError>>>,
 }
 
 enum Next {
@@ -44,39 +53,39 @@ enum Next {
 }
 
 /// Serves one client connection until it closes, errs, or shutdown is signalled.
-pub async fn serve<S>(io: S, proxy: Arc<Proxy>, default_port: u16, mut shutdown: Shutdown)
+pub async fn serve<S>(io: S, app: Arc<App>, default_port: u16, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (rd, mut wr) = tokio::io::split(io);
-    let mut reader = Reader { rd, buf: BytesMut::with_capacity(8 * 1024) };
+    let (rd, wr) = tokio::io::split(io);
+    let mut conn = Conn { reader: Reader { rd, buf: BytesMut::with_capacity(8 * 1024) }, wr };
     loop {
-        let max_head = proxy.snapshot.load().max_header_size;
-        match next_head(&mut reader, max_head, &mut shutdown).await {
+        let limits = app.snapshot.load().limits;
+        match next_head(&mut conn.reader, &limits, &mut shutdown).await {
             Next::Closed => break,
             Next::Bad(err) => {
                 tracing::debug!(error = %err, "rejected request head");
-                let err = head_error(err);
-                let resp = Response::from_error(&err, ErrorStyle::Plain);
-                let _ = write_response(&mut wr, resp, &Method::GET, Version::HTTP_11, true).await;
+                let resp = ProxyError::from(err).into_response(ErrorStyle::Plain);
+                let _ = write_response(&mut conn.wr, resp, &Method::GET, Version::HTTP_11, true).await;
                 break;
             }
             Next::Head(head) => {
-                if !exchange(&mut reader, &mut wr, &proxy, *head, default_port, &shutdown).await {
+                let req = ReqFacts::new(&head, &shutdown, &limits, default_port);
+                if !exchange(&mut conn, &app, *head, req, &shutdown).await {
                     break;
                 }
             }
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = conn.wr.shutdown().await;
 }
 
 /// Waits for and parses the next request head.
-async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, max_head: usize, shutdown: &mut Shutdown) -> Next {
+async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, limits: &Limits, shutdown: &mut Shutdown) -> Next {
     let started = Instant::now();
     loop {
         if !reader.buf.is_empty() {
-            match http1::parse_request_head(&reader.buf, max_head) {
+            match http1::parse_request_head(&reader.buf, limits.max_header_size) {
                 Ok(Some((head, used))) => {
                     reader.buf.advance(used);
                     return Next::Head(Box::new(head));
@@ -86,7 +95,11 @@ async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, max_head: usize, shutdo
             }
         }
         let idle = reader.buf.is_empty();
-        let limit = if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT.saturating_sub(started.elapsed()) };
+        let limit = if idle {
+            limits.client_idle_timeout
+        } else {
+            limits.client_header_timeout.saturating_sub(started.elapsed())
+        };
         reader.buf.reserve(READ_SIZE);
         let read = tokio::select! {
             read = tokio::time::timeout(limit, reader.rd.read_buf(&mut reader.buf)) => read,
@@ -102,87 +115,110 @@ async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, max_head: usize, shutdo
     }
 }
 
-/// Handles one request; returns whether the connection may carry another.
-async fn exchange<S>(
-    reader: &mut Reader<S>,
-    wr: &mut WriteHalf<S>,
-    proxy: &Proxy,
-    h1: H1Head,
+/// What the response side needs to know of the request it answers.
+struct ReqFacts {
+    method: Method,
+    version: Version,
+    framing: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
     default_port: u16,
+    limits: Limits,
+}
+
+impl ReqFacts {
+    fn new(h1: &H1Head, shutdown: &Shutdown, limits: &Limits, default_port: u16) -> Self {
+        ReqFacts {
+            method: h1.method.clone(),
+            version: h1.version,
+            framing: h1.framing,
+            // After CONNECT anything more on the connection would be tunnel bytes.
+            keep_alive: h1.keep_alive && !shutdown.is_signalled() && h1.method != Method::CONNECT,
+            expect_continue: h1.expect_continue,
+            default_port,
+            limits: *limits,
+        }
+    }
+
+    fn has_body(&self) -> bool {
+        !matches!(self.framing, BodyFraming::Empty | BodyFraming::Length(0))
+    }
+}
+
+/// Handles one request; returns whether the connection may carry another.
+async fn exchange<S>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: ReqFacts, shutdown: &Shutdown) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match neutral_head(h1, req.default_port) {
+        Ok(head) => head,
+        Err(err) => {
+            req.keep_alive = false;
+            return refuse(conn, &req, err.into_response(ErrorStyle::Plain)).await;
+        }
+    };
+    let admitted = match proxy::admit(app, head) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(conn, &req, *refusal).await,
+    };
+    let buffered = matches!(req.framing, BodyFraming::Length(n) if conn.reader.buf.len() as u64 >= n);
+    if req.expect_continue && req.has_body() && !buffered {
+        let mut out = BytesMut::new();
+        http1::encode_continue(&mut out);
+        if conn.wr.write_all(&out).await.is_err() {
+            return false;
+        }
+    }
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+    let body = match req.framing {
+        BodyFraming::Length(n) if buffered => Body::Full(conn.reader.buf.split_to(n as usize).freeze()),
+        _ if !req.has_body() => Body::Empty,
+        BodyFraming::Length(n) => Body::Channel { rx, len: Some(n) },
+        _ => Body::Channel { rx, len: None },
+    };
+    let tx = matches!(body, Body::Channel { .. }).then_some(tx);
+    relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await
+}
+
+/// Runs the upstream exchange and writes its answer while the request body is
+/// pumped in and the client watched for hanging up. Returns whether the
+/// connection may carry another request.
+async fn relay<S>(
+    conn: &mut Conn<S>,
+    app: &App,
+    admitted: Admitted,
+    upload: Upload,
+    req: &ReqFacts,
     shutdown: &Shutdown,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = Instant::now();
-    let mut req = ReqFacts {
-        method: h1.method.clone(),
-        version: h1.version,
-        framing: h1.framing,
-        keep_alive: h1.keep_alive && !shutdown.is_signalled(),
-    };
-    let (framing, keep_alive) = (req.framing, req.keep_alive);
-    let has_body = !matches!(framing, BodyFraming::Empty | BodyFraming::Length(0));
-    let expect_continue = h1.expect_continue;
-    let head = match neutral_head(h1, default_port) {
-        Ok(head) => head,
-        Err(err) => {
-            req.keep_alive = false;
-            return refuse(reader, wr, &req, err, ErrorStyle::Plain).await;
-        }
-    };
-    let (log_method, log_authority, log_target) = (head.method.clone(), head.authority.clone(), head.target.clone());
-    let log = |status: u16, provider: Option<usize>| {
-        super::access_log(&log_method, log_authority.as_deref(), &log_target, status, provider, started)
-    };
-    let plan = match proxy.prepare(&head) {
-        Ok(plan) => plan,
-        Err(refusal) => {
-            log(refusal.error.status().as_u16(), None);
-            return refuse(reader, wr, &req, refusal.error, refusal.style).await;
-        }
-    };
-    let buffered = matches!(framing, BodyFraming::Length(n) if reader.buf.len() as u64 >= n);
-    if expect_continue && has_body && !buffered {
-        let mut out = BytesMut::new();
-        http1::encode_continue(&mut out);
-        if wr.write_all(&out).await.is_err() {
-            return false;
-        }
-    }
-    let (tx, rx) = mpsc::channel(BODY_CHANNEL);
-    let body = match framing {
-        BodyFraming::Length(n) if buffered => Body::Full(reader.buf.split_to(n as usize).freeze()),
-        _ if !has_body => Body::Empty,
-        BodyFraming::Length(n) => Body::Channel { rx, len: Some(n) },
-        _ => Body::Channel { rx, len: None },
-    };
-    let streaming = matches!(body, Body::Channel { .. });
+    let Conn { reader, wr } = conn;
+    let Upload { body, tx } = upload;
+    let streaming = tx.is_some();
     let body_done = AtomicBool::new(!streaming);
     let answered = AtomicBool::new(false);
-    // Reads the request body on, then watches for the client hanging up.
     let client = async {
-        if streaming {
-            if !pump_body(reader, framing, tx).await {
+        if let Some(tx) = tx {
+            if !pump_body(reader, req.framing, tx, req.limits.client_body_timeout).await {
                 return ClientSide::Unusable;
             }
             body_done.store(true, Ordering::Relaxed);
-        } else {
-            drop(tx);
         }
         watch_for_close(reader).await
     };
     let respond = async {
-        let (resp, close) = match proxy.forward(&plan, head, body).await {
-            // A shutdown that began while this request ran closes the connection,
-            // and so does an answer that came before the whole upload was read.
-            Ok(resp) => (resp, !keep_alive || shutdown.is_signalled() || !body_done.load(Ordering::Relaxed)),
-            // The body may be half read: only a fresh connection is safe after this.
-            Err(err) => (Response::from_error(&err, plan.style), !keep_alive || streaming),
-        };
-        log(resp.status.as_u16(), Some(plan.provider.index));
+        let reply = admitted.respond(app, body).await;
+        // A shutdown that began while this request ran closes the connection, and
+        // so does an answer that came before the whole upload was read, or an
+        // error that may have left the body half read.
+        let close = !req.keep_alive
+            || shutdown.is_signalled()
+            || !body_done.load(Ordering::Relaxed)
+            || (!reply.from_upstream && streaming);
         answered.store(true, Ordering::Relaxed);
-        write_response(wr, resp, &req.method, req.version, close).await
+        write_response(wr, reply.response, &req.method, req.version, close).await
     };
     tokio::pin!(respond);
     let written = tokio::select! {
@@ -196,23 +232,20 @@ where
                 let _ = respond.await;
                 return false;
             }
-            // Still waiting on the upstream: drop `respond`, which cancels the
-            // upstream request (as nginx does by default, the client's EOF counts
-            // as leaving, half-close included).
-            ClientSide::Gone => {
-                log(CLIENT_CLOSED, Some(plan.provider.index));
-                return false;
-            }
+            // Still waiting on the upstream: dropping `respond` cancels the upstream
+            // request and logs 499 (as nginx does by default, the client's EOF
+            // counts as leaving, half-close included).
+            ClientSide::Gone => return false,
         },
     };
     match written {
         Ok(Written::Complete) => body_done.load(Ordering::Relaxed),
         Ok(Written::CompleteClose) => false,
-        Err(WriteError::Client(e)) => {
+        Err(CopyError::Sink(e)) => {
             tracing::debug!(error = %e, "client went away mid-response");
             false
         }
-        Err(WriteError::Upstream(e)) => {
+        Err(CopyError::Source(e)) => {
             tracing::warn!(error = %e, "upstream body broke mid-response; closing the client connection");
             false
         }
@@ -244,37 +277,22 @@ async fn watch_for_close<S: AsyncRead>(reader: &mut Reader<S>) -> ClientSide {
     std::future::pending().await
 }
 
-/// What the response side needs to know of the request it answers.
-struct ReqFacts {
-    method: Method,
-    version: Version,
-    framing: BodyFraming,
-    keep_alive: bool,
-}
-
 /// Answers a request the proxy will not forward. The connection stays usable
 /// only when the refused body was already fully buffered (then it is skipped).
-async fn refuse<S>(
-    reader: &mut Reader<S>,
-    wr: &mut WriteHalf<S>,
-    req: &ReqFacts,
-    err: ProxyError,
-    style: ErrorStyle,
-) -> bool
+async fn refuse<S>(conn: &mut Conn<S>, req: &ReqFacts, resp: Response) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let skipped = match req.framing {
         BodyFraming::Empty => true,
-        BodyFraming::Length(n) if reader.buf.len() as u64 >= n => {
-            reader.buf.advance(n as usize);
+        BodyFraming::Length(n) if conn.reader.buf.len() as u64 >= n => {
+            conn.reader.buf.advance(n as usize);
             true
         }
         _ => false,
     };
     let close = !(req.keep_alive && skipped);
-    let resp = Response::from_error(&err, style);
-    matches!(write_response(wr, resp, &req.method, req.version, close).await, Ok(Written::Complete))
+    matches!(write_response(&mut conn.wr, resp, &req.method, req.version, close).await, Ok(Written::Complete))
 }
 
 /// Reads the request body off the socket into the channel. Returns true when
@@ -283,6 +301,7 @@ async fn pump_body<S: AsyncRead>(
     reader: &mut Reader<S>,
     framing: BodyFraming,
     tx: mpsc::Sender<Result<Frame, BodyError>>,
+    stall: std::time::Duration,
 ) -> bool {
     let mut decoder = BodyDecoder::new(framing, MAX_TRAILERS);
     loop {
@@ -292,18 +311,18 @@ async fn pump_body<S: AsyncRead>(
             Ok(DecodeEvent::End) => return true,
             Ok(DecodeEvent::NeedMore) => {
                 reader.buf.reserve(READ_SIZE);
-                let read = tokio::time::timeout(BODY_READ_TIMEOUT, reader.rd.read_buf(&mut reader.buf)).await;
+                let read = tokio::time::timeout(stall, reader.rd.read_buf(&mut reader.buf)).await;
                 let failure = match read {
                     Ok(Ok(0)) => BodyError::Incomplete,
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => BodyError::Io(e),
-                    Err(_) => BodyError::Malformed("request body stalled".into()),
+                    Err(_) => BodyError::Stalled,
                 };
                 let _ = tx.send(Err(failure)).await;
                 return false;
             }
             Err(e) => {
-                let _ = tx.send(Err(BodyError::Malformed(e.to_string()))).await;
+                let _ = tx.send(Err(e.into())).await;
                 return false;
             }
         };
@@ -314,11 +333,12 @@ async fn pump_body<S: AsyncRead>(
 }
 
 /// The neutral head: absolute-form targets carry the authority (RFC 9112 §3.2.2),
-/// origin-form ones take it from `Host`.
+/// origin-form ones take it from `Host`, and CONNECT's authority-form target is
+/// its authority.
 fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError> {
     let H1Head { method, target, headers, .. } = h1;
     if method == Method::CONNECT {
-        return Err(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into()));
+        return Ok(RequestHead { method, authority: Some(target), target: String::new(), headers, default_port });
     }
     let host = match headers.get(http::header::HOST) {
         Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("Host header is not valid".into()))?.to_string()),
@@ -342,16 +362,4 @@ fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError
         }
     };
     Ok(RequestHead { method, authority, target, headers, default_port })
-}
-
-fn head_error(err: HeadError) -> ProxyError {
-    match err {
-        HeadError::TooLarge => ProxyError::HeadersTooLarge,
-        HeadError::UriTooLong => ProxyError::UriTooLong,
-        HeadError::Expectation => ProxyError::Expectation,
-        HeadError::UnsupportedTransferCoding => {
-            ProxyError::NotImplemented("only the chunked transfer-coding is supported".into())
-        }
-        HeadError::Malformed(why) => ProxyError::BadRequest(format!("malformed request: {why}")),
-    }
 }

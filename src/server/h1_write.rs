@@ -1,19 +1,16 @@
-//! Writing responses to an HTTP/1.1 client: choose the framing the client can
-//! read, send the head in one write (with a small body folded in), then stream
-//! the body frame by frame.
+//! Writing responses to an HTTP/1.1 client: the framing the client can read
+//! (decided by the one response-framing rule), the head in one write with a
+//! small body folded in, then the body frame by frame.
 
 use bytes::BytesMut;
 use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Method, StatusCode, Version};
+use http::{HeaderValue, Method, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::body::Body;
+use crate::body::h1::{inline_small, write_body};
+use crate::body::{Body, CopyError};
 use crate::http1::{self, BodyFraming};
-use crate::proxy::Response;
-use crate::wire::{write_body, WriteBodyError};
-
-/// Bodies up to this size travel in the same write as the head.
-const INLINE_BODY: usize = 16 * 1024;
+use crate::message::Response;
 
 /// How a response ended on the wire.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,42 +21,29 @@ pub enum Written {
     CompleteClose,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error("client connection failed: {0}")]
-    Client(#[from] std::io::Error),
-    #[error("upstream body failed mid-response: {0}")]
-    Upstream(crate::body::BodyError),
-}
-
 /// Writes `resp` for a request made with `method` by a client speaking `version`.
+/// A [`CopyError::Source`] means the response body broke after the head left:
+/// the caller must close the connection so the client sees a cut body.
 pub async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
     resp: Response,
     method: &Method,
     version: Version,
     close: bool,
-) -> Result<Written, WriteError> {
-    let Response { status, mut headers, mut body } = resp;
-    let bodiless = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
+) -> Result<Written, CopyError> {
+    let Response { status, mut headers, body } = resp;
+    let len = body.exact_len();
+    let framing = http1::response_body_framing(method, status, len, version != Version::HTTP_10);
+    let body = if framing == BodyFraming::Empty {
+        // A HEAD answer says how long the body would have been (RFC 9110 §9.3.2).
         if *method == Method::HEAD && !headers.contains_key(CONTENT_LENGTH) {
-            if let Some(len) = body.exact_len().filter(|n| *n > 0) {
+            if let Some(len) = len.filter(|n| *n > 0) {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
-        body = Body::Empty;
-        BodyFraming::Empty
+        Body::Empty
     } else {
-        headers.remove(CONTENT_LENGTH);
-        match body.exact_len() {
-            Some(n) => BodyFraming::Length(n),
-            None if version == Version::HTTP_10 => BodyFraming::CloseDelimited,
-            None => BodyFraming::Chunked,
-        }
+        body
     };
     let close = close || framing == BodyFraming::CloseDelimited;
     if version == Version::HTTP_10 && !close {
@@ -67,18 +51,10 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
     let mut out = BytesMut::with_capacity(512);
-    http1::encode_response_head(status, "", &headers, framing, close, &mut out);
-    if let Body::Full(bytes) = &body {
-        if bytes.len() <= INLINE_BODY {
-            out.extend_from_slice(bytes);
-            body = Body::Empty;
-        }
-    }
-    wr.write_all(&out).await?;
-    wr.flush().await?;
-    write_body(wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
-        WriteBodyError::Source(e) => WriteError::Upstream(e),
-        WriteBodyError::Sink(e) => WriteError::Client(e),
-    })?;
+    http1::encode_response_head(status, &headers, framing, close, &mut out);
+    let body = inline_small(&mut out, body);
+    wr.write_all(&out).await.map_err(CopyError::Sink)?;
+    wr.flush().await.map_err(CopyError::Sink)?;
+    write_body(wr, body, framing == BodyFraming::Chunked).await?;
     Ok(if close { Written::CompleteClose } else { Written::Complete })
 }

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Shutdown, CLIENT_CLOSED};
-use crate::body::Body;
-use crate::error::{ErrorStyle, ProxyError};
-use crate::http2::{send_body, H2Body, SendError};
-use crate::proxy::{Proxy, RequestHead, Response};
+use super::Shutdown;
+use crate::body::h2::send_body;
+use crate::body::{Body, CopyError, H2Body};
+use crate::http1::{self, BodyFraming};
+use crate::message::{RequestHead, Response};
+use crate::proxy;
+use crate::state::App;
 
 /// Streams one client may have open at once (RFC 9113 §5.1.2).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -25,20 +27,18 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// small enough that a stalled upstream pins little memory per stream.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSING_POLL: Duration = Duration::from_millis(100);
 const CLOSING_LINGER: Duration = Duration::from_secs(1);
-/// A connection with no open stream for this long is closed (GOAWAY).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const SEND_BUFFER: usize = 256 * 1024;
 
-pub async fn serve<S>(io: S, proxy: Arc<Proxy>, mut shutdown: Shutdown)
+pub async fn serve<S>(io: S, app: Arc<App>, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let max_header = proxy.snapshot.load().max_header_size;
+    let limits = app.snapshot.load().limits;
+    let max_header = limits.max_header_size;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // HPACK counts 32 bytes of overhead per field (RFC 9113 §6.5.2); allow for it.
@@ -53,7 +53,7 @@ where
         // Bound what a slow reader can make us buffer per stream.
         .max_send_buffer_size(SEND_BUFFER)
         .handshake::<_, Bytes>(io);
-    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
         Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
@@ -61,7 +61,9 @@ where
     let mut closing = false;
     // Streams still running; the connection is idle when none are.
     let open = Arc::new(AtomicUsize::new(0));
-    let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 2);
+    // Closed after a whole check period with no stream: between half and all
+    // of the idle timeout.
+    let mut idle_check = tokio::time::interval(limits.client_idle_timeout / 2);
     let mut busy_since_check = true;
     let mut quiet_since: Option<Instant> = None;
     loop {
@@ -84,7 +86,7 @@ where
                 continue;
             }
             _ = idle_check.tick(), if !closing => {
-                // Idle for a whole check period: close, as HTTP/1.1 does after IDLE_TIMEOUT.
+                // Idle for a whole check period: close, as HTTP/1.1 does when idle.
                 if !busy_since_check && open.load(Ordering::Relaxed) == 0 {
                     conn.graceful_shutdown();
                     closing = true;
@@ -97,9 +99,9 @@ where
             Some(Ok((request, respond))) => {
                 busy_since_check = true;
                 let guard = OpenStream::new(&open);
-                let proxy = proxy.clone();
+                let app = app.clone();
                 tokio::spawn(async move {
-                    handle_stream(request, respond, proxy).await;
+                    handle_stream(request, respond, app).await;
                     drop(guard);
                 });
             }
@@ -128,41 +130,19 @@ impl Drop for OpenStream {
     }
 }
 
-async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, proxy: Arc<Proxy>) {
-    let started = Instant::now();
+async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, app: Arc<App>) {
     let (parts, recv) = request.into_parts();
-    let head = match neutral_head(parts.method, &parts.uri, parts.headers) {
-        Ok(head) => head,
-        Err(err) => {
-            let _ = send_response(&mut respond, Response::from_error(&err, ErrorStyle::Plain), false).await;
-            return;
-        }
-    };
+    let head = neutral_head(parts.method, &parts.uri, parts.headers);
     let is_head = head.method == Method::HEAD;
-    let (method, authority, path) = (head.method.clone(), head.authority.clone(), head.target.clone());
-    let (response, provider) = match proxy.prepare(&head) {
-        Err(refusal) => (Response::from_error(&refusal.error, refusal.style), None),
-        Ok(plan) => {
-            // A request whose stream already ended has nothing to stream: an
-            // empty body keeps it eligible for a retry on a fresh connection.
-            let body =
-                if recv.is_end_stream() { Body::Empty } else { Body::H2(Box::new(H2Body::new(recv, &head.headers))) };
-            let provider = Some(plan.provider.index);
-            tokio::select! {
-                result = proxy.forward(&plan, head, body) => match result {
-                    Ok(resp) => (resp, provider),
-                    Err(err) => (Response::from_error(&err, plan.style), provider),
-                },
-                // The client reset the stream (cancelled, or a rapid-reset flood):
-                // stop the upstream request instead of finishing work nobody wants.
-                _ = poll_fn(|cx| respond.poll_reset(cx)) => {
-                    crate::server::access_log(&method, authority.as_deref(), &path, CLIENT_CLOSED, provider, started);
-                    return;
-                }
-            }
-        }
+    // A request whose stream already ended has nothing to stream: an empty
+    // body keeps it eligible for a replay on a fresh upstream connection.
+    let body = if recv.is_end_stream() { Body::Empty } else { Body::H2(Box::new(H2Body::new(recv, &head.headers))) };
+    let response = tokio::select! {
+        response = proxy::handle(&app, head, body) => response,
+        // The client reset the stream (cancelled, or a rapid-reset flood): drop
+        // the handler, which stops the upstream request and logs 499.
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
-    crate::server::access_log(&method, authority.as_deref(), &path, response.status.as_u16(), provider, started);
     if let Err(e) = send_response(&mut respond, response, is_head).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }
@@ -170,10 +150,7 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
 
 /// The neutral head: `:authority` is the routing host, `Host` when absent
 /// (RFC 9113 §8.3.1); split `cookie` fields are joined for HTTP/1.1 (§8.2.3).
-fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> Result<RequestHead, ProxyError> {
-    if method == Method::CONNECT {
-        return Err(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into()));
-    }
+fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> RequestHead {
     let authority = match uri.authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => headers.get(HOST).and_then(|v| v.to_str().ok()).map(String::from),
@@ -185,32 +162,36 @@ fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> Resu
         }
     }
     let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(RequestHead { method, authority, target, headers, default_port: 443 })
+    RequestHead { method, authority, target, headers, default_port: 443 }
 }
 
-async fn send_response(respond: &mut SendResponse<Bytes>, resp: Response, is_head: bool) -> Result<(), SendError> {
+/// Sends the head, then the body; a body that breaks after the head left
+/// resets the stream, so the client never takes a cut body for a whole one.
+async fn send_response(respond: &mut SendResponse<Bytes>, resp: Response, is_head: bool) -> Result<(), CopyError> {
     let Response { status, mut headers, body } = resp;
-    let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    if !bodiless {
-        match body.exact_len() {
-            Some(len) => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-            }
-            None => {
-                headers.remove(CONTENT_LENGTH);
-            }
+    let method = if is_head { Method::HEAD } else { Method::GET };
+    let framing = http1::response_body_framing(&method, status, body.exact_len(), true);
+    match framing {
+        BodyFraming::Length(len) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         }
+        BodyFraming::Chunked | BodyFraming::CloseDelimited => {
+            headers.remove(CONTENT_LENGTH);
+        }
+        BodyFraming::Empty => {}
     }
-    let end_now = bodiless || matches!(body, Body::Empty);
+    // A zero-length body still gets read to its end, so its upstream
+    // connection can go back to the pool.
+    let end_now = framing == BodyFraming::Empty || matches!(body, Body::Empty);
     let mut head = http::Response::new(());
     *head.status_mut() = status;
     *head.headers_mut() = headers;
-    let mut send = respond.send_response(head, end_now)?;
+    let mut send = respond.send_response(head, end_now).map_err(|e| CopyError::Sink(std::io::Error::other(e)))?;
     if end_now {
         return Ok(());
     }
     let result = send_body(&mut send, body).await;
-    if let Err(SendError::Source(e)) = &result {
+    if let Err(CopyError::Source(e)) = &result {
         tracing::warn!(error = %e, "upstream body broke mid-response; resetting the stream");
         send.send_reset(h2::Reason::INTERNAL_ERROR);
     }

@@ -11,12 +11,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{h1, h2, tls, Shutdown};
-use crate::proxy::Proxy;
-
-/// A TLS handshake that takes longer than this (a stalled or garbage-sending
-/// client) is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{h1, h2, Shutdown};
+use crate::state::App;
+use crate::tls::ALPN_H2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -39,14 +36,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Accepts clients until shutdown is signalled.
-pub async fn serve(listener: TcpListener, scheme: Scheme, proxy: Arc<Proxy>, mut shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, scheme: Scheme, app: Arc<App>, mut shutdown: Shutdown) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.signalled() => break,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, proxy.clone(), shutdown.clone()),
+            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone()),
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; pausing before the next");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -55,33 +52,35 @@ pub async fn serve(listener: TcpListener, scheme: Scheme, proxy: Arc<Proxy>, mut
     }
 }
 
-fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, proxy: Arc<Proxy>, shutdown: Shutdown) {
+fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Arc<App>, shutdown: Shutdown) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
     let span = tracing::debug_span!("conn", %peer);
     let task = async move {
         match scheme {
-            Scheme::Http => h1::serve(stream, proxy, 80, shutdown).await,
-            Scheme::Https => serve_tls(stream, proxy, shutdown).await,
+            Scheme::Http => h1::serve(stream, app, 80, shutdown).await,
+            Scheme::Https => serve_tls(stream, app, shutdown).await,
         }
     };
     tokio::spawn(task.instrument(span));
 }
 
-async fn serve_tls(stream: TcpStream, proxy: Arc<Proxy>, shutdown: Shutdown) {
-    let Some(config) = proxy.snapshot.load().tls.clone() else {
+async fn serve_tls(stream: TcpStream, app: Arc<App>, shutdown: Shutdown) {
+    let snapshot = app.snapshot.load();
+    let (Some(config), timeout) = (snapshot.tls.clone(), snapshot.limits.handshake_timeout) else {
         return;
     };
+    drop(snapshot);
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+    let tls = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
     };
-    if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-        h2::serve(tls, proxy, shutdown).await;
+    if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+        h2::serve(tls, app, shutdown).await;
     } else {
-        h1::serve(tls, proxy, 443, shutdown).await;
+        h1::serve(tls, app, 443, shutdown).await;
     }
 }

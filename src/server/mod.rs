@@ -1,15 +1,13 @@
 //! Accepting clients: listeners, the shutdown signal every connection watches,
-//! and the per-protocol connection drivers that feed the proxy pipeline.
+//! and the per-protocol connection drivers. A driver reads requests off its
+//! protocol, hands each to the neutral `proxy` handler and writes back what
+//! it returns; nothing about routes, keys or upstreams is decided here.
 
 pub mod h1;
 mod h1_write;
 pub mod h2;
 pub mod listener;
-pub mod tls;
 
-use std::time::Instant;
-
-use http::Method;
 use tokio::sync::{mpsc, watch};
 
 /// Tells connections to finish and lets the owner wait until they have.
@@ -67,28 +65,4 @@ impl Default for Drain {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Logged status of a request the client abandoned (nginx's convention).
-pub const CLIENT_CLOSED: u16 = 499;
-
-/// One access-log line per request. The query is left out: it can hold a key.
-pub fn access_log(
-    method: &Method,
-    authority: Option<&str>,
-    target: &str,
-    status: u16,
-    provider: Option<usize>,
-    started: Instant,
-) {
-    let path: String = target.split('?').next().unwrap_or("/").chars().take(512).collect();
-    tracing::info!(
-        target: "openproxy::access",
-        method = %method,
-        host = authority.unwrap_or(""),
-        path = %path,
-        status,
-        provider,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-    );
 }

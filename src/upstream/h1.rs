@@ -9,55 +9,26 @@ use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::connect::Stream;
-use super::pool::{Conn, Pools};
-use super::UpstreamError;
-use crate::body::{Body, BodyError, Frame};
-use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, ResponseHead};
-use crate::wire::{write_body, WriteBodyError};
-
-/// Bodies up to this size travel in the same write as the head.
-const INLINE_BODY: usize = 16 * 1024;
-/// Trailer sections larger than this are refused.
-const MAX_TRAILERS: usize = 16 * 1024;
-
-/// What goes upstream: the head already rewritten by the pipeline.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamRequest<'a> {
-    pub method: &'a Method,
-    /// Origin-form target: path and query.
-    pub target: &'a str,
-    pub headers: &'a HeaderMap,
-}
-
-#[derive(Debug)]
-pub struct UpstreamResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Body,
-}
+use super::pool::Pools;
+use super::{UpstreamError, UpstreamRequest};
+use crate::body::h1::{inline_small, write_body};
+use crate::body::{Body, CopyError, H1Body};
+use crate::http1::{self, BodyFraming, ResponseHead};
+use crate::message::Response;
+use crate::net::{Conn, Recycle, Stream};
 
 /// Sends `req` with `body` on `conn` and waits for the response head.
 pub async fn exchange(
     pools: &Arc<Pools>,
     mut conn: Conn,
     req: UpstreamRequest<'_>,
-    mut body: Body,
+    body: Body,
     max_head: usize,
-) -> Result<UpstreamResponse, UpstreamError> {
-    let framing = match body.exact_len() {
-        Some(0) => BodyFraming::Empty,
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::Chunked,
-    };
+) -> Result<Response, UpstreamError> {
+    let framing = body.request_framing();
     let mut out = BytesMut::with_capacity(512);
     http1::encode_request_head(req.method, req.target, req.headers, framing, &mut out);
-    if let Body::Full(bytes) = &body {
-        if bytes.len() <= INLINE_BODY {
-            out.extend_from_slice(bytes);
-            body = Body::Empty;
-        }
-    }
+    let body = inline_small(&mut out, body);
     let (head, sent_ok) = send_and_receive(&mut conn, &out, body, framing, max_head, req.method).await?;
     let reusable = sent_ok && head.keep_alive;
     let body = match head.framing {
@@ -67,18 +38,12 @@ pub async fn exchange(
             }
             Body::Empty
         }
-        framing => Body::UpstreamH1(Box::new(H1ResponseBody {
-            conn: Some(conn),
-            decoder: BodyDecoder::new(framing, MAX_TRAILERS),
-            len: match framing {
-                BodyFraming::Length(n) => Some(n),
-                _ => None,
-            },
-            pools: pools.clone(),
-            reusable,
-        })),
+        framing => {
+            let home = reusable.then(|| pools.clone() as Arc<dyn Recycle>);
+            Body::H1(Box::new(H1Body::new(conn, framing, home)))
+        }
     };
-    Ok(UpstreamResponse { status: head.status, headers: head.headers, body })
+    Ok(Response { status: head.status, headers: head.headers, body })
 }
 
 /// Writes the head and body while reading the response head, so an upstream
@@ -110,8 +75,8 @@ async fn send_and_receive(
         }
         wr.write_all(&head[first..]).await.map_err(UpstreamError::Write)?;
         write_body(&mut wr, body, framing == BodyFraming::Chunked).await.map_err(|e| match e {
-            WriteBodyError::Source(e) => UpstreamError::ClientBody(e),
-            WriteBodyError::Sink(e) => UpstreamError::Write(e),
+            CopyError::Source(e) => UpstreamError::ClientBody(e),
+            CopyError::Sink(e) => UpstreamError::Write(e),
         })?;
         wr.flush().await.map_err(UpstreamError::Write)
     };
@@ -165,19 +130,19 @@ async fn read_head<R: AsyncRead + Unpin>(
                     buf.advance(used);
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         // We never forward Upgrade, so a switch is unsolicited.
-                        return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols".into()));
+                        return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols"));
                     }
                     if head.status.is_informational() {
                         continue;
                     }
                     if has_other_transfer_coding(&head.headers) {
                         // We re-frame bodies; passing gzip through as chunked would corrupt them.
-                        return Err(UpstreamError::BadResponse("unsupported transfer-coding".into()));
+                        return Err(UpstreamError::BadResponse("unsupported transfer-coding"));
                     }
                     return Ok(head);
                 }
                 Ok(None) => {}
-                Err(e) => return Err(UpstreamError::BadResponse(e.to_string())),
+                Err(e) => return Err(UpstreamError::BadHead(e)),
             }
         }
         buf.reserve(8 * 1024);
@@ -186,7 +151,7 @@ async fn read_head<R: AsyncRead + Unpin>(
             return Err(if buf.is_empty() {
                 UpstreamError::ClosedBeforeResponse
             } else {
-                UpstreamError::BadResponse("connection closed inside the response head".into())
+                UpstreamError::BadResponse("connection closed inside the response head")
             });
         }
     }
@@ -198,73 +163,4 @@ fn has_other_transfer_coding(headers: &HeaderMap) -> bool {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|coding| !coding.trim_ascii().is_empty() && !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// A response body still on its upstream connection.
-#[derive(Debug)]
-pub struct H1ResponseBody {
-    /// `None` once the body has ended or failed.
-    conn: Option<Conn>,
-    decoder: BodyDecoder,
-    len: Option<u64>,
-    pools: Arc<Pools>,
-    reusable: bool,
-}
-
-impl H1ResponseBody {
-    pub fn exact_len(&self) -> Option<u64> {
-        self.len
-    }
-
-    /// # Cancel safety
-    /// Dropping the future mid-read loses nothing already decoded; dropping the
-    /// body closes the connection rather than pooling it half-read.
-    pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
-        let conn = self.conn.as_mut()?;
-        loop {
-            match self.decoder.decode(&mut conn.buf) {
-                Ok(DecodeEvent::Data(data)) => return Some(Ok(Frame::Data(data))),
-                Ok(DecodeEvent::Trailers(trailers)) => return Some(Ok(Frame::Trailers(trailers))),
-                Ok(DecodeEvent::End) => {
-                    self.finish();
-                    return None;
-                }
-                Ok(DecodeEvent::NeedMore) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Some(Err(BodyError::Malformed(format!("upstream body: {e}"))));
-                }
-            }
-            conn.buf.reserve(16 * 1024);
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) => {
-                    self.reusable = false;
-                    return match self.decoder.eof() {
-                        Ok(DecodeEvent::Data(data)) => Some(Ok(Frame::Data(data))),
-                        Ok(_) => {
-                            self.conn = None;
-                            None
-                        }
-                        Err(_) => {
-                            self.conn = None;
-                            Some(Err(BodyError::Incomplete))
-                        }
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Some(Err(BodyError::Io(e)));
-                }
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.reusable {
-                self.pools.put(conn);
-            }
-        }
-    }
 }

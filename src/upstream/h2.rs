@@ -7,11 +7,12 @@ use h2::client::SendRequest;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::HeaderValue;
 
-use super::connect::Stream;
-use super::h1::{UpstreamRequest, UpstreamResponse};
-use super::{Endpoint, UpstreamError};
-use crate::body::Body;
-use crate::http2::{send_body, H2Body, SendError};
+use super::{Endpoint, UpstreamError, UpstreamRequest};
+use crate::body::h2::send_body;
+use crate::body::{Body, CopyError, H2Body};
+use crate::http1::BodyFraming;
+use crate::message::Response;
+use crate::net::Stream;
 
 /// Windows for responses: large enough to stream fast, small enough per stream.
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -34,7 +35,7 @@ pub async fn handshake(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(stream)
         .await
-        .map_err(|e| UpstreamError::H2(format!("HTTP/2 handshake with {} failed: {e}", endpoint.key)))?;
+        .map_err(|source| UpstreamError::H2Handshake { peer: endpoint.peer.clone(), source })?;
     publish(&send);
     let key = endpoint.key.clone();
     tokio::spawn(async move {
@@ -51,33 +52,33 @@ pub async fn exchange(
     endpoint: &Endpoint,
     req: UpstreamRequest<'_>,
     body: Body,
-) -> Result<UpstreamResponse, UpstreamError> {
+) -> Result<Response, UpstreamError> {
     // A connection that cannot take a stream has sent nothing of ours.
-    let mut send = send.ready().await.map_err(|e| UpstreamError::H2Refused(e.to_string()))?;
+    let mut send = send.ready().await.map_err(UpstreamError::H2Refused)?;
     let authority = endpoint.host_header.to_str().unwrap_or(&endpoint.host);
     let uri = http::Uri::builder()
         .scheme("https")
         .authority(authority)
         .path_and_query(req.target)
         .build()
-        .map_err(|e| UpstreamError::BadResponse(format!("cannot build the upstream URI: {e}")))?;
+        .map_err(|_| UpstreamError::BadResponse("cannot build the upstream URI"))?;
     let mut request = http::Request::new(());
     *request.method_mut() = req.method.clone();
     *request.uri_mut() = uri;
     let mut headers = req.headers.clone();
     // :authority carries the host (RFC 9113 §8.3.1).
     headers.remove(HOST);
-    if let Some(len) = body.exact_len().filter(|n| *n > 0) {
+    let framing = body.request_framing();
+    if let BodyFraming::Length(len) = framing {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     *request.headers_mut() = headers;
-    let end = body.is_empty();
-    let (response, mut stream) =
-        send.send_request(request, end).map_err(|e| UpstreamError::H2Refused(e.to_string()))?;
+    let end = framing == BodyFraming::Empty;
+    let (response, mut stream) = send.send_request(request, end).map_err(UpstreamError::H2Refused)?;
     let upload = (!end).then(|| {
         tokio::spawn(async move {
             let result = send_body(&mut stream, body).await;
-            if let Err(SendError::Source(_)) = &result {
+            if let Err(CopyError::Source(_)) = &result {
                 stream.send_reset(h2::Reason::CANCEL);
             }
             result
@@ -88,7 +89,7 @@ pub async fn exchange(
         Err(e) => {
             // If the client's body broke, that is the real cause of the reset.
             if let Some(upload) = upload {
-                if let Ok(Err(SendError::Source(body_err))) = upload.await {
+                if let Ok(Err(CopyError::Source(body_err))) = upload.await {
                     return Err(UpstreamError::ClientBody(body_err));
                 }
             }
@@ -97,17 +98,17 @@ pub async fn exchange(
     };
     let (parts, recv) = response.into_parts();
     let body = Body::H2(Box::new(H2Body::new(recv, &parts.headers)));
-    Ok(UpstreamResponse { status: parts.status, headers: parts.headers, body })
+    Ok(Response { status: parts.status, headers: parts.headers, body })
 }
 
 /// A refused stream was not processed (RFC 9113 §8.7); any other connection
 /// failure may have come after the upstream acted on the request.
 fn h2_error(e: h2::Error) -> UpstreamError {
     if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        UpstreamError::H2Refused(e.to_string())
+        UpstreamError::H2Refused(e)
     } else if e.is_go_away() || e.is_io() {
-        UpstreamError::H2Gone(e.to_string())
+        UpstreamError::H2Gone(e)
     } else {
-        UpstreamError::H2(e.to_string())
+        UpstreamError::H2(e)
     }
 }

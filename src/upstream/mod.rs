@@ -1,27 +1,40 @@
-//! Everything about talking to upstreams: endpoint identity, connecting (TCP,
-//! TLS with SNI), the idle-connection pool and the HTTP/1.1 exchange. It knows
-//! endpoints and bytes, not providers, keys or routes.
+//! Talking to upstreams: endpoint identity, connecting (TCP, TLS with SNI),
+//! the idle HTTP/1.1 pool and shared HTTP/2 connections, and one exchange on
+//! either. It knows endpoints and bytes, not providers, keys, routes or config.
 
 mod connect;
 mod h1;
 mod h2;
 mod pool;
 
-pub use connect::{client_tls_config, Stream};
-pub use h1::{H1ResponseBody, UpstreamRequest, UpstreamResponse};
 pub use h2::SharedId;
-pub use pool::{Checkout, Conn, Pools};
+pub use pool::{Checkout, Pools};
 
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, Method};
 use rustls::pki_types::ServerName;
+
+use crate::body::{Body, BodyError};
+use crate::http1::HeadError;
+use crate::message::Response;
+
+/// What goes upstream: the head already rewritten by the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamRequest<'a> {
+    pub method: &'a Method,
+    /// Origin-form target: path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+}
 
 /// Where requests go: one pool per distinct endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// `host:port`, for messages.
+    pub peer: Arc<str>,
     /// TLS settings when the upstream speaks TLS.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// SNI and certificate name; the endpoint host.
@@ -33,10 +46,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// `tls` is the client config and a name for the roots it trusts (part of the pool key).
     pub fn new(host: &str, port: u16, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> Result<Self, String> {
         let default_port = if tls.is_some() { 443 } else { 80 };
         let bracketed = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-        let authority = if port == default_port { bracketed } else { format!("{bracketed}:{port}") };
+        let authority = if port == default_port { bracketed.clone() } else { format!("{bracketed}:{port}") };
         let host_header =
             HeaderValue::from_str(&authority).map_err(|_| format!("endpoint \"{host}\" is not a valid host name"))?;
         let (tls, server_name, roots) = match tls {
@@ -49,42 +63,49 @@ impl Endpoint {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let key = format!("{scheme}://{authority}#{roots}").into();
-        Ok(Endpoint { host: host.to_string(), port, tls, server_name, host_header, key })
+        let peer = format!("{bracketed}:{port}").into();
+        Ok(Endpoint { host: host.to_string(), port, peer, tls, server_name, host_header, key })
     }
 }
 
-/// How an upstream exchange failed.
+/// How an upstream exchange failed. Each variant keeps its cause, so the one
+/// error-to-status mapping can tell a timeout from a refusal.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot resolve {0}")]
-    Resolve(String),
-    #[error("connect to {0} failed: {1}")]
-    Connect(String, std::io::Error),
-    #[error("connect to {0} timed out")]
-    ConnectTimeout(String),
-    #[error("TLS handshake with {0} failed: {1}")]
-    Tls(String, std::io::Error),
+    #[error("cannot resolve {peer}")]
+    Resolve { peer: Arc<str>, source: std::io::Error },
+    #[error("connect to {peer} failed")]
+    Connect { peer: Arc<str>, source: std::io::Error },
+    #[error("connect to {peer} timed out")]
+    ConnectTimeout { peer: Arc<str> },
+    #[error("TLS handshake with {peer} failed")]
+    Tls { peer: Arc<str>, source: std::io::Error },
     /// Not one byte of the request reached the connection.
-    #[error("connection to upstream lost before the request was sent: {0}")]
-    NothingWritten(std::io::Error),
-    #[error("connection to upstream lost while sending the request: {0}")]
-    Write(std::io::Error),
-    #[error("connection to upstream lost before the response: {0}")]
-    Read(std::io::Error),
+    #[error("connection to upstream lost before the request was sent")]
+    NothingWritten(#[source] std::io::Error),
+    #[error("connection to upstream lost while sending the request")]
+    Write(#[source] std::io::Error),
+    #[error("connection to upstream lost before the response")]
+    Read(#[source] std::io::Error),
     #[error("upstream closed the connection before responding")]
     ClosedBeforeResponse,
+    #[error("upstream sent an invalid response head")]
+    BadHead(#[source] HeadError),
     #[error("upstream sent an invalid response: {0}")]
-    BadResponse(String),
-    #[error("{0}")]
-    ClientBody(#[from] crate::body::BodyError),
-    #[error("upstream HTTP/2 error: {0}")]
-    H2(String),
+    BadResponse(&'static str),
+    /// The client's request body failed while it was being sent.
+    #[error("the request body could not be read")]
+    ClientBody(#[source] BodyError),
+    #[error("HTTP/2 handshake with {peer} failed")]
+    H2Handshake { peer: Arc<str>, source: ::h2::Error },
+    #[error("upstream HTTP/2 error")]
+    H2(#[source] ::h2::Error),
     /// The stream never left, or the upstream refused it unprocessed (RFC 9113 §8.7).
-    #[error("upstream HTTP/2 connection refused the request: {0}")]
-    H2Refused(String),
+    #[error("upstream HTTP/2 connection refused the request")]
+    H2Refused(#[source] ::h2::Error),
     /// The shared connection failed while the stream was open.
-    #[error("upstream HTTP/2 connection lost: {0}")]
-    H2Gone(String),
+    #[error("upstream HTTP/2 connection lost")]
+    H2Gone(#[source] ::h2::Error),
 }
 
 /// Whether a failed request may be sent again on a new connection.
@@ -108,6 +129,11 @@ impl UpstreamError {
             _ => Replay::Never,
         }
     }
+
+    /// Whether the upstream ran out of time (a gateway timeout, not a bad gateway).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout { .. })
+    }
 }
 
 /// Sends a request on whatever connection `checkout` holds.
@@ -116,9 +142,9 @@ pub async fn exchange(
     checkout: Checkout,
     endpoint: &Endpoint,
     req: UpstreamRequest<'_>,
-    body: crate::body::Body,
+    body: Body,
     max_head: usize,
-) -> Result<UpstreamResponse, UpstreamError> {
+) -> Result<Response, UpstreamError> {
     match checkout {
         Checkout::H1(conn) => h1::exchange(pools, conn, req, body, max_head).await,
         Checkout::H2 { send, id, .. } => {

@@ -13,24 +13,15 @@ use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::connect::{connect, Stream};
+use super::connect::connect;
 use super::{Endpoint, SharedId, UpstreamError};
+use crate::net::{Conn, Recycle, Stream};
 
-/// How long an idle connection is kept. Below the common 60 s server keep-alive,
-/// so we usually drop a connection before the upstream does.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How long an idle upstream connection is kept. Below the common 60 s server
+/// keep-alive, so we usually drop a connection before the upstream does.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 /// At most this many idle connections per endpoint.
-pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
-
-/// An upstream connection and the bytes read from it but not yet consumed.
-#[derive(Debug)]
-pub struct Conn {
-    pub stream: Stream,
-    pub buf: BytesMut,
-    pub pool_key: Arc<str>,
-    /// Whether it came from the pool (and so may have gone stale).
-    pub reused: bool,
-}
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// A pooled connection and when it went idle.
 type Idle = (Conn, Instant);
@@ -109,7 +100,7 @@ impl Pools {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT {
+            if since.elapsed() < MAX_IDLE_AGE {
                 return Some(conn);
             }
         }
@@ -128,7 +119,7 @@ impl Pools {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(conn.pool_key.clone()).or_default();
-        list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+        list.retain(|(_, since)| since.elapsed() < MAX_IDLE_AGE);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((conn, Instant::now()));
         }
@@ -139,14 +130,15 @@ impl Pools {
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         for list in idle.values_mut() {
-            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+            list.retain(|(_, since)| since.elapsed() < MAX_IDLE_AGE);
         }
         idle.retain(|_, list| !list.is_empty());
     }
+}
 
-    pub fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
+impl Recycle for Pools {
+    fn recycle(&self, conn: Conn) {
+        self.put(conn);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Bodies over HTTP/2 streams. Receiving releases flow-control capacity only
+//! Bodies over HTTP/2 streams, for the client-facing server and the upstream
+//! client alike. Receiving releases flow-control capacity only
 //! as frames are taken, so a slow consumer throttles the sender through the
 //! window instead of growing a buffer. Sending waits for window capacity
 //! before each piece, so a slow reader holds back its own stream only.
@@ -9,7 +10,8 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 
-use crate::body::{Body, BodyError, Frame};
+use super::{Body, BodyError, CopyError, Frame};
+use crate::headers::strip_trailer_fields;
 
 #[derive(Debug)]
 enum Stage {
@@ -55,7 +57,7 @@ impl H2Body {
                     }
                     Some(Err(e)) => {
                         self.stage = Stage::Done;
-                        return Some(Err(BodyError::Stream(e.to_string())));
+                        return Some(Err(BodyError::Stream(e)));
                     }
                     None => self.stage = Stage::Trailers,
                 },
@@ -64,7 +66,7 @@ impl H2Body {
                     return match self.recv.trailers().await {
                         Ok(Some(trailers)) => Some(Ok(Frame::Trailers(trailers))),
                         Ok(None) => None,
-                        Err(e) => Some(Err(BodyError::Stream(e.to_string()))),
+                        Err(e) => Some(Err(BodyError::Stream(e))),
                     };
                 }
                 Stage::Done => return None,
@@ -73,30 +75,22 @@ impl H2Body {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The body being copied failed.
-    #[error(transparent)]
-    Source(BodyError),
-    /// The stream being written to was reset or its connection failed.
-    #[error("HTTP/2 stream failed: {0}")]
-    Sink(#[from] h2::Error),
-}
-
 /// Sends `body` on `send`, ending the stream (with trailers when there are some).
-pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body) -> Result<(), SendError> {
+pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body) -> Result<(), CopyError> {
     while let Some(frame) = body.next_frame().await {
-        match frame.map_err(SendError::Source)? {
-            Frame::Data(data) => send_data(send, data).await?,
+        match frame.map_err(CopyError::Source)? {
+            Frame::Data(data) => send_data(send, data).await.map_err(sink)?,
             Frame::Trailers(mut trailers) => {
-                crate::proxy::headers::strip_trailer_fields(&mut trailers);
-                send.send_trailers(trailers)?;
-                return Ok(());
+                strip_trailer_fields(&mut trailers);
+                return send.send_trailers(trailers).map_err(sink);
             }
         }
     }
-    send.send_data(Bytes::new(), true)?;
-    Ok(())
+    send.send_data(Bytes::new(), true).map_err(sink)
+}
+
+fn sink(e: h2::Error) -> CopyError {
+    CopyError::Sink(std::io::Error::other(e))
 }
 
 /// Sends `data` as window capacity becomes available.

@@ -1,12 +1,14 @@
-//! Routing: `Host` (or `:authority`) plus an optional path prefix picks the
-//! group of providers that may serve a request. Built once per snapshot.
+//! The routing table: `Host` (or `:authority`) plus an optional path prefix
+//! picks the group of providers that may serve a request. Built once per
+//! snapshot from providers; the authority syntax is `authority`'s, the same
+//! one the config was validated with.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::ProviderType;
-use crate::provider::Provider;
+use crate::authority;
+use crate::provider::{Provider, ProviderType};
 
 /// Providers that share one `host` value (name, port and prefix).
 #[derive(Debug)]
@@ -56,15 +58,9 @@ impl Router {
     /// upstream should see (prefix removed). `default_port` is the listener's
     /// scheme port, used when the authority names none.
     pub fn find<'p>(&self, authority: &str, default_port: u16, path: &'p str) -> Result<(&Route, Cow<'p, str>), Miss> {
-        let (name, port) = split_authority(authority).ok_or(Miss::UnknownHost)?;
+        let (name, port) = authority::split(authority).map_err(|_| Miss::UnknownHost)?;
         let port = port.unwrap_or(default_port);
-        let routes = match self.by_host.get(name) {
-            Some(routes) => routes,
-            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-                self.by_host.get(&name.to_ascii_lowercase()).ok_or(Miss::UnknownHost)?
-            }
-            None => return Err(Miss::UnknownHost),
-        };
+        let routes = self.by_host.get(name.as_ref()).ok_or(Miss::UnknownHost)?;
         let mut port_matched = false;
         for route in routes.iter().filter(|r| r.port.is_none_or(|p| p == port)) {
             port_matched = true;
@@ -74,33 +70,6 @@ impl Router {
         }
         Err(if port_matched { Miss::NoPrefix } else { Miss::UnknownHost })
     }
-}
-
-/// `name[:port]` or `[v6][:port]` → (name, port). `None` when malformed.
-pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
-    let (name, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let after = &rest[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        (&rest[..end], port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if name.is_empty() {
-        return None;
-    }
-    let port = match port {
-        Some(p) => Some(p.parse::<u16>().ok()?),
-        None => None,
-    };
-    Some((name, port))
 }
 
 /// `path` without `prefix` when it is under it: `/p` and `/p/...` and `/p?...`
@@ -121,17 +90,6 @@ fn strip_prefix<'p>(path: &'p str, prefix: Option<&str>) -> Option<Cow<'p, str>>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authorities() {
-        assert_eq!(split_authority("a.b"), Some(("a.b", None)));
-        assert_eq!(split_authority("a.b:8080"), Some(("a.b", Some(8080))));
-        assert_eq!(split_authority("[::1]:9"), Some(("::1", Some(9))));
-        assert_eq!(split_authority("[::1]"), Some(("::1", None)));
-        assert_eq!(split_authority("a:b"), None);
-        assert_eq!(split_authority(":80"), None);
-        assert_eq!(split_authority("[::1]x"), None);
-    }
 
     #[test]
     fn prefixes_match_whole_segments() {

@@ -1,6 +1,7 @@
-//! Provider selection as a pure function: among usable candidates prefer
-//! non-fallback ones, then the highest priority, then pick at random by weight.
-//! Failover is "choose again without the ones that failed".
+//! Weighted selection as a pure function, the one used for providers and for
+//! a provider's keys: among usable candidates prefer non-fallback ones, then
+//! the highest priority, then pick at random by weight. Failover is "choose
+//! again without the ones that failed". A leaf: it knows no provider.
 
 use rand::Rng;
 
@@ -11,6 +12,13 @@ pub struct Class {
     pub fallback: bool,
     pub priority: i64,
     pub weight: f64,
+}
+
+impl Class {
+    /// A candidate that differs from its peers by weight alone.
+    pub fn weighted(weight: f64) -> Class {
+        Class { usable: true, fallback: false, priority: 0, weight }
+    }
 }
 
 /// The chosen item, or `None` when no candidate is usable.

@@ -1,66 +1,12 @@
-//! Header policy, written once for every protocol: which fields are
-//! connection-specific and never forwarded, and the request rewrite that swaps
-//! the client's credentials for the provider's.
+//! The request rewrite, written once for every protocol: hop-by-hop fields
+//! out, `Host` set to the endpoint, and for keyed providers every client
+//! credential swapped for the provider's key (Gemini's `?key=` included).
 
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::ProviderType;
-use crate::provider::kind;
-
-/// Connection-specific fields (RFC 9110 §7.6.1, RFC 9112 §9.6, RFC 9113 §8.2.2),
-/// plus the framing fields each codec writes for itself and `Proxy-Authorization`,
-/// which is addressed to this proxy.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::EXPECT,
-];
-
-/// Removes hop-by-hop fields and every field the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
-/// authentication, and anything that changes how the content is processed.
-/// Credentials are the point: a trailer must not smuggle a client key upstream.
-const FORBIDDEN_IN_TRAILERS: [HeaderName; 11] = [
-    header::CONTENT_LENGTH,
-    header::CONTENT_ENCODING,
-    header::CONTENT_TYPE,
-    header::CONTENT_RANGE,
-    header::TRAILER,
-    header::HOST,
-    header::COOKIE,
-    header::SET_COOKIE,
-    header::CACHE_CONTROL,
-    header::MAX_FORWARDS,
-    header::WWW_AUTHENTICATE,
-];
-
-/// Removes from a trailer section everything that must not travel there.
-pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
-    strip_hop_by_hop(trailers);
-    for name in FORBIDDEN_IN_TRAILERS.iter().chain(&kind::CLIENT_CREDENTIAL_HEADERS) {
-        trailers.remove(name);
-    }
-}
+use crate::headers::{strip_hop_by_hop, CLIENT_CREDENTIAL_HEADERS};
+use crate::provider::kind::{self, ProviderType};
 
 /// Rewrites a client request head for the upstream: hop-by-hop fields and the
 /// client's length removed (the upstream codec frames the body itself), `Host`
@@ -76,7 +22,7 @@ pub fn rewrite_request(
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::HOST, host.clone());
     if kind::swaps_credentials(kind_) {
-        for name in &kind::CLIENT_CREDENTIAL_HEADERS {
+        for name in &CLIENT_CREDENTIAL_HEADERS {
             headers.remove(name);
         }
         if let Some((value, oauth)) = key {
@@ -104,6 +50,7 @@ pub fn rewrite_target(kind_: ProviderType, target: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -111,29 +58,6 @@ mod tests {
             m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
-    }
-
-    #[test]
-    fn connection_named_fields_go_too() {
-        let mut h = map(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-ok", "1")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-ok"));
-    }
-
-    #[test]
-    fn trailers_lose_framing_and_credentials() {
-        let mut t = map(&[
-            ("x-checksum", "1"),
-            ("authorization", "Bearer client"),
-            ("x-api-key", "client"),
-            ("content-length", "9"),
-            ("host", "evil"),
-            ("transfer-encoding", "chunked"),
-        ]);
-        strip_trailer_fields(&mut t);
-        assert_eq!(t.len(), 1);
-        assert!(t.contains_key("x-checksum"));
     }
 
     #[test]

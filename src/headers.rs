@@ -1,0 +1,106 @@
+//! Header policy every layer shares, with no knowledge of routes or providers:
+//! which fields are connection-specific (never forwarded), which may not travel
+//! in a trailer section, and the names in which clients carry credentials.
+//! A leaf: the codec, bodies and upstreams may all use it.
+
+use http::header::{self, HeaderName};
+use http::HeaderMap;
+
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+/// Headers in which any supported client may carry a credential. All of them are
+/// removed before a request to a keyed provider leaves, whichever one held the key,
+/// so a client key can never reach an upstream by sitting in an unexpected place.
+pub const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 3] = [header::AUTHORIZATION, X_API_KEY, X_GOOG_API_KEY];
+
+/// Connection-specific fields (RFC 9110 §7.6.1, RFC 9112 §9.6, RFC 9113 §8.2.2),
+/// plus the framing fields each codec writes for itself and `Proxy-Authorization`,
+/// which is addressed to this proxy.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+];
+
+/// Removes hop-by-hop fields and every field the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing,
+/// authentication, and anything that changes how the content is processed.
+/// Credentials are the point: a trailer must not smuggle a client key upstream.
+const FORBIDDEN_IN_TRAILERS: [HeaderName; 11] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_TYPE,
+    header::CONTENT_RANGE,
+    header::TRAILER,
+    header::HOST,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::CACHE_CONTROL,
+    header::MAX_FORWARDS,
+    header::WWW_AUTHENTICATE,
+];
+
+/// Removes from a trailer section everything that must not travel there.
+pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    for name in FORBIDDEN_IN_TRAILERS.iter().chain(&CLIENT_CREDENTIAL_HEADERS) {
+        trailers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn connection_named_fields_go_too() {
+        let mut h = map(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-ok", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-ok"));
+    }
+
+    #[test]
+    fn trailers_lose_framing_and_credentials() {
+        let mut t = map(&[
+            ("x-checksum", "1"),
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client"),
+            ("content-length", "9"),
+            ("host", "evil"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_trailer_fields(&mut t);
+        assert_eq!(t.len(), 1);
+        assert!(t.contains_key("x-checksum"));
+    }
+}

@@ -1,0 +1,62 @@
+//! The access log: one line per request, written by the neutral handler. The
+//! line is a guard's drop, so a request whose handler is dropped unfinished
+//! (the client hung up, or reset its stream) is still logged, as 499.
+
+use std::time::Instant;
+
+use http::Method;
+
+use crate::message::RequestHead;
+
+/// Logged status of a request the client abandoned (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+/// Longest path written to the log.
+const MAX_PATH: usize = 512;
+
+#[derive(Debug)]
+pub struct AccessLog {
+    method: Method,
+    host: Option<String>,
+    /// The path without the query: a query can hold a key.
+    path: String,
+    started: Instant,
+    provider: Option<usize>,
+    status: Option<u16>,
+}
+
+impl AccessLog {
+    pub fn start(head: &RequestHead) -> AccessLog {
+        let path = head.target.split('?').next().unwrap_or("/").chars().take(MAX_PATH).collect();
+        AccessLog {
+            method: head.method.clone(),
+            host: head.authority.clone(),
+            path,
+            started: Instant::now(),
+            provider: None,
+            status: None,
+        }
+    }
+
+    pub fn provider(&mut self, index: usize) {
+        self.provider = Some(index);
+    }
+
+    /// Records the status the client is about to get; the line is written now.
+    pub fn finish(mut self, status: u16) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "openproxy::access",
+            method = %self.method,
+            host = self.host.as_deref().unwrap_or(""),
+            path = %self.path,
+            status = self.status.unwrap_or(CLIENT_CLOSED),
+            provider = self.provider,
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Building a [`Snapshot`] from a validated [`Config`]: providers with their
+//! endpoints, TLS settings and keys, the routing table, and the listener's
+//! certificates. Everything that can fail outside validation (CA files,
+//! endpoint names, certificates) fails here, before anything is swapped in.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::{Limits, Snapshot};
+use crate::config::{ApiKeyConfig, Config, ProviderConfig, SecretSource};
+use crate::provider::secret::{CommandSecret, Secret};
+use crate::provider::{ApiKey, HealthRegistry, Provider};
+use crate::route::Router;
+use crate::upstream::Endpoint;
+
+type ClientTls = Arc<rustls::ClientConfig>;
+
+impl Snapshot {
+    pub fn build(config: Config, health: &HealthRegistry) -> Result<Snapshot, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut tls_configs: HashMap<Option<PathBuf>, ClientTls> = HashMap::new();
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for cfg in &config.providers {
+            match provider(cfg, &config, &mut tls_configs, health) {
+                Ok(p) => providers.push(Arc::new(p)),
+                Err(e) => errors.push(format!("{}: {e}", cfg.label())),
+            }
+        }
+        let tls = match &config.https {
+            Some(https) => match crate::tls::server_config(&https.cert_file, &https.private_key_file) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let router = Router::new(
+            config
+                .providers
+                .iter()
+                .zip(&providers)
+                .map(|(cfg, p)| (cfg.host.as_str(), cfg.host_port, cfg.path_prefix.as_deref(), p.clone())),
+        );
+        Ok(Snapshot {
+            router,
+            auth_keys: config.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
+            limits: Limits::from_config(&config),
+            health_check: config.health_check.clone(),
+            tls,
+            providers,
+            config,
+        })
+    }
+}
+
+/// One provider, its upstream TLS settings shared with every provider that
+/// trusts the same roots.
+fn provider(
+    cfg: &ProviderConfig,
+    config: &Config,
+    tls_configs: &mut HashMap<Option<PathBuf>, ClientTls>,
+    health: &HealthRegistry,
+) -> Result<Provider, String> {
+    let tls = if cfg.tls {
+        let ca = cfg.ca_file.clone().or_else(|| config.ca_file.clone());
+        let tls = match tls_configs.get(&ca) {
+            Some(tls) => tls.clone(),
+            None => {
+                let tls = crate::tls::client_config(ca.as_deref())?;
+                tls_configs.insert(ca.clone(), tls.clone());
+                tls
+            }
+        };
+        Some((tls, ca.map(|p| p.display().to_string()).unwrap_or_default()))
+    } else {
+        None
+    };
+    let endpoint = Endpoint::new(&cfg.endpoint, cfg.port, tls.as_ref().map(|(c, r)| (c.clone(), r.as_str())))?;
+    let keys = cfg.api_keys.iter().map(api_key).collect::<Result<Vec<_>, _>>()?;
+    let mut route_label = cfg.host.clone();
+    if let Some(port) = cfg.host_port {
+        route_label.push_str(&format!(":{port}"));
+    }
+    if let Some(prefix) = &cfg.path_prefix {
+        route_label.push_str(prefix);
+    }
+    Ok(Provider {
+        index: cfg.index,
+        kind: cfg.kind,
+        route_label,
+        endpoint: Arc::new(endpoint),
+        weight: cfg.weight,
+        priority: cfg.priority,
+        is_fallback: cfg.is_fallback,
+        keys,
+        auth_keys: cfg.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
+        health_check: cfg.health_check.clone(),
+        health: health.flag_for(identity(cfg)),
+    })
+}
+
+/// What makes a provider "the same" across a reload, so it keeps its health:
+/// route, type, endpoint and the check itself.
+fn identity(cfg: &ProviderConfig) -> String {
+    format!(
+        "{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
+        cfg.kind, cfg.host, cfg.host_port, cfg.path_prefix, cfg.endpoint, cfg.port, cfg.tls, cfg.health_check
+    )
+}
+
+fn api_key(cfg: &ApiKeyConfig) -> Result<ApiKey, String> {
+    let secret = match &cfg.source {
+        SecretSource::Literal(text) => {
+            let mut value =
+                HeaderValue::from_str(text).map_err(|_| "api key is not a valid header value".to_string())?;
+            value.set_sensitive(true);
+            Secret::Literal(value)
+        }
+        SecretSource::Command(cmd) => Secret::Command(CommandSecret::new(cmd.clone())),
+    };
+    Ok(ApiKey { secret, weight: cfg.weight })
+}

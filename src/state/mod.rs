@@ -1,0 +1,86 @@
+//! The application's state. [`Snapshot`]: everything the request path reads
+//! from the configuration (routes, providers, client keys, TLS, [`Limits`]),
+//! built whole and swapped in as one `Arc` on reload. [`App`]: that snapshot
+//! plus what outlives reloads (upstream pools, health flags), shared by every
+//! connection.
+
+mod build;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, HealthCheckSettings};
+use crate::provider::{HealthRegistry, Provider};
+use crate::route::Router;
+use crate::upstream::Pools;
+
+/// Sizes and timeouts, in one place. Built from the config, with safe defaults
+/// for what the config does not set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest request head a client may send (`http_max_header_size`).
+    pub max_header_size: usize,
+    /// Largest response head accepted from an upstream.
+    pub upstream_max_head: usize,
+    /// Upstream DNS + TCP + TLS (`connect_timeout`).
+    pub connect_timeout: Duration,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub graceful_shutdown_timeout: Duration,
+    /// An idle keep-alive client connection (HTTP/1.1 between requests,
+    /// HTTP/2 with no open stream) is closed after this long.
+    pub client_idle_timeout: Duration,
+    /// A client has this long to send a whole request head once it started one.
+    pub client_header_timeout: Duration,
+    /// A request body may stall this long between two reads.
+    pub client_body_timeout: Duration,
+    /// TLS and HTTP/2 handshakes with a client must finish within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Limits {
+    /// Upstream response heads may be larger than what we accept from clients.
+    const UPSTREAM_MAX_HEAD: usize = 64 * 1024;
+
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            max_header_size: config.http_max_header_size,
+            upstream_max_head: Self::UPSTREAM_MAX_HEAD.max(config.http_max_header_size),
+            connect_timeout: config.connect_timeout,
+            graceful_shutdown_timeout: config.graceful_shutdown_timeout,
+            client_idle_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(30),
+            client_body_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router,
+    pub providers: Vec<Arc<Provider>>,
+    /// Global client keys.
+    pub auth_keys: Vec<Box<[u8]>>,
+    pub limits: Limits,
+    pub health_check: HealthCheckSettings,
+    /// The HTTPS listener's TLS settings, rebuilt (certificates re-read) on reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The long-lived state every connection shares: the current snapshot plus
+/// what outlives reloads.
+#[derive(Debug)]
+pub struct App {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub pools: Arc<Pools>,
+    pub health: HealthRegistry,
+}
+
+impl App {
+    pub fn new(snapshot: Snapshot, health: HealthRegistry) -> Self {
+        App { snapshot: ArcSwap::from_pointee(snapshot), pools: Arc::default(), health }
+    }
+}
