@@ -268,9 +268,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for i, event in enumerate(events):
             if i and delay:
                 time.sleep(delay)
+            # Recorded before the write: once the last event is out, the client may
+            # finish and read this list before a later append would have run.
+            mock._sent_event(time.monotonic())
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.wfile.flush()
-            mock._sent_event(time.monotonic())
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

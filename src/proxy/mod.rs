@@ -210,3 +210,6 @@ fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
 fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(256).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,13 +5,15 @@
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::Shutdown;
 use crate::body::h2::send_body;
@@ -19,7 +21,7 @@ use crate::body::{Body, CopyError, H2Body};
 use crate::http1::{self, BodyFraming};
 use crate::message::{RequestHead, Response};
 use crate::proxy;
-use crate::state::App;
+use crate::state::{App, Limits};
 
 /// Streams one client may have open at once (RFC 9113 §5.1.2).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -38,35 +40,18 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let limits = app.snapshot.load().limits;
-    let max_header = limits.max_header_size;
-    let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // HPACK counts 32 bytes of overhead per field (RFC 9113 §6.5.2); allow for it.
-        .max_header_list_size((max_header * 2) as u32)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        // Rapid-reset defences (CVE-2023-44487), stated rather than implied: a
-        // client that resets many streams before we accept them, or provokes
-        // many stream errors, gets GOAWAY.
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        // Bound what a slow reader can make us buffer per stream.
-        .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(io);
-    let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+    let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake(io, &limits)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
         Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
     };
+    let streams = Arc::new(Streams::default());
     let mut closing = false;
-    // Streams still running; the connection is idle when none are.
-    let open = Arc::new(AtomicUsize::new(0));
-    // Closed after a whole check period with no stream: between half and all
-    // of the idle timeout.
-    let mut idle_check = tokio::time::interval(limits.client_idle_timeout / 2);
-    let mut busy_since_check = true;
+    // Set while no stream is open: the connection closes `client_idle_timeout` later.
+    let mut idle_since = Some(Instant::now());
     let mut quiet_since: Option<Instant> = None;
     loop {
+        let idle_at = idle_since.unwrap_or_else(Instant::now) + limits.client_idle_timeout;
         let next = tokio::select! {
             next = conn.accept() => next,
             _ = shutdown.signalled(), if !closing => {
@@ -78,27 +63,30 @@ where
             // GOAWAY is followed by a PING whose answer an idle client may never
             // send: once no stream is left (and frames had time to flush), close.
             _ = tokio::time::sleep(CLOSING_POLL), if closing => {
-                if open.load(Ordering::Relaxed) > 0 {
+                if streams.open() > 0 {
                     quiet_since = None;
                 } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= CLOSING_LINGER {
                     break;
                 }
                 continue;
             }
-            _ = idle_check.tick(), if !closing => {
-                // Idle for a whole check period: close, as HTTP/1.1 does when idle.
-                if !busy_since_check && open.load(Ordering::Relaxed) == 0 {
-                    conn.graceful_shutdown();
-                    closing = true;
+            _ = streams.last_ended.notified(), if !closing => {
+                if streams.open() == 0 {
+                    idle_since = Some(Instant::now());
                 }
-                busy_since_check = open.load(Ordering::Relaxed) > 0;
+                continue;
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing && idle_since.is_some() => {
+                // Idle for the whole timeout: close, as HTTP/1.1 does.
+                conn.graceful_shutdown();
+                closing = true;
                 continue;
             }
         };
         match next {
             Some(Ok((request, respond))) => {
-                busy_since_check = true;
-                let guard = OpenStream::new(&open);
+                idle_since = None;
+                let guard = OpenStream::new(&streams);
                 let app = app.clone();
                 tokio::spawn(async move {
                     handle_stream(request, respond, app).await;
@@ -114,19 +102,55 @@ where
     }
 }
 
+fn handshake<S>(io: S, limits: &Limits) -> h2::server::Handshake<S, Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    h2::server::Builder::new()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // HPACK counts 32 bytes of overhead per field (RFC 9113 §6.5.2); allow for it.
+        .max_header_list_size((limits.max_header_size * 2) as u32)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // Rapid-reset defences (CVE-2023-44487), stated rather than implied: a
+        // client that resets many streams before we accept them, or provokes
+        // many stream errors, gets GOAWAY.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // Bound what a slow reader can make us buffer per stream.
+        .max_send_buffer_size(SEND_BUFFER)
+        .handshake::<_, Bytes>(io)
+}
+
+/// The streams of one connection still running, and a signal when the last ends.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    last_ended: Notify,
+}
+
+impl Streams {
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
 /// Counts a running stream for as long as it lives.
-struct OpenStream(Arc<AtomicUsize>);
+struct OpenStream(Arc<Streams>);
 
 impl OpenStream {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenStream(open.clone())
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(streams.clone())
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // A stored permit if the driver is busy: it sees it on its next turn.
+            self.0.last_ended.notify_one();
+        }
     }
 }
 

@@ -66,3 +66,6 @@ impl Default for Drain {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -84,3 +84,23 @@ impl App {
         App { snapshot: ArcSwap::from_pointee(snapshot), pools: Arc::default(), health }
     }
 }
+
+#[cfg(test)]
+impl App {
+    /// An app on a config given as YAML text, for unit tests of the handler and drivers.
+    pub fn from_yaml(yaml: &str) -> App {
+        let config = crate::config::from_yaml_str(yaml).expect("test config is valid");
+        let health = HealthRegistry::default();
+        let snapshot = Snapshot::build(config, &health).expect("test snapshot builds");
+        App::new(snapshot, health)
+    }
+
+    /// Changes the limits of the current snapshot.
+    pub fn set_limits(&self, change: impl FnOnce(&mut Limits)) {
+        let current = self.snapshot.load_full();
+        let config = current.config.clone();
+        let mut snapshot = Snapshot::build(config, &self.health).expect("test snapshot builds");
+        change(&mut snapshot.limits);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
