@@ -6,11 +6,12 @@
 //! by the client side (responses) and the upstream side (requests).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Body, BodyError, CopyError, Frame};
+use super::{within, Body, BodyError, CopyError, Frame};
 use crate::headers::strip_trailer_fields;
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, MAX_TRAILERS};
 use crate::net::{Conn, Recycle};
@@ -30,6 +31,8 @@ pub struct H1Body {
     len: Option<u64>,
     /// Where the connection goes after a clean end, if it may carry another message.
     home: Option<Arc<dyn Recycle>>,
+    /// Longest wait for the next bytes.
+    idle: Option<Duration>,
 }
 
 impl H1Body {
@@ -41,7 +44,13 @@ impl H1Body {
             BodyFraming::Empty => Some(0),
             _ => None,
         };
-        H1Body { conn: Some(conn), decoder: BodyDecoder::new(framing, MAX_TRAILERS), len, home }
+        H1Body { conn: Some(conn), decoder: BodyDecoder::new(framing, MAX_TRAILERS), len, home, idle: None }
+    }
+
+    /// Fails the body with [`BodyError::Stalled`] when nothing arrives for `idle`.
+    pub fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     pub fn exact_len(&self) -> Option<u64> {
@@ -68,12 +77,16 @@ impl H1Body {
                 }
             }
             conn.buf.reserve(READ_SIZE);
-            match conn.stream.read_buf(&mut conn.buf).await {
-                Ok(0) => return self.at_eof(),
-                Ok(_) => {}
-                Err(e) => {
+            match within(self.idle, conn.stream.read_buf(&mut conn.buf)).await {
+                Ok(Ok(0)) => return self.at_eof(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     self.conn = None;
                     return Some(Err(BodyError::Io(e)));
+                }
+                Err(stalled) => {
+                    self.conn = None;
+                    return Some(Err(stalled));
                 }
             }
         }

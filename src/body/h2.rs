@@ -10,7 +10,9 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 
-use super::{Body, BodyError, CopyError, Frame};
+use std::time::Duration;
+
+use super::{within, Body, BodyError, CopyError, Frame};
 use crate::headers::strip_trailer_fields;
 
 #[derive(Debug)]
@@ -26,6 +28,8 @@ pub struct H2Body {
     recv: RecvStream,
     len: Option<u64>,
     stage: Stage,
+    /// Longest wait for the next piece.
+    idle: Option<Duration>,
 }
 
 impl H2Body {
@@ -37,7 +41,13 @@ impl H2Body {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let stage = if recv.is_end_stream() { Stage::Done } else { Stage::Data };
         let len = if recv.is_end_stream() { Some(0) } else { len };
-        H2Body { recv, len, stage }
+        H2Body { recv, len, stage, idle: None }
+    }
+
+    /// Fails the body with [`BodyError::Stalled`] when nothing arrives for `idle`.
+    pub fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     pub fn exact_len(&self) -> Option<u64> {
@@ -49,24 +59,29 @@ impl H2Body {
     pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
         loop {
             match self.stage {
-                Stage::Data => match self.recv.data().await {
-                    Some(Ok(data)) => {
+                Stage::Data => match within(self.idle, self.recv.data()).await {
+                    Err(stalled) => {
+                        self.stage = Stage::Done;
+                        return Some(Err(stalled));
+                    }
+                    Ok(Some(Ok(data))) => {
                         // The frame leaves h2's buffer now; let the peer send as much again.
                         let _ = self.recv.flow_control().release_capacity(data.len());
                         return Some(Ok(Frame::Data(data)));
                     }
-                    Some(Err(e)) => {
+                    Ok(Some(Err(e))) => {
                         self.stage = Stage::Done;
                         return Some(Err(BodyError::Stream(e)));
                     }
-                    None => self.stage = Stage::Trailers,
+                    Ok(None) => self.stage = Stage::Trailers,
                 },
                 Stage::Trailers => {
                     self.stage = Stage::Done;
-                    return match self.recv.trailers().await {
-                        Ok(Some(trailers)) => Some(Ok(Frame::Trailers(trailers))),
-                        Ok(None) => None,
-                        Err(e) => Some(Err(BodyError::Stream(e))),
+                    return match within(self.idle, self.recv.trailers()).await {
+                        Ok(Ok(Some(trailers))) => Some(Ok(Frame::Trailers(trailers))),
+                        Ok(Ok(None)) => None,
+                        Ok(Err(e)) => Some(Err(BodyError::Stream(e))),
+                        Err(stalled) => Some(Err(stalled)),
                     };
                 }
                 Stage::Done => return None,

@@ -10,9 +10,15 @@
 pub mod h1;
 pub mod h2;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub use self::h1::H1Body;
 pub use self::h2::H2Body;
@@ -54,6 +60,61 @@ pub enum CopyError {
     Sink(#[source] std::io::Error),
 }
 
+/// Waits for `next` at most `idle` when one is set: a body that goes quiet
+/// for longer is [`BodyError::Stalled`]. Cancel safe when `next` is.
+pub(crate) async fn within<T>(idle: Option<Duration>, next: impl Future<Output = T>) -> Result<T, BodyError> {
+    match idle {
+        Some(limit) => tokio::time::timeout(limit, next).await.map_err(|_| BodyError::Stalled),
+        None => Ok(next.await),
+    }
+}
+
+/// When a body last gave up a frame: how an upstream wait tells a slow upload
+/// (still progressing) from an upstream that went quiet.
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Arc<Progress> {
+        Arc::new(Progress { base: Instant::now(), last: AtomicU64::new(0) })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last frame was taken (or the watch began).
+    pub fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once no frame has been taken for `limit`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only sleeps.
+    pub async fn quiet_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A body whose frames stamp a [`Progress`] as they are taken.
+#[derive(Debug)]
+pub struct Watched {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
 /// Frames pushed by a connection driver that reads the body off its socket.
 pub type FrameReceiver = mpsc::Receiver<Result<Frame, BodyError>>;
 
@@ -70,6 +131,8 @@ pub enum Body {
     H1(Box<H1Body>),
     /// A body arriving on an HTTP/2 stream (client request or upstream response).
     H2(Box<H2Body>),
+    /// Another body, with its progress recorded.
+    Watched(Box<Watched>),
 }
 
 impl Body {
@@ -80,7 +143,19 @@ impl Body {
     /// mid-read simply closes its connection instead of recycling it.
     pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
         match self {
-            Body::Empty => None,
+            Body::Watched(w) => {
+                let frame = w.inner.next_unwatched().await;
+                w.progress.touch();
+                frame
+            }
+            other => other.next_unwatched().await,
+        }
+    }
+
+    /// `next_frame` for every body but `Watched`, which never nests.
+    async fn next_unwatched(&mut self) -> Option<Result<Frame, BodyError>> {
+        match self {
+            Body::Empty | Body::Watched(_) => None,
             Body::Full(bytes) => {
                 let data = std::mem::take(bytes);
                 *self = Body::Empty;
@@ -92,6 +167,15 @@ impl Body {
         }
     }
 
+    /// This body, stamping `progress` each time a frame is taken.
+    pub fn watched(self, progress: Arc<Progress>) -> Body {
+        match self {
+            Body::Empty | Body::Full(_) => self,
+            Body::Watched(w) => Body::Watched(Box::new(Watched { inner: w.inner, progress })),
+            inner => Body::Watched(Box::new(Watched { inner, progress })),
+        }
+    }
+
     /// The exact length when it is known before reading.
     pub fn exact_len(&self) -> Option<u64> {
         match self {
@@ -100,6 +184,7 @@ impl Body {
             Body::Channel { len, .. } => *len,
             Body::H1(h1) => h1.exact_len(),
             Body::H2(h2) => h2.exact_len(),
+            Body::Watched(w) => w.inner.exact_len(),
         }
     }
 
@@ -146,6 +231,7 @@ impl std::fmt::Debug for Body {
             Body::Channel { len, .. } => write!(f, "Body::Channel(len {len:?})"),
             Body::H1(_) => f.write_str("Body::H1"),
             Body::H2(_) => f.write_str("Body::H2"),
+            Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),
         }
     }
 }

@@ -28,11 +28,36 @@ pub struct Config {
     pub connect_tunnel_enabled: bool,
     /// `graceful_shutdown_timeout` in seconds, default 30.
     pub graceful_shutdown_timeout: Duration,
-    /// `connect_timeout` in seconds (upstream TCP + TLS connect), default 10.
-    pub connect_timeout: Duration,
+    /// Every timeout with its default applied.
+    pub timeouts: Timeouts,
     /// Top-level `ca_file`: extra PEM roots trusted for upstream TLS.
     pub ca_file: Option<PathBuf>,
     pub providers: Vec<ProviderConfig>,
+}
+
+/// Timeouts from the top level of the file, in seconds there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// `connect_timeout`: upstream DNS + TCP + TLS, default 10.
+    pub connect: Duration,
+    /// `first_byte_timeout`: request sent → response head, default 300.
+    pub first_byte: Duration,
+    /// `stream_idle_timeout`: gap between two pieces of a response body, default 300.
+    pub stream_idle: Duration,
+    /// `client_header_timeout`: reading one request head, default 30.
+    pub client_header: Duration,
+    /// `client_body_timeout`: gap between two reads of a request body, default 60.
+    pub client_body: Duration,
+    /// `client_idle_timeout`: an idle keep-alive client connection, default 60.
+    pub client_idle: Duration,
+}
+
+/// A provider's own values for the upstream timeouts; `None` takes the top level's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpstreamTimeoutOverrides {
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub stream_idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +121,7 @@ pub struct ProviderConfig {
     pub health_check: Option<ProviderHealthCheck>,
     /// Per-provider `ca_file`; overrides the top-level one.
     pub ca_file: Option<PathBuf>,
+    pub timeouts: UpstreamTimeoutOverrides,
 }
 
 impl ProviderConfig {
@@ -112,6 +138,7 @@ mod health_check;
 mod provider;
 mod raw;
 mod secret;
+mod timeouts;
 mod validate;
 
 #[cfg(test)]

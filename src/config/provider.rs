@@ -5,6 +5,7 @@ use super::address::{parse_endpoint, parse_host, HostRoute};
 use super::health_check::health_check;
 use super::raw::{AllowExtensions, RawProvider};
 use super::secret;
+use super::timeouts;
 use super::validate::{Ctx, Scope};
 use super::{ProviderConfig, ProviderType};
 
@@ -35,6 +36,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     let auth_keys = secret::client_keys(ctx, &scope, "auth_keys", raw.auth_keys.as_deref());
     let health_check = raw.health_check.as_ref().and_then(|h| health_check(ctx, &scope, h));
     let ca_file = ctx.path(&scope, "ca_file", raw.ca_file.as_deref());
+    let timeouts = timeouts::provider(ctx, &scope, &raw);
     let (route, kind, (endpoint, port)) = (route?, kind?, upstream?);
     Some(ProviderConfig {
         index,
@@ -52,6 +54,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
         auth_keys,
         health_check,
         ca_file,
+        timeouts,
     })
 }
 

@@ -34,8 +34,13 @@ pub(crate) struct RawConfig {
     pub connect_tunnel_enabled: Option<bool>,
     /// Seconds; fractions allowed.
     pub graceful_shutdown_timeout: Option<f64>,
-    /// Seconds; fractions allowed.
+    /// Seconds; fractions allowed (this and the timeouts below).
     pub connect_timeout: Option<f64>,
+    pub first_byte_timeout: Option<f64>,
+    pub stream_idle_timeout: Option<f64>,
+    pub client_header_timeout: Option<f64>,
+    pub client_body_timeout: Option<f64>,
+    pub client_idle_timeout: Option<f64>,
     pub ca_file: Option<String>,
     pub providers: Option<Vec<AllowExtensions<RawProvider>>>,
 }
@@ -67,6 +72,10 @@ pub(crate) struct RawProvider {
     pub auth_keys: Option<Vec<String>>,
     pub health_check: Option<RawProviderHealthCheck>,
     pub ca_file: Option<String>,
+    /// Overrides of the top-level upstream timeouts, in seconds.
+    pub connect_timeout: Option<f64>,
+    pub first_byte_timeout: Option<f64>,
+    pub stream_idle_timeout: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::env::expand;
 pub use super::error::{ConfigError, ConfigErrors};
 use super::raw::{self, RawConfig, RawHealthCheck};
+use super::timeouts::{self, Bound};
 use super::{provider, secret, Config, HealthCheckSettings, HttpsConfig};
 
 const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
@@ -137,8 +138,9 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
     let graceful_shutdown_timeout =
-        seconds(ctx, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, 30, Bound::ZeroAllowed);
-    let connect_timeout = seconds(ctx, "connect_timeout", raw.connect_timeout, 10, Bound::Positive);
+        timeouts::seconds(ctx, &top, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, Bound::ZeroAllowed)
+            .unwrap_or(Duration::from_secs(30));
+    let timeouts = timeouts::top(ctx, &raw);
     let ca_file = ctx.path(&top, "ca_file", raw.ca_file.as_deref());
     let providers = provider::providers(ctx, raw.providers);
     Config {
@@ -149,7 +151,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         http_max_header_size,
         connect_tunnel_enabled,
         graceful_shutdown_timeout,
-        connect_timeout,
+        timeouts,
         ca_file,
         providers,
     }
@@ -219,7 +221,8 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
 fn health_check(ctx: &mut Ctx<'_>, raw: Option<&RawHealthCheck>) -> HealthCheckSettings {
     let enabled = raw.and_then(|h| h.enabled).unwrap_or(false);
     let interval = raw.and_then(|h| h.interval);
-    let interval = seconds(ctx, "health_check.interval", interval, 60, Bound::Positive);
+    let interval = timeouts::seconds(ctx, &Scope::top(), "health_check.interval", interval, Bound::Positive)
+        .unwrap_or(Duration::from_secs(60));
     HealthCheckSettings { enabled, interval }
 }
 
@@ -230,31 +233,6 @@ fn header_size(ctx: &mut Ctx<'_>, raw: Option<i64>) -> usize {
         ctx.report(&Scope::top(), "http_max_header_size", problem);
     }
     usize::try_from(value).unwrap_or(DEFAULT_HEADER_SIZE as usize)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Bound {
-    ZeroAllowed,
-    Positive,
-}
-
-/// A duration in seconds (fractions allowed), default `default`.
-fn seconds(ctx: &mut Ctx<'_>, key: &str, raw: Option<f64>, default: u64, bound: Bound) -> Duration {
-    let Some(value) = raw else {
-        return Duration::from_secs(default);
-    };
-    let (ok, wanted) = match bound {
-        Bound::ZeroAllowed => (value >= 0.0, "0 or more"),
-        Bound::Positive => (value > 0.0, "greater than 0"),
-    };
-    match Duration::try_from_secs_f64(value) {
-        Ok(duration) if ok => duration,
-        _ => {
-            let problem = format!("must be a number of seconds {wanted} (got {value})");
-            ctx.report(&Scope::top(), key, problem);
-            Duration::from_secs(default)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -271,7 +249,7 @@ mod tests {
         assert_eq!(config.http_max_header_size, 4096);
         assert!(!config.connect_tunnel_enabled);
         assert_eq!(config.graceful_shutdown_timeout, Duration::from_secs(30));
-        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(10));
         assert_eq!(config.ca_file, None);
         let p = &config.providers[0];
         assert_eq!((p.port, p.tls, p.weight, p.priority, p.is_fallback), (443, true, 1.0, 0, false));
@@ -295,7 +273,7 @@ mod tests {
         assert_eq!(config.http_max_header_size, 8192);
         assert!(config.connect_tunnel_enabled);
         assert_eq!(config.graceful_shutdown_timeout, Duration::ZERO);
-        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(3));
         assert_eq!(config.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 

@@ -16,7 +16,7 @@ pub use kind::ProviderType;
 use secret::Secret;
 
 use crate::select::{self, Class};
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Timeouts};
 
 /// What a provider's active health check sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ pub struct Provider {
     pub auth_keys: Vec<Box<[u8]>>,
     pub health_check: Option<ProviderHealthCheck>,
     pub health: Arc<Health>,
+    /// The upstream timeouts: the provider's own, else the top level's.
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use crate::provider::Provider;
 use crate::route::Miss;
 use crate::select::{self, Class};
 use crate::state::{App, Snapshot};
-use crate::upstream::{self, Replay, UpstreamError, UpstreamRequest};
+use crate::upstream::{self, Replay, Settings, UpstreamError, UpstreamRequest};
 use log::AccessLog;
 
 /// The decision made before the body is read.
@@ -164,18 +164,18 @@ pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> R
 /// One exchange, repeated once on a fresh connection when a pooled one turns
 /// out to have been closed under us and the body can be sent again.
 async fn send(app: &App, plan: &Plan, request: UpstreamRequest<'_>, body: Body) -> Result<Response, UpstreamError> {
-    let limits = &plan.snapshot.limits;
+    let timeouts = plan.provider.timeouts;
+    let settings = Settings { max_head: plan.snapshot.limits.upstream_max_head, timeouts };
     let endpoint = &plan.provider.endpoint;
     let replay = body.replayable();
-    let checkout = app.pools.checkout(endpoint, limits.connect_timeout).await?;
+    let checkout = app.pools.checkout(endpoint, timeouts.connect).await?;
     let reused = checkout.is_reused();
-    let max_head = limits.upstream_max_head;
-    match upstream::exchange(&app.pools, checkout, endpoint, request, body, max_head).await {
+    match upstream::exchange(&app.pools, checkout, endpoint, request, body, settings).await {
         Err(e) if reused && replay.is_some() && may_replay(e.replay(), &request) => {
             tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
-            let fresh = app.pools.checkout_fresh(endpoint, limits.connect_timeout).await?;
+            let fresh = app.pools.checkout_fresh(endpoint, timeouts.connect).await?;
             let body = replay.unwrap_or(Body::Empty);
-            upstream::exchange(&app.pools, fresh, endpoint, request, body, max_head).await
+            upstream::exchange(&app.pools, fresh, endpoint, request, body, settings).await
         }
         result => result,
     }

@@ -3,8 +3,9 @@
 //! (499 when the handler is dropped unfinished). Upstreams are tiny loopback
 //! listeners; the access log is captured from tracing.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,13 +68,16 @@ async fn upstream(answer: &'static [u8]) -> (String, mpsc::UnboundedReceiver<Str
     (addr, rx)
 }
 
-/// Collects what tracing writes while the guard lives (current-thread runtime).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
-impl Write for Captured {
+/// Writes into the current thread's capture buffer.
+struct ThreadBuffer;
+
+impl Write for ThreadBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with(|c| c.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -81,15 +85,21 @@ impl Write for Captured {
     }
 }
 
-impl Captured {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
+/// Starts capturing what tracing writes on this thread (a current-thread
+/// runtime runs the whole test here). The subscriber is global, installed
+/// once: a scoped one misses events whose callsites another test thread saw
+/// first with no subscriber.
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(|| ThreadBuffer).finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+    CAPTURED.with(|c| c.borrow_mut().clear());
+}
+
+fn captured_logs() -> String {
+    CAPTURED.with(|c| String::from_utf8_lossy(&c.borrow()).into_owned())
 }
 
 #[tokio::test]
@@ -97,16 +107,26 @@ async fn refusals_take_the_route_shape() {
     let app = App::from_yaml(&config("127.0.0.1:9"));
     let bearer = [("authorization", "Bearer client-key")];
     let cases = [
-        (head(Method::GET, "nowhere.local", "/v1/x", &bearer), 421, r#"{"error":{"type":"unknown_host""#),
-        (head(Method::GET, "h.local", "/other", &bearer), 404, r#""type":"no_route""#),
-        (head(Method::GET, "h.local", "/openai/v1", &[("authorization", "Bearer nope")]), 401, "invalid_api_key"),
-        (head(Method::GET, "a.local", "/v1/messages", &[]), 401, r#"{"type":"error","error":{"type":"authentication_error""#),
-        (head(Method::CONNECT, "h.local:443", "", &bearer), 405, "CONNECT tunnels are not enabled"),
+        (head(Method::GET, "nowhere.local", "/v1/x", &bearer), 421, r#""error":"#, "unknown_host"),
+        (head(Method::GET, "h.local", "/other", &bearer), 404, r#""type":"no_route""#, "no provider"),
+        (
+            head(Method::GET, "h.local", "/openai/v1", &[("authorization", "Bearer nope")]),
+            401,
+            "invalid_api_key",
+            r#""code":"#,
+        ),
+        (head(Method::GET, "a.local", "/v1/messages", &[]), 401, r#""type":"error","error":"#, "authentication_error"),
+        (
+            head(Method::CONNECT, "h.local:443", "", &bearer),
+            405,
+            "CONNECT tunnels are not enabled",
+            "method_not_allowed",
+        ),
     ];
-    for (request, status, needle) in cases {
+    for (request, status, shape, cause) in cases {
         let (got, body) = text(handle(&app, request, Body::Empty).await).await;
         assert_eq!(got, status, "{body}");
-        assert!(body.contains(needle), "{body}");
+        assert!(body.contains(shape) && body.contains(cause), "{body}");
     }
     let mut missing = head(Method::GET, "h.local", "/openai/v1", &bearer);
     missing.authority = None;
@@ -135,12 +155,31 @@ async fn upstream_failures_map_to_precise_statuses() {
     let (status, body) = text(handle(&app, request(), Body::Empty).await).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("upstream request failed: connect to 127.0.0.1:") && body.contains("refused"), "{body}");
-    // A name needs a lookup, so a zero connect timeout expires before it ends.
-    let app = App::from_yaml(&config("localhost:9"));
-    app.set_limits(|limits| limits.connect_timeout = Duration::ZERO);
+    let (hole, _held) = blackhole();
+    let app = App::from_yaml(&format!("connect_timeout: 0.2\n{}", config(&hole)));
+    let started = std::time::Instant::now();
     let (status, body) = text(handle(&app, request(), Body::Empty).await).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "connect_timeout not applied");
     assert_eq!(status, 504, "{body}");
     assert!(body.contains(r#""code":"upstream_timeout""#) && body.contains("timed out"), "{body}");
+}
+
+/// A loopback address whose connects hang: a listener with a full accept
+/// queue drops new SYNs, so a connect only ends by timing out.
+fn blackhole() -> (String, (socket2::Socket, Vec<std::net::TcpStream>)) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    // Fill the queue; each of these completes the handshake without an accept.
+    while held.len() < 8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    (addr.to_string(), (socket, held))
 }
 
 #[tokio::test]
@@ -158,8 +197,7 @@ async fn a_broken_client_body_is_the_clients_fault() {
 
 #[tokio::test]
 async fn every_request_gets_one_access_line_and_abandoned_ones_say_499() {
-    let captured = Captured::default();
-    let _guard = captured.install();
+    capture_logs();
     // An upstream that never answers: the handler waits until it is dropped.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -180,7 +218,7 @@ async fn every_request_gets_one_access_line_and_abandoned_ones_say_499() {
         _ = respond => panic!("the stalled upstream answered"),
         _ = seen.recv() => {} // the request reached the upstream; now the client leaves
     }
-    let log = captured.text();
+    let log = captured_logs();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("openproxy::access")).collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[0].contains("status=401") && lines[0].contains("path=/openai/v1 "), "{log}");

@@ -160,7 +160,12 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     let is_head = head.method == Method::HEAD;
     // A request whose stream already ended has nothing to stream: an empty
     // body keeps it eligible for a replay on a fresh upstream connection.
-    let body = if recv.is_end_stream() { Body::Empty } else { Body::H2(Box::new(H2Body::new(recv, &head.headers))) };
+    let body = if recv.is_end_stream() {
+        Body::Empty
+    } else {
+        let stall = app.snapshot.load().limits.client_body_timeout;
+        Body::H2(Box::new(H2Body::new(recv, &head.headers).with_idle(stall)))
+    };
     let response = tokio::select! {
         response = proxy::handle(&app, head, body) => response,
         // The client reset the stream (cancelled, or a rapid-reset flood): drop

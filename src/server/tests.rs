@@ -76,7 +76,8 @@ async fn h1_a_head_not_finished_in_time_gets_400_and_a_close() {
 async fn h1_refusals_keep_the_connection_for_the_next_request() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
     let mut client = h1_client(&app, &drain);
-    let refused = b"POST /v1/chat HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer nope\r\nContent-Length: 2\r\n\r\n{}";
+    let refused =
+        b"POST /v1/chat HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer nope\r\nContent-Length: 2\r\n\r\n{}";
     for _ in 0..2 {
         client.write_all(refused).await.unwrap();
         let resp = read_response(&mut client).await;

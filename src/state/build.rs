@@ -14,7 +14,7 @@ use crate::config::{ApiKeyConfig, Config, ProviderConfig, SecretSource};
 use crate::provider::secret::{CommandSecret, Secret};
 use crate::provider::{ApiKey, HealthRegistry, Provider};
 use crate::route::Router;
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Timeouts};
 
 type ClientTls = Arc<rustls::ClientConfig>;
 
@@ -104,6 +104,11 @@ fn provider(
         auth_keys: cfg.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
         health_check: cfg.health_check.clone(),
         health: health.flag_for(identity(cfg)),
+        timeouts: Timeouts {
+            connect: cfg.timeouts.connect.unwrap_or(config.timeouts.connect),
+            first_byte: cfg.timeouts.first_byte.unwrap_or(config.timeouts.first_byte),
+            stream_idle: cfg.timeouts.stream_idle.unwrap_or(config.timeouts.stream_idle),
+        },
     })
 }
 

@@ -16,16 +16,14 @@ use crate::provider::{HealthRegistry, Provider};
 use crate::route::Router;
 use crate::upstream::Pools;
 
-/// Sizes and timeouts, in one place. Built from the config, with safe defaults
-/// for what the config does not set.
+/// Sizes and client-side timeouts, in one place, built from the config. The
+/// upstream timeouts can differ by provider, so each `Provider` carries its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Largest request head a client may send (`http_max_header_size`).
     pub max_header_size: usize,
     /// Largest response head accepted from an upstream.
     pub upstream_max_head: usize,
-    /// Upstream DNS + TCP + TLS (`connect_timeout`).
-    pub connect_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     pub graceful_shutdown_timeout: Duration,
     /// An idle keep-alive client connection (HTTP/1.1 between requests,
@@ -47,11 +45,10 @@ impl Limits {
         Limits {
             max_header_size: config.http_max_header_size,
             upstream_max_head: Self::UPSTREAM_MAX_HEAD.max(config.http_max_header_size),
-            connect_timeout: config.connect_timeout,
             graceful_shutdown_timeout: config.graceful_shutdown_timeout,
-            client_idle_timeout: Duration::from_secs(60),
-            client_header_timeout: Duration::from_secs(30),
-            client_body_timeout: Duration::from_secs(60),
+            client_idle_timeout: config.timeouts.client_idle,
+            client_header_timeout: config.timeouts.client_header,
+            client_body_timeout: config.timeouts.client_body,
             handshake_timeout: Duration::from_secs(10),
         }
     }

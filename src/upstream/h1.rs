@@ -10,9 +10,9 @@ use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::pool::Pools;
-use super::{UpstreamError, UpstreamRequest};
+use super::{Settings, UpstreamError, UpstreamRequest};
 use crate::body::h1::{inline_small, write_body};
-use crate::body::{Body, CopyError, H1Body};
+use crate::body::{Body, CopyError, H1Body, Progress};
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::message::Response;
 use crate::net::{Conn, Recycle, Stream};
@@ -23,13 +23,14 @@ pub async fn exchange(
     mut conn: Conn,
     req: UpstreamRequest<'_>,
     body: Body,
-    max_head: usize,
+    settings: Settings,
 ) -> Result<Response, UpstreamError> {
     let framing = body.request_framing();
     let mut out = BytesMut::with_capacity(512);
     http1::encode_request_head(req.method, req.target, req.headers, framing, &mut out);
     let body = inline_small(&mut out, body);
-    let (head, sent_ok) = send_and_receive(&mut conn, &out, body, framing, max_head, req.method).await?;
+    let wire = Wire { head: &out, framing, method: req.method, settings };
+    let (head, sent_ok) = send_and_receive(&mut conn, wire, body).await?;
     let reusable = sent_ok && head.keep_alive;
     let body = match head.framing {
         BodyFraming::Empty => {
@@ -40,23 +41,32 @@ pub async fn exchange(
         }
         framing => {
             let home = reusable.then(|| pools.clone() as Arc<dyn Recycle>);
-            Body::H1(Box::new(H1Body::new(conn, framing, home)))
+            let body = H1Body::new(conn, framing, home).with_idle(settings.timeouts.stream_idle);
+            Body::H1(Box::new(body))
         }
     };
     Ok(Response { status: head.status, headers: head.headers, body })
 }
 
+/// The request as it goes on the wire.
+struct Wire<'a> {
+    /// The encoded head, with a small body folded in.
+    head: &'a [u8],
+    framing: BodyFraming,
+    method: &'a Method,
+    settings: Settings,
+}
+
 /// Writes the head and body while reading the response head, so an upstream
 /// that answers before the upload ends is heard. Returns the head and whether
-/// the whole request was sent (if not, the connection cannot be reused).
-async fn send_and_receive(
-    conn: &mut Conn,
-    head: &[u8],
-    body: Body,
-    framing: BodyFraming,
-    max_head: usize,
-    method: &Method,
-) -> Result<(ResponseHead, bool), UpstreamError> {
+/// the whole request was sent (if not, the connection cannot be reused). The
+/// first-byte timeout runs from the last request-body frame taken, so a slow
+/// upload is not cut while an upstream that stops reading it is.
+async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result<(ResponseHead, bool), UpstreamError> {
+    let Wire { head, framing, method, settings } = wire;
+    let first_byte = settings.timeouts.first_byte;
+    let progress = Progress::new();
+    let body = body.watched(progress.clone());
     let Conn { stream, buf, .. } = conn;
     // Over TLS one write can put a whole record on the wire before failing, so
     // only plain TCP can vouch that a failed first write sent nothing.
@@ -80,7 +90,7 @@ async fn send_and_receive(
         })?;
         wr.flush().await.map_err(UpstreamError::Write)
     };
-    let recv = read_head(&mut rd, buf, max_head, method);
+    let recv = read_head(&mut rd, buf, settings.max_head, method);
     tokio::pin!(send, recv);
     let mut sent = None;
     let head = loop {
@@ -92,6 +102,7 @@ async fn send_and_receive(
                 other => sent = Some(other),
             },
             head = &mut recv => break head,
+            _ = progress.quiet_for(first_byte) => return Err(UpstreamError::FirstByteTimeout(first_byte)),
         }
     };
     let head = match (head, sent) {
@@ -108,8 +119,12 @@ async fn send_and_receive(
         // of the body is dropped, so neither connection can be reused.
         return Ok((head, false));
     }
-    // A success means it is still reading (RFC 9112 §9.3): finish the upload.
-    let sent = send.await;
+    // A success means it is still reading (RFC 9112 §9.3): finish the upload,
+    // unless the upstream stops taking it.
+    let sent = tokio::select! {
+        sent = send => sent,
+        _ = progress.quiet_for(settings.timeouts.stream_idle) => return Ok((head, false)),
+    };
     match sent {
         Err(UpstreamError::ClientBody(e)) => Err(UpstreamError::ClientBody(e)),
         sent => Ok((head, sent.is_ok())),

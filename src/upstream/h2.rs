@@ -7,9 +7,9 @@ use h2::client::SendRequest;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::HeaderValue;
 
-use super::{Endpoint, UpstreamError, UpstreamRequest};
+use super::{Endpoint, Timeouts, UpstreamError, UpstreamRequest};
 use crate::body::h2::send_body;
-use crate::body::{Body, CopyError, H2Body};
+use crate::body::{Body, CopyError, H2Body, Progress};
 use crate::http1::BodyFraming;
 use crate::message::Response;
 use crate::net::Stream;
@@ -52,6 +52,7 @@ pub async fn exchange(
     endpoint: &Endpoint,
     req: UpstreamRequest<'_>,
     body: Body,
+    timeouts: Timeouts,
 ) -> Result<Response, UpstreamError> {
     // A connection that cannot take a stream has sent nothing of ours.
     let mut send = send.ready().await.map_err(UpstreamError::H2Refused)?;
@@ -75,7 +76,10 @@ pub async fn exchange(
     *request.headers_mut() = headers;
     let end = framing == BodyFraming::Empty;
     let (response, mut stream) = send.send_request(request, end).map_err(UpstreamError::H2Refused)?;
-    let upload = (!end).then(|| {
+    // The first-byte timeout runs from the last request-body frame taken.
+    let progress = Progress::new();
+    let body = body.watched(progress.clone());
+    let mut upload = Upload((!end).then(|| {
         tokio::spawn(async move {
             let result = send_body(&mut stream, body).await;
             if let Err(CopyError::Source(_)) = &result {
@@ -83,12 +87,16 @@ pub async fn exchange(
             }
             result
         })
-    });
-    let response = match response.await {
+    }));
+    let response = tokio::select! {
+        response = response => response,
+        _ = progress.quiet_for(timeouts.first_byte) => return Err(UpstreamError::FirstByteTimeout(timeouts.first_byte)),
+    };
+    let response = match response {
         Ok(response) => response,
         Err(e) => {
             // If the client's body broke, that is the real cause of the reset.
-            if let Some(upload) = upload {
+            if let Some(upload) = upload.0.take() {
                 if let Ok(Err(CopyError::Source(body_err))) = upload.await {
                     return Err(UpstreamError::ClientBody(body_err));
                 }
@@ -96,9 +104,24 @@ pub async fn exchange(
             return Err(h2_error(e));
         }
     };
+    // HTTP/2 is full duplex: the upload goes on while the answer streams.
+    upload.0 = None;
     let (parts, recv) = response.into_parts();
-    let body = Body::H2(Box::new(H2Body::new(recv, &parts.headers)));
+    let body = H2Body::new(recv, &parts.headers).with_idle(timeouts.stream_idle);
+    let body = Body::H2(Box::new(body));
     Ok(Response { status: parts.status, headers: parts.headers, body })
+}
+
+/// The upload task of an exchange that has no answer yet: stopped if the
+/// exchange is given up (timeout, client gone), released once the head arrives.
+struct Upload(Option<tokio::task::JoinHandle<Result<(), CopyError>>>);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A refused stream was not processed (RFC 9113 §8.7); any other connection

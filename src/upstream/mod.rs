@@ -11,6 +11,7 @@ pub use h2::SharedId;
 pub use pool::{Checkout, Pools};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
 use rustls::pki_types::ServerName;
@@ -26,6 +27,25 @@ pub struct UpstreamRequest<'a> {
     /// Origin-form target: path and query.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+}
+
+/// How long an exchange may wait on the upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// DNS + TCP + TLS.
+    pub connect: Duration,
+    /// From the last request byte taken for sending to the response head.
+    pub first_byte: Duration,
+    /// Between two pieces of the response body.
+    pub stream_idle: Duration,
+}
+
+/// What one exchange needs besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Largest response head accepted.
+    pub max_head: usize,
+    pub timeouts: Timeouts,
 }
 
 /// Where requests go: one pool per distinct endpoint.
@@ -89,6 +109,8 @@ pub enum UpstreamError {
     Read(#[source] std::io::Error),
     #[error("upstream closed the connection before responding")]
     ClosedBeforeResponse,
+    #[error("upstream sent no response head within {0:?} of the request")]
+    FirstByteTimeout(Duration),
     #[error("upstream sent an invalid response head")]
     BadHead(#[source] HeadError),
     #[error("upstream sent an invalid response: {0}")]
@@ -132,7 +154,7 @@ impl UpstreamError {
 
     /// Whether the upstream ran out of time (a gateway timeout, not a bad gateway).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout { .. })
+        matches!(self, UpstreamError::ConnectTimeout { .. } | UpstreamError::FirstByteTimeout(_))
     }
 }
 
@@ -143,12 +165,12 @@ pub async fn exchange(
     endpoint: &Endpoint,
     req: UpstreamRequest<'_>,
     body: Body,
-    max_head: usize,
+    settings: Settings,
 ) -> Result<Response, UpstreamError> {
     match checkout {
-        Checkout::H1(conn) => h1::exchange(pools, conn, req, body, max_head).await,
+        Checkout::H1(conn) => h1::exchange(pools, conn, req, body, settings).await,
         Checkout::H2 { send, id, .. } => {
-            let result = h2::exchange(send, endpoint, req, body).await;
+            let result = h2::exchange(send, endpoint, req, body, settings.timeouts).await;
             if let Err(UpstreamError::H2Refused(_) | UpstreamError::H2Gone(_)) = &result {
                 // Whatever broke, new requests must not be handed this connection.
                 pools.forget_shared(&endpoint.key, id);
