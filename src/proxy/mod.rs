@@ -16,7 +16,7 @@ pub mod rewrite;
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
@@ -158,6 +158,10 @@ pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> R
         }
     }
     crate::headers::strip_hop_by_hop(&mut response.headers);
+    if is_event_stream(&response.headers) {
+        // A buffering reverse proxy in front (nginx honours this) must not clump tokens.
+        response.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
     Ok(response)
 }
 
@@ -204,6 +208,14 @@ fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
         tracing::warn!(provider = provider.index, route = %provider.route_label, %error, "upstream request failed");
     }
     err
+}
+
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..17).is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream")))
 }
 
 /// A client-supplied value made safe to echo in an error message.
