@@ -5,6 +5,7 @@
 //! way they surface the provider's. Knows errors, not providers or routes.
 
 use std::error::Error as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -32,8 +33,9 @@ pub enum ProxyError {
     #[error("{0}")]
     BadRequest(String),
     /// The request head broke the HTTP/1.1 rules (one mapping for every reader).
+    /// Not a `#[source]`: the message already says what the cause says.
     #[error("{}", head_message(.0))]
-    Head(#[source] HeadError),
+    Head(HeadError),
     #[error("the request body could not be read")]
     ClientBody(#[source] BodyError),
     #[error("invalid or missing API key")]
@@ -45,7 +47,9 @@ pub enum ProxyError {
     #[error("{0}")]
     Method(String),
     #[error("no healthy provider is available for this host")]
-    NoHealthyProvider,
+    NoHealthyProvider { retry_after: Option<Duration> },
+    #[error("every provider key for this route is rate limited; retry after {} s", .retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
     #[error("upstream request failed")]
     Upstream(#[source] UpstreamError),
     #[error("provider credential unavailable: {0}")]
@@ -95,7 +99,8 @@ impl ProxyError {
             ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoHealthyProvider => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyProvider { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) | ProxyError::Credential(_) => StatusCode::BAD_GATEWAY,
         }
@@ -137,7 +142,19 @@ impl ProxyError {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(wait) = self.retry_after() {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+        }
         (status, headers, Bytes::from(body))
+    }
+
+    /// When the client may try again, for answers that know it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::NoHealthyProvider { retry_after } => *retry_after,
+            ProxyError::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// The whole answer, ready to write.
@@ -160,7 +177,8 @@ impl ProxyError {
             ProxyError::UnknownHost(_) => "unknown_host",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::Method(_) => "method_not_allowed",
-            ProxyError::NoHealthyProvider => "no_healthy_provider",
+            ProxyError::NoHealthyProvider { .. } => "no_healthy_provider",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Upstream(e) if e.is_timeout() => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::Credential(_) => "credential_unavailable",
@@ -171,6 +189,7 @@ impl ProxyError {
 fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 => "authentication_error",
+        429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
         _ => "server_error",
     }
@@ -182,6 +201,7 @@ fn anthropic_type(status: StatusCode) -> &'static str {
         403 => "permission_error",
         404 | 421 => "not_found_error",
         413 => "request_too_large",
+        429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
         503 => "overloaded_error",
         _ => "api_error",
@@ -193,6 +213,7 @@ fn gemini_status(status: StatusCode) -> &'static str {
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 | 421 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
         501 => "UNIMPLEMENTED",
         503 | 502 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
@@ -241,7 +262,7 @@ mod tests {
         );
         let (_, _, body) = err.render(ErrorStyle::Gemini);
         assert_eq!(body, r#"{"error":{"code":401,"message":"invalid or missing API key","status":"UNAUTHENTICATED"}}"#);
-        let (_, _, body) = ProxyError::NoHealthyProvider.render(ErrorStyle::Plain);
+        let (_, _, body) = ProxyError::NoHealthyProvider { retry_after: None }.render(ErrorStyle::Plain);
         assert_eq!(
             body,
             r#"{"error":{"type":"no_healthy_provider","message":"no healthy provider is available for this host"}}"#
@@ -272,9 +293,12 @@ mod tests {
     }
 
     #[test]
-    fn messages_carry_the_cause_chain() {
+    fn messages_carry_the_cause_chain_once() {
         let err = ProxyError::from(refused());
         assert_eq!(err.message(), "upstream request failed: connect to api:443 failed: connection refused");
+        let err = ProxyError::from(HeadError::Malformed("request head not completed in time".into()));
+        assert_eq!(err.message(), "malformed request: request head not completed in time");
+        assert_eq!(ProxyError::from(HeadError::TooLarge).message(), "request header fields are too large");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use crate::body::Body;
 use crate::message::RequestHead;
 use crate::provider::Provider;
-use crate::proxy::{self, Plan};
+use crate::proxy::{self, Chosen, Plan};
 use crate::state::{App, Snapshot};
 
 /// A check slower than this counts as a failure.
@@ -76,7 +76,8 @@ async fn check(app: &App, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> R
     }
     let body = spec.body.map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
     let head = RequestHead { method, authority: None, target: spec.path.clone(), headers, default_port: 0 };
-    let plan = Plan { snapshot, style: provider.kind.error_style(), target: spec.path, provider };
+    let style = provider.kind.error_style();
+    let plan = Plan { snapshot, style, target: spec.path, candidates: Vec::new(), chosen: Chosen::direct(provider) };
     let response = proxy::forward(app, &plan, head, body).await.map_err(|e| e.message())?;
     let status = response.status;
     // Read the answer so the connection can go back to the pool.

@@ -163,7 +163,10 @@ async fn a_request_body_that_stalls_is_abandoned_and_its_upstream_freed() {
         }
     })
     .await;
-    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), "client_body_timeout: 0.3\n"));
+    // Without retries the body streams to the upstream as it comes (with them,
+    // a body this small is read whole first and no upstream is involved).
+    let extra = "client_body_timeout: 0.3\nretry: {attempts: 0}\n";
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), extra));
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let head =
         "POST /v1/chat HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nContent-Length: 100\r\n\r\n";

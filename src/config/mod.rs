@@ -32,6 +32,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Top-level `ca_file`: extra PEM roots trusted for upstream TLS.
     pub ca_file: Option<PathBuf>,
+    pub retry: RetrySettings,
+    pub passive_health: PassiveHealthSettings,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -50,6 +52,26 @@ pub struct Timeouts {
     pub client_body: Duration,
     /// `client_idle_timeout`: an idle keep-alive client connection, default 60.
     pub client_idle: Duration,
+}
+
+/// `retry`: failover before the first response byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySettings {
+    /// Attempts after the first, default 2; 0 disables.
+    pub attempts: u32,
+    /// Upstream statuses that are retried, default 429, 502, 503, 504.
+    pub on_status: Vec<u16>,
+    /// Largest request body kept for a replay, default 1 MiB.
+    pub max_body_size: u64,
+}
+
+/// `passive_health`: ejection after consecutive live failures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveHealthSettings {
+    /// Consecutive failures that eject a provider, default 5.
+    pub failures: u32,
+    /// First ejection in seconds, default 30; doubles on repeats, up to 10×.
+    pub cooldown: Duration,
 }
 
 /// A provider's own values for the upstream timeouts; `None` takes the top level's.
@@ -137,6 +159,7 @@ mod error;
 mod health_check;
 mod provider;
 mod raw;
+mod resilience;
 mod secret;
 mod timeouts;
 mod validate;

@@ -42,7 +42,27 @@ pub(crate) struct RawConfig {
     pub client_body_timeout: Option<f64>,
     pub client_idle_timeout: Option<f64>,
     pub ca_file: Option<String>,
+    pub retry: Option<RawRetry>,
+    pub passive_health: Option<RawPassiveHealth>,
     pub providers: Option<Vec<AllowExtensions<RawProvider>>>,
+}
+
+/// Top-level `retry`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `attempts`, `on_status` and `max_body_size`")]
+pub(crate) struct RawRetry {
+    pub attempts: Option<i64>,
+    pub on_status: Option<Vec<i64>>,
+    pub max_body_size: Option<i64>,
+}
+
+/// Top-level `passive_health`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `failures` and `cooldown`")]
+pub(crate) struct RawPassiveHealth {
+    pub failures: Option<i64>,
+    /// Seconds; fractions allowed.
+    pub cooldown: Option<f64>,
 }
 
 /// Top-level `health_check`.

@@ -14,7 +14,7 @@ use super::env::expand;
 pub use super::error::{ConfigError, ConfigErrors};
 use super::raw::{self, RawConfig, RawHealthCheck};
 use super::timeouts::{self, Bound};
-use super::{provider, secret, Config, HealthCheckSettings, HttpsConfig};
+use super::{provider, resilience, secret, Config, HealthCheckSettings, HttpsConfig};
 
 const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
 const DEFAULT_HEADER_SIZE: i64 = 4096;
@@ -142,6 +142,8 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             .unwrap_or(Duration::from_secs(30));
     let timeouts = timeouts::top(ctx, &raw);
     let ca_file = ctx.path(&top, "ca_file", raw.ca_file.as_deref());
+    let retry = resilience::retry(ctx, raw.retry.as_ref());
+    let passive_health = resilience::passive_health(ctx, raw.passive_health.as_ref());
     let providers = provider::providers(ctx, raw.providers);
     Config {
         http,
@@ -153,6 +155,8 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         graceful_shutdown_timeout,
         timeouts,
         ca_file,
+        retry,
+        passive_health,
         providers,
     }
 }

@@ -3,17 +3,19 @@
 //! holds (`secret`), and its shared health flag. Immutable except for the
 //! health atomics; `state` builds it from the config, which it never sees.
 
+mod health;
+mod keys;
 pub mod kind;
 pub mod secret;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+pub use health::{Availability, Health, HealthRegistry, PassiveHealth};
+pub use keys::{retry_after, ApiKey};
+pub use kind::ProviderType;
 
 use rand::Rng;
-
-pub use kind::ProviderType;
-use secret::Secret;
+use tokio::time::Instant;
 
 use crate::select::{self, Class};
 use crate::upstream::{Endpoint, Timeouts};
@@ -49,61 +51,29 @@ pub struct Provider {
     pub timeouts: Timeouts,
 }
 
-#[derive(Debug)]
-pub struct ApiKey {
-    pub secret: Secret,
-    pub weight: f64,
-}
-
 impl Provider {
-    /// One of the provider's keys, at random by key weight; `None` for `forward`.
-    pub fn pick_key(&self, rng: &mut impl Rng) -> Option<&ApiKey> {
-        select::choose(&self.keys, |k| Class::weighted(k.weight), rng)
+    /// One of the keys in rotation (not resting after a 429, not refused with
+    /// 401/403), at random by key weight, skipping the indexes in `tried`.
+    /// `None` when none is left (and always for `forward`, which has none).
+    pub fn pick_key(&self, rng: &mut impl Rng, now: Instant, tried: &[usize]) -> Option<(usize, &ApiKey)> {
+        let indexed: Vec<(usize, &ApiKey)> = self.keys.iter().enumerate().collect();
+        let class = |(i, k): &(usize, &ApiKey)| Class {
+            usable: k.in_rotation(now) && !tried.contains(i),
+            ..Class::weighted(k.weight)
+        };
+        select::choose(&indexed, class, rng).copied()
     }
 
-    pub fn is_healthy(&self) -> bool {
-        self.health.healthy.load(Ordering::Relaxed)
-    }
-}
-
-/// A provider's health, shared by every snapshot that has the same provider so a
-/// reload does not forget what the checks found.
-#[derive(Debug)]
-pub struct Health {
-    healthy: AtomicBool,
-}
-
-impl Health {
-    pub fn set(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed)
-    }
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health { healthy: AtomicBool::new(true) }
-    }
-}
-
-/// Health flags by provider identity: everything that makes it "the same
-/// provider" across a reload (route, type, endpoint and the check itself).
-#[derive(Debug, Default)]
-pub struct HealthRegistry {
-    // A std mutex: touched only while a snapshot is built, never on the request path.
-    flags: Mutex<HashMap<String, Arc<Health>>>,
-}
-
-impl HealthRegistry {
-    /// The flag for the provider that `identity` names (the caller decides what
-    /// makes two providers of successive configs the same).
-    pub fn flag_for(&self, identity: String) -> Arc<Health> {
-        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
-        flags.entry(identity).or_default().clone()
+    /// Whether a request could be sent now as far as keys go.
+    pub fn has_key_for(&self, now: Instant) -> bool {
+        self.keys.is_empty() || self.keys.iter().any(|k| k.in_rotation(now))
     }
 
-    /// Drops flags no provider of the current snapshot uses.
-    pub fn retain_used(&self) {
-        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
-        flags.retain(|_, flag| Arc::strong_count(flag) > 1);
+    /// When the first resting key is back, if every key rests.
+    pub fn keys_back_at(&self, now: Instant) -> Option<Instant> {
+        if self.has_key_for(now) {
+            return None;
+        }
+        self.keys.iter().filter_map(|k| k.resting_until(now)).min()
     }
 }

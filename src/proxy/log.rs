@@ -12,6 +12,8 @@ use crate::message::RequestHead;
 pub const CLIENT_CLOSED: u16 = 499;
 /// Longest path written to the log.
 const MAX_PATH: usize = 512;
+/// Longest host written to the log.
+const MAX_HOST: usize = 256;
 
 #[derive(Debug)]
 pub struct AccessLog {
@@ -29,7 +31,7 @@ impl AccessLog {
         let path = head.target.split('?').next().unwrap_or("/").chars().take(MAX_PATH).collect();
         AccessLog {
             method: head.method.clone(),
-            host: head.authority.clone(),
+            host: head.authority.as_deref().map(|h| h.chars().take(MAX_HOST).collect()),
             path,
             started: Instant::now(),
             provider: None,

@@ -11,28 +11,36 @@
 //! [`Admitted::respond`], which is the same thing in two steps.
 
 pub mod auth;
+mod choose;
 pub mod log;
+mod retry;
 pub mod rewrite;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method};
+use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
 use crate::message::{RequestHead, Response};
 use crate::provider::Provider;
 use crate::route::Miss;
-use crate::select::{self, Class};
 use crate::state::{App, Snapshot};
 use crate::upstream::{self, Replay, Settings, UpstreamError, UpstreamRequest};
 use log::AccessLog;
+
+pub use choose::Chosen;
 
 /// The decision made before the body is read.
 #[derive(Debug)]
 pub struct Plan {
     pub snapshot: Arc<Snapshot>,
-    pub provider: Arc<Provider>,
+    /// The provider of the first attempt.
+    pub chosen: Chosen,
+    /// Every provider of the route that accepted the client's key: where
+    /// a retry looks for another.
+    pub candidates: Vec<Arc<Provider>>,
     /// The target the upstream sees (prefix removed).
     pub target: String,
     pub style: ErrorStyle,
@@ -70,7 +78,7 @@ pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
     let mut log = AccessLog::start(&head);
     match plan(&app.snapshot.load_full(), &head) {
         Ok(plan) => {
-            log.provider(plan.provider.index);
+            log.provider(plan.chosen.provider.index);
             Ok(Admitted { plan, head, log })
         }
         Err((error, style)) => {
@@ -86,10 +94,11 @@ impl Admitted {
     /// client should see. Dropping the future cancels the upstream request
     /// and logs the request as abandoned (499).
     pub async fn respond(self, app: &App, body: Body) -> Reply {
-        let Admitted { plan, head, log } = self;
-        let reply = match forward(app, &plan, head, body).await {
+        let Admitted { plan, head, mut log } = self;
+        let style = plan.style;
+        let reply = match retry::run(app, plan, head, body, &mut log).await {
             Ok(response) => Reply { response, from_upstream: true },
-            Err(err) => Reply { response: err.into_response(plan.style), from_upstream: false },
+            Err(err) => Reply { response: err.into_response(style), from_upstream: false },
         };
         log.finish(reply.response.status.as_u16());
         reply
@@ -113,69 +122,46 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
     let query = head.target.split_once('?').map(|(_, q)| q);
     let presented = crate::provider::kind::client_key(route.kind, &head.headers, query);
     let presented = presented.as_deref();
-    let accepting: Vec<&Arc<Provider>> =
-        route.providers.iter().filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys)).collect();
-    if accepting.is_empty() {
+    let candidates: Vec<Arc<Provider>> = route
+        .providers
+        .iter()
+        .filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys))
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
         return Err((ProxyError::Unauthorized, style));
     }
-    let class = |p: &&Arc<Provider>| Class {
-        usable: p.is_healthy(),
-        fallback: p.is_fallback,
-        priority: p.priority,
-        weight: p.weight,
-    };
-    let provider = select::choose(&accepting, class, &mut rand::thread_rng())
-        .map(|p| Arc::clone(p))
-        .ok_or((ProxyError::NoHealthyProvider, style))?;
-    Ok(Plan { snapshot: snapshot.clone(), provider, target: target.into_owned(), style })
+    let now = Instant::now();
+    let chosen = choose::choose(&candidates, &[], now).ok_or_else(|| (choose::unavailable(&candidates, now), style))?;
+    Ok(Plan { snapshot: snapshot.clone(), chosen, candidates, target: target.into_owned(), style })
 }
 
-/// Sends the request to the planned provider and returns the response as
-/// soon as its head arrives; the body streams on demand.
+/// One attempt at the planned provider, without failover (the active health
+/// checks send theirs this way).
 pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
-    let provider = &plan.provider;
-    let mut headers = head.headers;
-    let key = provider.pick_key(&mut rand::thread_rng());
-    let key_value = match key {
-        Some(key) => Some(key.secret.value().await.map_err(ProxyError::Credential)?),
-        None => None,
-    };
-    let oauth = key.is_some_and(|k| k.secret.is_command());
-    let endpoint = &provider.endpoint;
-    rewrite::rewrite_request(
-        &mut headers,
-        provider.kind,
-        &endpoint.host_header,
-        key_value.as_ref().map(|v| (v, oauth)),
-    );
-    let rewritten = rewrite::rewrite_target(provider.kind, &plan.target);
-    let target = rewritten.as_deref().unwrap_or(&plan.target);
-    let request = UpstreamRequest { method: &head.method, target, headers: &headers };
-    let mut response = send(app, plan, request, body).await.map_err(|e| upstream_error(e, provider))?;
-    if response.status == StatusCode::UNAUTHORIZED {
-        if let (Some(key), Some(value)) = (key, &key_value) {
-            key.secret.rejected(value);
-        }
-    }
-    crate::headers::strip_hop_by_hop(&mut response.headers);
-    if is_event_stream(&response.headers) {
-        // A buffering reverse proxy in front (nginx honours this) must not clump tokens.
-        response.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    }
-    Ok(response)
+    let RequestHead { method, mut headers, .. } = head;
+    let to = retry::Target { snapshot: &plan.snapshot, target: &plan.target, method: &method };
+    retry::attempt(app, to, &plan.chosen.provider, &mut headers, body, &[]).await.0
 }
 
 /// One exchange, repeated once on a fresh connection when a pooled one turns
 /// out to have been closed under us and the body can be sent again.
-async fn send(app: &App, plan: &Plan, request: UpstreamRequest<'_>, body: Body) -> Result<Response, UpstreamError> {
-    let timeouts = plan.provider.timeouts;
-    let settings = Settings { max_head: plan.snapshot.limits.upstream_max_head, timeouts };
-    let endpoint = &plan.provider.endpoint;
+async fn send(
+    app: &App,
+    snapshot: &Snapshot,
+    provider: &Provider,
+    request: UpstreamRequest<'_>,
+    body: Body,
+) -> Result<Response, UpstreamError> {
+    let timeouts = provider.timeouts;
+    let settings = Settings { max_head: snapshot.limits.upstream_max_head, timeouts };
+    let endpoint = &provider.endpoint;
     let replay = body.replayable();
     let checkout = app.pools.checkout(endpoint, timeouts.connect).await?;
     let reused = checkout.is_reused();
     match upstream::exchange(&app.pools, checkout, endpoint, request, body, settings).await {
-        Err(e) if reused && replay.is_some() && may_replay(e.replay(), &request) => {
+        // A timeout is no sign of a stale connection: waiting again would double it.
+        Err(e) if reused && replay.is_some() && !e.is_timeout() && may_replay(e.replay(), request.method) => {
             tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
             let fresh = app.pools.checkout_fresh(endpoint, timeouts.connect).await?;
             let body = replay.unwrap_or(Body::Empty);
@@ -188,13 +174,13 @@ async fn send(app: &App, plan: &Plan, request: UpstreamRequest<'_>, body: Body) 
 /// Whether a request that failed on a reused connection may go again. A request
 /// the upstream may have acted on is repeated only when its method is idempotent
 /// (RFC 9110 §9.2.2): a second POST would be a second, billed generation.
-fn may_replay(replay: Replay, request: &UpstreamRequest<'_>) -> bool {
+fn may_replay(replay: Replay, method: &Method) -> bool {
     match replay {
         Replay::Always => true,
         Replay::Never => false,
         Replay::IfIdempotent => {
             matches!(
-                *request.method,
+                *method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
             )
         }
@@ -210,7 +196,7 @@ fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
     err
 }
 
-const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+pub(crate) const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers

@@ -338,6 +338,10 @@ async fn pump_body<S: AsyncRead>(
 fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError> {
     let H1Head { method, target, headers, .. } = h1;
     if method == Method::CONNECT {
+        // Credentials in the authority would end up in logs.
+        if target.contains('@') {
+            return Err(ProxyError::BadRequest("user information in the request target is not allowed".into()));
+        }
         return Ok(RequestHead { method, authority: Some(target), target: String::new(), headers, default_port });
     }
     let host = match headers.get(http::header::HOST) {

@@ -4,6 +4,7 @@
 //! endpoint names, certificates) fails here, before anything is swapped in.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use http::HeaderValue;
 use super::{Limits, Snapshot};
 use crate::config::{ApiKeyConfig, Config, ProviderConfig, SecretSource};
 use crate::provider::secret::{CommandSecret, Secret};
-use crate::provider::{ApiKey, HealthRegistry, Provider};
+use crate::provider::{ApiKey, HealthRegistry, PassiveHealth, Provider};
 use crate::route::Router;
 use crate::upstream::{Endpoint, Timeouts};
 
@@ -54,6 +55,10 @@ impl Snapshot {
             auth_keys: config.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
             limits: Limits::from_config(&config),
             health_check: config.health_check.clone(),
+            passive_health: PassiveHealth {
+                failures: config.passive_health.failures,
+                cooldown: config.passive_health.cooldown,
+            },
             tls,
             providers,
             config,
@@ -112,12 +117,23 @@ fn provider(
     })
 }
 
-/// What makes a provider "the same" across a reload, so it keeps its health:
-/// route, type, endpoint and the check itself.
+/// What makes a provider "the same" across a reload, so it keeps its health
+/// and ejection state: route, type, endpoint, keys and the check itself. Keys
+/// enter as a hash, so the identity can be held without holding a secret twice.
 fn identity(cfg: &ProviderConfig) -> String {
+    let mut keys = std::collections::hash_map::DefaultHasher::new();
+    cfg.api_keys.iter().for_each(|k| k.source.hash(&mut keys));
     format!(
-        "{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
-        cfg.kind, cfg.host, cfg.host_port, cfg.path_prefix, cfg.endpoint, cfg.port, cfg.tls, cfg.health_check
+        "{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{:x}",
+        cfg.kind,
+        cfg.host,
+        cfg.host_port,
+        cfg.path_prefix,
+        cfg.endpoint,
+        cfg.port,
+        cfg.tls,
+        cfg.health_check,
+        keys.finish()
     )
 }
 
@@ -131,5 +147,5 @@ fn api_key(cfg: &ApiKeyConfig) -> Result<ApiKey, String> {
         }
         SecretSource::Command(cmd) => Secret::Command(CommandSecret::new(cmd.clone())),
     };
-    Ok(ApiKey { secret, weight: cfg.weight })
+    Ok(ApiKey::new(secret, cfg.weight))
 }

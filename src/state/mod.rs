@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, HealthCheckSettings};
-use crate::provider::{HealthRegistry, Provider};
+use crate::provider::{HealthRegistry, PassiveHealth, Provider};
 use crate::route::Router;
 use crate::upstream::Pools;
 
@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub auth_keys: Vec<Box<[u8]>>,
     pub limits: Limits,
     pub health_check: HealthCheckSettings,
+    /// When live failures eject a provider.
+    pub passive_health: PassiveHealth,
     /// The HTTPS listener's TLS settings, rebuilt (certificates re-read) on reload.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }

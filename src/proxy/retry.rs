@@ -1,0 +1,185 @@
+//! Failover before the first response byte. An attempt that fails where the
+//! client cannot have seen anything yet — a connect, TLS or first-byte
+//! failure, a stale connection, or a status listed in `retry.on_status` — is
+//! sent again, to another key of the same provider when the failure was the
+//! key's (429, 401, 403), else to another provider of the route by the usual
+//! selection rules. Nothing is sent twice that the upstream may have acted on,
+//! unless its answer says it refused (429, or 503 with `Retry-After`).
+//! Every attempt feeds the provider's passive health and its keys' rests.
+
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::time::Instant;
+
+use super::choose::{self, Chosen};
+use super::log::AccessLog;
+use super::{is_event_stream, may_replay, rewrite, send, upstream_error, Plan, X_ACCEL_BUFFERING};
+use crate::body::Body;
+use crate::config::RetrySettings;
+use crate::error::ProxyError;
+use crate::message::{RequestHead, Response};
+use crate::provider::{PassiveHealth, Provider};
+use crate::state::{App, Snapshot};
+use crate::upstream::{Replay, UpstreamRequest};
+
+type Outcome = Result<Response, ProxyError>;
+
+/// Runs attempts until one answers for good or none is left to try.
+pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, log: &mut AccessLog) -> Outcome {
+    let Plan { snapshot, mut chosen, candidates, target, .. } = plan;
+    let rules = &snapshot.config.retry;
+    let (body, replay) = keep_for_replay(body, rules.max_body_size, rules.attempts > 0).await?;
+    let RequestHead { method, mut headers, .. } = head;
+    let mut left = if replay.is_some() { rules.attempts } else { 0 };
+    let mut body = Some(body);
+    let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
+    loop {
+        log.provider(chosen.provider.index);
+        let this_body = body.take().or_else(|| replay.clone().map(Body::Full)).unwrap_or(Body::Empty);
+        let to = Target { snapshot: &snapshot, target: &target, method: &method };
+        let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
+        record_health(&mut chosen, &result, &snapshot.passive_health);
+        let Some(key_specific) = (left > 0).then(|| wants_retry(&result, rules, &method)).flatten() else {
+            return result;
+        };
+        let now = Instant::now();
+        tried_keys.extend(key.filter(|_| key_specific));
+        let same = key_specific
+            && key.is_some()
+            && chosen.provider.pick_key(&mut rand::thread_rng(), now, &tried_keys).is_some();
+        let next = if same {
+            Some(chosen.again())
+        } else {
+            tried_keys.clear();
+            choose::choose(&candidates, &tried_providers, now)
+        };
+        let Some(next) = next else {
+            return result;
+        };
+        tracing::debug!(from = chosen.provider.index, to = next.provider.index, "retrying the request");
+        tried_providers.push(next.index);
+        (left, chosen) = (left - 1, next);
+    }
+}
+
+/// Where a request goes, besides the provider.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub snapshot: &'a Snapshot,
+    /// Path and query, the route's prefix removed.
+    pub target: &'a str,
+    pub method: &'a Method,
+}
+
+/// One attempt: a key in rotation (not in `tried_keys`), the head rewritten
+/// for `provider`, the exchange, and the key's bookkeeping (a 429 rests it, a
+/// 401/403 refuses it). Returns the outcome and which key was used.
+pub(super) async fn attempt(
+    app: &App,
+    to: Target<'_>,
+    provider: &Provider,
+    headers: &mut HeaderMap,
+    body: Body,
+    tried_keys: &[usize],
+) -> (Outcome, Option<usize>) {
+    let now = Instant::now();
+    let key = provider.pick_key(&mut rand::thread_rng(), now, tried_keys);
+    if key.is_none() && !provider.keys.is_empty() {
+        return (Err(choose::no_key(provider, now)), None);
+    }
+    let value = match key {
+        Some((_, k)) => match k.secret.value().await {
+            Ok(value) => Some(value),
+            Err(e) => return (Err(ProxyError::Credential(e)), key.map(|(i, _)| i)),
+        },
+        None => None,
+    };
+    let oauth = key.is_some_and(|(_, k)| k.secret.is_command());
+    let host = &provider.endpoint.host_header;
+    rewrite::rewrite_request(headers, provider.kind, host, value.as_ref().map(|v| (v, oauth)));
+    let rewritten = rewrite::rewrite_target(provider.kind, to.target);
+    let target = rewritten.as_deref().unwrap_or(to.target);
+    let request = UpstreamRequest { method: to.method, target, headers };
+    let result = send(app, to.snapshot, provider, request, body).await.map_err(|e| upstream_error(e, provider));
+    if let (Ok(response), Some((_, key)), Some(value)) = (&result, key, &value) {
+        match response.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                let rest = key.rest(&response.headers);
+                tracing::info!(provider = provider.index, seconds = rest.as_secs_f64(), "key rate limited; resting it");
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => key.refused(value),
+            _ => {}
+        }
+    }
+    (result.map(finish), key.map(|(i, _)| i))
+}
+
+/// Strips what does not travel on from an upstream's response head.
+fn finish(mut response: Response) -> Response {
+    crate::headers::strip_hop_by_hop(&mut response.headers);
+    if is_event_stream(&response.headers) {
+        // A buffering reverse proxy in front (nginx honours this) must not clump tokens.
+        response.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
+    response
+}
+
+/// Feeds the attempt's outcome to the provider's passive health: 5xx and
+/// upstream errors are failures, other answers successes; a 429 or a failure
+/// of the client's own tells nothing.
+fn record_health(chosen: &mut Chosen, result: &Outcome, rules: &PassiveHealth) {
+    let failed = match result {
+        Ok(response) if response.status == StatusCode::TOO_MANY_REQUESTS => return,
+        Ok(response) => response.status.is_server_error(),
+        Err(ProxyError::Upstream(_)) => true,
+        Err(_) => return,
+    };
+    chosen.settled();
+    let provider = &chosen.provider;
+    if !failed {
+        provider.health.success();
+    } else if let Some(cooldown) = provider.health.failure(rules) {
+        let (index, route) = (provider.index, &provider.route_label);
+        tracing::warn!(provider = index, %route, seconds = cooldown.as_secs_f64(), "provider ejected after live failures");
+    }
+}
+
+/// Whether the outcome may be retried, and if so whether the failure was the
+/// key's (then another key of the same provider may serve). `None`: final.
+fn wants_retry(result: &Outcome, rules: &RetrySettings, method: &Method) -> Option<bool> {
+    match result {
+        Ok(response) => {
+            let status = response.status.as_u16();
+            if !rules.on_status.contains(&status) {
+                return None;
+            }
+            // These say the upstream did not act on the request.
+            let refused = status == 429 || (status == 503 && response.headers.contains_key(RETRY_AFTER));
+            let replay = if refused { Replay::Always } else { Replay::IfIdempotent };
+            may_replay(replay, method).then_some(matches!(status, 401 | 403 | 429))
+        }
+        Err(ProxyError::Upstream(e)) => may_replay(e.replay(), method).then_some(false),
+        Err(_) => None,
+    }
+}
+
+/// The body to send first, and a copy for replays when it is small enough to
+/// keep: in memory already, or of a declared length within `max` (read in
+/// whole before the first attempt). Bodies of unknown or larger length stream
+/// once and are not retried.
+async fn keep_for_replay(body: Body, max: u64, wanted: bool) -> Result<(Body, Option<Bytes>), ProxyError> {
+    if !wanted {
+        return Ok((body, None));
+    }
+    match body {
+        Body::Empty => Ok((Body::Empty, Some(Bytes::new()))),
+        Body::Full(bytes) if bytes.len() as u64 <= max => Ok((Body::Full(bytes.clone()), Some(bytes))),
+        body if !matches!(body, Body::Full(_)) && body.exact_len().is_some_and(|n| n <= max) => {
+            let limit = usize::try_from(max).unwrap_or(usize::MAX);
+            let bytes = body.collect(limit).await.map_err(ProxyError::ClientBody)?;
+            Ok((Body::Full(bytes.clone()), Some(bytes)))
+        }
+        body => Ok((body, None)),
+    }
+}
