@@ -1,12 +1,11 @@
 //! HTTP/1.1 edge cases found in review: HTTP/1.0 persistence, absolute-form
 //! targets, unsolicited upgrades and shutdown during a request.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(5);
 

@@ -1,12 +1,10 @@
 //! The command line and process lifecycle: `check`, start-up errors, pid file,
 //! graceful stop, and configuration reload on SIGHUP.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn openproxy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_openproxy")).args(args).output().unwrap();

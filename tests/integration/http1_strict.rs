@@ -2,15 +2,13 @@
 //! malformed request is refused with its exact status, the connection is
 //! closed, nothing reaches the upstream, and everyone else is still served.
 
-mod support;
-
-use support::*;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::wire::Wire;
 use tokio::io::AsyncWriteExt;
+
+use crate::support::wire::Wire;
+use crate::support::*;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";

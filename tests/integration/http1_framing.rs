@@ -2,16 +2,14 @@
 //! request and response bodies byte for byte (lengths, chunks, trailers,
 //! read-to-close), 100-continue, bodiless answers, HTTP/1.0 and upstream failures.
 
-mod support;
-
-use support::*;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::wire::{Msg, Wire};
 use tokio::io::AsyncWriteExt;
+
+use crate::support::wire::{Msg, Wire};
+use crate::support::*;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";

@@ -1,13 +1,12 @@
 //! HTTPS and HTTP/2, downstream and upstream, with a CA made in each test.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::tls::*;
-use support::*;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 /// A config with an HTTPS listener on `{port}` and the given providers.
 fn https_config(dir: &std::path::Path, ca: &TestCa, providers: &str) -> String {

@@ -1,11 +1,9 @@
 //! Provider selection through the binary: weights (checked statistically over
 //! hundreds of requests), key weights, priority, fallback and health.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const HEADERS: [(&str, &str); 2] = [("host", "h.local"), ("authorization", "Bearer client-key")];
 

@@ -2,15 +2,14 @@
 //! replaced, and a request the upstream may have acted on is never sent twice
 //! unless repeating it is harmless.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::tls::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::tls::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recycled_h2_upstream_connection_is_replaced() {

@@ -2,17 +2,15 @@
 //! uploads and downloads move in bounded memory, and a slow reader holds up
 //! nobody else.
 
-mod support;
-
-use support::*;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::wire::Wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
+
+use crate::support::wire::Wire;
+use crate::support::*;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";

@@ -1,15 +1,14 @@
 //! HTTP/2 and TLS limits: rapid reset floods, oversized header lists,
 //! certificate types and chains, and certificates re-read on SIGHUP.
 
-mod support;
-
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 
 use http_body_util::BodyExt;
-use support::tls::*;
-use support::*;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 fn https_config(cert: &std::path::Path, key: &std::path::Path, upstream: u16, extra: &str) -> String {
     format!(

@@ -1,7 +1,6 @@
 //! Test harness: the real `openproxy` binary started on a config, recording
 //! mock upstreams (hyper for ordinary answers, raw TCP for byte-exact scripts),
 //! and a raw client for what no well-behaved client would send.
-#![allow(dead_code)]
 
 pub mod tls;
 pub mod wire;
