@@ -99,16 +99,24 @@ fn pid_file_is_written_and_removed_on_exit() {
     let config = one_provider("openai", "h.local", 9, "").replace("{port}", &free_port().to_string());
     let (dir, config_path) = write_config(&config);
     let pid_path = dir.path().join("openproxy.pid");
+    let log = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
         .args(["start", "-c", &config_path, "-p"])
         .arg(&pid_path)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&pid_path).map(|s| s.trim().to_string()).unwrap_or_default() != child.id().to_string()
     {
         assert!(std::time::Instant::now() < deadline, "pid file never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pid file is written before the signal handlers are installed, the
+    // start line just before them: wait for it, or SIGINT may find no handler.
+    let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(&started) {
+        assert!(std::time::Instant::now() < deadline, "start never logged");
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();

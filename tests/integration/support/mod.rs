@@ -35,7 +35,8 @@ pub struct TestProxy {
 
 impl TestProxy {
     /// Starts the proxy on `yaml`, where `{port}` is replaced by a free port,
-    /// and waits (bounded) until it accepts connections.
+    /// and waits (bounded) until it accepts connections and has logged that it
+    /// started (its last step before it installs its signal handlers).
     pub fn start(yaml: &str) -> TestProxy {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -52,8 +53,9 @@ impl TestProxy {
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut proxy = TestProxy { child, addr, dir, log };
+        let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while std::net::TcpStream::connect(addr).is_err() || !proxy.logs().contains(&started) {
             if let Ok(Some(status)) = proxy.child.try_wait() {
                 panic!("proxy exited with {status}:\n{}", proxy.logs());
             }
