@@ -132,11 +132,7 @@ async fn a_client_that_hangs_up_cancels_its_upstream_request() {
     drop(client);
     let cancelled = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
     assert_eq!(cancelled.ok().flatten(), Some(true), "the upstream request outlived its client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !proxy.logs().contains("status=499") {
-        assert!(std::time::Instant::now() < deadline, "no 499 access line:\n{}", proxy.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_log(&proxy, "status=499", Duration::from_secs(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

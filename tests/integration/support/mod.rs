@@ -113,6 +113,15 @@ impl Drop for TestProxy {
     }
 }
 
+/// Waits (bounded by `limit`) until the proxy's log contains `needle`.
+pub async fn wait_for_log(proxy: &TestProxy, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !proxy.logs().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in the log within {limit:?}:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a mock upstream received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
