@@ -83,6 +83,16 @@ impl TestProxy {
         assert!(ok.success());
     }
 
+    /// Waits (bounded) until the proxy no longer accepts new connections: its
+    /// listeners have closed, so it has begun to drain.
+    pub async fn wait_until_refusing(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "the proxy still accepts connections:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (bounded) for the process to exit and returns its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
