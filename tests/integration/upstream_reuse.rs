@@ -80,7 +80,8 @@ async fn a_post_the_upstream_may_have_processed_is_not_sent_again() {
     assert_eq!(send(proxy.addr, "POST", "/v1/charge/1", &auth, "{}").await.0, 200);
     let (status, _, body) = send(proxy.addr, "POST", "/v1/charge/2", &auth, "{}").await;
     assert_eq!(status, 502, "{body}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The upstream logs a request before it answers or drops it, so a retry
+    // would be in the log before the proxy could answer the client.
     let seen = log.lock().unwrap().clone();
     assert_eq!(seen, vec!["POST /v1/charge/1 HTTP/1.1", "POST /v1/charge/2 HTTP/1.1"], "sent twice?");
 }
@@ -141,7 +142,7 @@ async fn an_early_upstream_answer_reaches_the_client_without_waiting_for_the_upl
         let head = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\n\r\n", refusal.len());
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(refusal).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        std::future::pending::<()>().await;
     })
     .await;
     let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), ""));
