@@ -320,7 +320,8 @@ pub fn one_provider(kind: &str, host: &str, upstream: u16, extra: &str) -> Strin
     )
 }
 
-/// A reqwest-free HTTP/1.1 client on hyper for well-formed requests.
+/// A reqwest-free HTTP/1.1 client on hyper for well-formed requests, one
+/// request per connection.
 pub async fn send(
     addr: SocketAddr,
     method: &str,
@@ -328,16 +329,39 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, http::HeaderMap, String) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    Client::connect(addr).await.send(method, path, headers, body).await
+}
+
+/// One keep-alive HTTP/1.1 client connection on hyper: each request is sent
+/// after the previous answer was read whole.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Client { sender }
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, http::HeaderMap, String) {
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
 }
