@@ -1,7 +1,6 @@
 //! Test harness: the real `openproxy` binary started on a config, recording
 //! mock upstreams (hyper for ordinary answers, raw TCP for byte-exact scripts),
 //! and a raw client for what no well-behaved client would send.
-#![allow(dead_code)]
 
 pub mod tls;
 pub mod wire;
@@ -36,7 +35,8 @@ pub struct TestProxy {
 
 impl TestProxy {
     /// Starts the proxy on `yaml`, where `{port}` is replaced by a free port,
-    /// and waits (bounded) until it accepts connections.
+    /// and waits (bounded) until it accepts connections and has logged that it
+    /// started (its last step before it installs its signal handlers).
     pub fn start(yaml: &str) -> TestProxy {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -53,8 +53,9 @@ impl TestProxy {
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut proxy = TestProxy { child, addr, dir, log };
+        let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while std::net::TcpStream::connect(addr).is_err() || !proxy.logs().contains(&started) {
             if let Ok(Some(status)) = proxy.child.try_wait() {
                 panic!("proxy exited with {status}:\n{}", proxy.logs());
             }
@@ -80,6 +81,16 @@ impl TestProxy {
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
         assert!(ok.success());
+    }
+
+    /// Waits (bounded) until the proxy no longer accepts new connections: its
+    /// listeners have closed, so it has begun to drain.
+    pub async fn wait_until_refusing(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "the proxy still accepts connections:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits (bounded) for the process to exit and returns its exit code.
@@ -109,6 +120,15 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded by `limit`) until the proxy's log contains `needle`.
+pub async fn wait_for_log(proxy: &TestProxy, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !proxy.logs().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in the log within {limit:?}:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -300,7 +320,8 @@ pub fn one_provider(kind: &str, host: &str, upstream: u16, extra: &str) -> Strin
     )
 }
 
-/// A reqwest-free HTTP/1.1 client on hyper for well-formed requests.
+/// A reqwest-free HTTP/1.1 client on hyper for well-formed requests, one
+/// request per connection.
 pub async fn send(
     addr: SocketAddr,
     method: &str,
@@ -308,16 +329,39 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, http::HeaderMap, String) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    Client::connect(addr).await.send(method, path, headers, body).await
+}
+
+/// One keep-alive HTTP/1.1 client connection on hyper: each request is sent
+/// after the previous answer was read whole.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Client { sender }
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, http::HeaderMap, String) {
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
 }

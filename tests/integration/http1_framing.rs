@@ -2,16 +2,15 @@
 //! request and response bodies byte for byte (lengths, chunks, trailers,
 //! read-to-close), 100-continue, bodiless answers, HTTP/1.0 and upstream failures.
 
-mod support;
-
-use support::*;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::wire::{Msg, Wire};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+
+use crate::support::wire::{Msg, Wire, READ_LIMIT};
+use crate::support::*;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";
@@ -86,6 +85,9 @@ async fn content_length_body_is_forwarded_byte_exact() {
         client.write(head.as_bytes()).await;
         for piece in body.chunks(100_000) {
             client.write(piece).await;
+            // A trickling client, not a wait: the pause makes the proxy's reads
+            // end between pieces. Nothing depends on it; the assertions hold
+            // however the pieces arrive.
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let resp = client.response("POST").await;
@@ -124,6 +126,9 @@ async fn chunked_request_body_with_extensions_and_trailers_is_forwarded() {
     pieces.push(rest);
     for piece in &pieces {
         client.write(piece).await;
+        // A trickling client, not a wait: the pause makes the proxy's reads end
+        // inside chunk-size lines and chunk data, as the pieces are cut.
+        // Nothing depends on it; the assertions hold however the pieces arrive.
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let resp = client.response("POST").await;
@@ -245,12 +250,13 @@ async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
             assert_eq!(resp.header("content-length"), Some("50"), "{}", resp.raw_head);
         }
     }
-    client.write(&get("/x")).await;
-    let ok = client.response("GET").await;
-    assert_eq!((ok.status(), ok.body_str().as_str()), (200, "ok"));
-    // Nothing stray followed the last answer either.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!client.closes_within(Duration::from_millis(200)).await);
+    // Nothing stray followed the last answer either: the connection is still
+    // open, and the next bytes on it are the next answer, and nothing more.
+    for _ in 0..2 {
+        client.write(&get("/x")).await;
+        let ok = client.response("GET").await;
+        assert_eq!((ok.status(), ok.body_str().as_str()), (200, "ok"));
+    }
     assert!(client.buf.is_empty(), "{:?}", String::from_utf8_lossy(&client.buf));
 }
 
@@ -258,15 +264,19 @@ async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
 async fn read_to_close_upstream_body_is_rechunked_and_the_client_connection_survives() {
     let conns = Arc::new(AtomicUsize::new(0));
     let counter = conns.clone();
+    // The upstream sends part two once the client has part one.
+    let part_one_seen = Arc::new(Notify::new());
+    let go = part_one_seen.clone();
     let up = RawUpstream::start(move |stream| {
         counter.fetch_add(1, Ordering::SeqCst);
+        let go = go.clone();
         async move {
             let mut w = Wire::patient(stream);
             if w.request().await.is_none() {
                 return;
             }
             w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ").await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            go.notified().await;
             w.write(b"part two.").await;
             // Dropping the stream closes it: that ends the body.
         }
@@ -276,11 +286,25 @@ async fn read_to_close_upstream_body_is_rechunked_and_the_client_connection_surv
     let mut client = Wire::connect(proxy.addr).await;
     for round in 0..2 {
         client.write(&get("/v1/stream")).await;
-        let resp = client.response("GET").await;
+        let resp = client.head().await.expect("connection closed, no response");
         assert_eq!(resp.status(), 200, "round {round}: {}", resp.raw_head);
-        assert!(resp.chunked, "round {round}: not chunked: {}", resp.raw_head);
+        let te = resp.header("transfer-encoding").map(str::to_ascii_lowercase);
+        assert_eq!(te.as_deref(), Some("chunked"), "round {round}: not chunked: {}", resp.raw_head);
         assert!(!resp.says_close(), "round {round}: {}", resp.raw_head);
-        assert_eq!(resp.body_str(), "part one, part two.", "round {round}");
+        let (mut body, mut trailers) = (Vec::new(), Vec::new());
+        while !body.ends_with(b"part one, ") {
+            body.extend(
+                client
+                    .chunk(&mut trailers)
+                    .await
+                    .unwrap_or_else(|| panic!("round {round}: the body ended before part one")),
+            );
+        }
+        part_one_seen.notify_one();
+        while let Some(data) = client.chunk(&mut trailers).await {
+            body.extend(data);
+        }
+        assert_eq!(String::from_utf8_lossy(&body), "part one, part two.", "round {round}");
     }
     assert_eq!(conns.load(Ordering::SeqCst), 2, "a close-delimited upstream connection cannot be reused");
 }
@@ -363,46 +387,70 @@ async fn unreachable_or_silent_upstreams_give_502_and_others_are_still_served() 
     assert_eq!(good.recorded().len(), 4);
 }
 
-/// The upstream closes each connection right after its answer, without
+/// An upstream that closes each connection right after its answer, without
 /// saying so: the pooled connection is dead when the next request comes.
-async fn closing_upstream() -> (RawUpstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+struct ClosingUpstream {
+    up: RawUpstream,
+    /// Connections accepted.
+    conns: Arc<AtomicUsize>,
+    /// Requests answered.
+    requests: Arc<AtomicUsize>,
+    /// The target of each request head, as soon as the head is in.
+    heads: mpsc::UnboundedReceiver<String>,
+    /// One message per connection the upstream has closed.
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+async fn closing_upstream() -> ClosingUpstream {
     let conns = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
+    let (heads_tx, heads) = mpsc::unbounded_channel();
+    let (closed_tx, closed) = mpsc::unbounded_channel();
     let (c, r) = (conns.clone(), requests.clone());
     let up = RawUpstream::start(move |stream| {
         c.fetch_add(1, Ordering::SeqCst);
-        let r = r.clone();
+        let (r, heads_tx, closed_tx) = (r.clone(), heads_tx.clone(), closed_tx.clone());
         async move {
             let mut w = Wire::patient(stream);
-            if let Some(req) = w.request().await {
+            if let Some(mut req) = w.head().await {
+                let _ = heads_tx.send(req.target().to_string());
+                w.body(&mut req, false, true).await;
                 r.fetch_add(1, Ordering::SeqCst);
                 let body = format!("{} {}", req.method(), req.target());
                 let out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                 w.write(out.as_bytes()).await;
             }
-            // Dropped here: closed without `Connection: close`.
+            // Closed without `Connection: close`.
+            drop(w);
+            let _ = closed_tx.send(());
         }
     })
     .await;
-    (up, conns, requests)
+    ClosingUpstream { up, conns, requests, heads, closed }
 }
 
 #[tokio::test]
 async fn pooled_connection_closed_by_upstream_while_idle_is_not_fatal() {
-    let (up, conns, requests) = closing_upstream().await;
-    let proxy = TestProxy::start(&config(up.port()));
+    let mut up = closing_upstream().await;
+    let proxy = TestProxy::start(&config(up.up.port()));
     let mut client = Wire::connect(proxy.addr).await;
-    // With a pause (the close has arrived before the reuse) and without one
-    // (the close races the next request), for a GET and for a POST with a body.
+    // After the upstream has closed the last connection (the close has arrived
+    // before the reuse) and right away (the close races the next request), for
+    // a GET and for a POST with a body.
     let steps = [
-        ("GET", "/v1/one", 0),
-        ("GET", "/v1/two", 200),
-        ("POST", "/v1/three", 200),
-        ("GET", "/v1/four", 0),
-        ("POST", "/v1/five", 0),
+        ("GET", "/v1/one", false),
+        ("GET", "/v1/two", true),
+        ("POST", "/v1/three", true),
+        ("GET", "/v1/four", false),
+        ("POST", "/v1/five", false),
     ];
-    for (method, path, pause) in steps {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+    let mut closed = 0;
+    for (i, (method, path, after_close)) in steps.into_iter().enumerate() {
+        // Each answered request had a connection of its own, closed after it.
+        while after_close && closed < i {
+            tokio::time::timeout(READ_LIMIT, up.closed.recv()).await.expect("the upstream never closed").unwrap();
+            closed += 1;
+        }
         let req = if method == "POST" {
             format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n{{}}")
         } else {
@@ -418,14 +466,23 @@ async fn pooled_connection_closed_by_upstream_while_idle_is_not_fatal() {
     for i in 0..5 {
         let path = format!("/v1/streamed{i}");
         client.write(format!("POST {path} HTTP/1.1\r\n{AUTH}Content-Length: 2\r\n\r\n").as_bytes()).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The body follows once the head is upstream.
+        loop {
+            let target = tokio::time::timeout(READ_LIMIT, up.heads.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{path}: the head never reached a live upstream connection"))
+                .unwrap();
+            if target == path {
+                break;
+            }
+        }
         client.write(b"{}").await;
         let resp = client.response("POST").await;
         assert_eq!(resp.status(), 200, "{path}: {} {}", resp.raw_head, resp.body_str());
         assert_eq!(resp.body_str(), format!("POST {path}"));
     }
-    assert_eq!(requests.load(Ordering::SeqCst), steps.len() + 5);
-    assert_eq!(conns.load(Ordering::SeqCst), steps.len() + 5);
+    assert_eq!(up.requests.load(Ordering::SeqCst), steps.len() + 5);
+    assert_eq!(up.conns.load(Ordering::SeqCst), steps.len() + 5);
 }
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! Routing by Host and path prefix, through the real binary.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn prefix_routes_match_whole_segments_and_are_stripped() {

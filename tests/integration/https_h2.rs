@@ -1,13 +1,12 @@
 //! HTTPS and HTTP/2, downstream and upstream, with a CA made in each test.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::tls::*;
-use support::*;
+
+use crate::support::tls::*;
+use crate::support::*;
 
 /// A config with an HTTPS listener on `{port}` and the given providers.
 fn https_config(dir: &std::path::Path, ca: &TestCa, providers: &str) -> String {
@@ -268,6 +267,11 @@ async fn a_stalled_h2_stream_does_not_stall_its_neighbours() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("small"));
     }
+    // The stall goes on a while before memory is read: a proxy that buffered
+    // the stalled stream would keep pulling it from the upstream meanwhile.
+    // This is the scripted stall, not a wait for an event: there is none for
+    // 'it did not buffer', and the upstream stops at flow-control windows
+    // whose sizes the test does not know.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_mib = proxy.peak_rss_kib() / 1024;
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB while a 64 MiB download is stalled: it is being buffered");

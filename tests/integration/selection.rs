@@ -1,11 +1,9 @@
 //! Provider selection through the binary: weights (checked statistically over
 //! hundreds of requests), key weights, priority, fallback and health.
 
-mod support;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use support::*;
+use crate::support::*;
 
 const HEADERS: [(&str, &str); 2] = [("host", "h.local"), ("authorization", "Bearer client-key")];
 
@@ -81,18 +79,6 @@ async fn highest_priority_takes_all_traffic() {
     assert_eq!((low.recorded().len(), high.recorded().len()), (0, 50));
 }
 
-/// Sends requests until one is answered by `mock` (bounded), returning how many it took.
-async fn until_answered_by(proxy: &TestProxy, mock: &str) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
-        if body.contains(mock) || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn fallback_serves_only_while_no_primary_is_healthy() {
     // The primary's health check fails until `healthy` flips.
@@ -115,13 +101,16 @@ async fn fallback_serves_only_while_no_primary_is_healthy() {
         ],
         "health_check:\n  enabled: true\n  interval: 0.2\n",
     ));
-    let (_, body) = until_answered_by(&proxy, "fallback").await;
+    // The health checker marks the primary down before it logs so.
+    wait_for_log(&proxy, "provider is now unhealthy", Duration::from_secs(10)).await;
+    let (_, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
     assert!(body.contains("fallback"), "traffic never moved to the fallback: {body}");
     let checks = primary.recorded().iter().filter(|r| r.uri == "/health").count();
     assert!(checks >= 1);
     assert_eq!(primary.recorded()[0].header("authorization"), Some("Bearer k"), "checks carry the provider key");
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (_, body) = until_answered_by(&proxy, "primary").await;
+    wait_for_log(&proxy, "provider is healthy again", Duration::from_secs(10)).await;
+    let (_, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
     assert!(body.contains("primary"), "traffic never returned to the primary: {body}");
     for _ in 0..20 {
         let (_, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
@@ -135,14 +124,8 @@ async fn no_healthy_provider_is_503() {
     let check = "    api_key: k\n    health_check:\n      method: GET\n      path: /health\n";
     let proxy =
         TestProxy::start(&config(&[provider(sick.port(), check)], "health_check:\n  enabled: true\n  interval: 0.2\n"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
-        let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
-        if status == 503 && body.contains("no_healthy_provider") || Instant::now() > deadline {
-            break (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    wait_for_log(&proxy, "provider is now unhealthy", Duration::from_secs(10)).await;
+    let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &HEADERS, "").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(r#""code":"no_healthy_provider""#), "{body}");
 }

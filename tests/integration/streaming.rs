@@ -2,17 +2,15 @@
 //! uploads and downloads move in bounded memory, and a slow reader holds up
 //! nobody else.
 
-mod support;
-
-use support::*;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::wire::Wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
+
+use crate::support::wire::Wire;
+use crate::support::*;
 
 /// Route host and client credentials every good request carries.
 const AUTH: &str = "Host: a.local\r\nAuthorization: Bearer client-key\r\n";
@@ -47,7 +45,7 @@ fn check_stream(block: &[u8], pos: u64, data: &[u8]) {
 
 /// Reads exactly `len` body bytes from `w` (what is buffered first), checking
 /// them against the repeated block; returns how many arrived before EOF.
-async fn drain_checked(w: &mut Wire, len: u64, block: &[u8], pause: Option<Duration>) -> u64 {
+async fn drain_checked(w: &mut Wire, len: u64, block: &[u8]) -> u64 {
     let mut got = 0u64;
     let buffered = std::mem::take(&mut w.buf);
     let take = buffered.len().min(len as usize);
@@ -63,15 +61,12 @@ async fn drain_checked(w: &mut Wire, len: u64, block: &[u8], pause: Option<Durat
         };
         check_stream(block, got, &chunk[..n]);
         got += n as u64;
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
-        }
     }
     got
 }
 
 /// An SSE upstream that sends event 1, waits until the test says go, then
-/// (after 300 ms) event 2 and the end. `chunked` picks the upstream framing;
+/// sends event 2 and the end. `chunked` picks the upstream framing;
 /// otherwise the stream is delimited by closing the connection.
 async fn sse_upstream(chunked: bool, go: mpsc::Receiver<()>, second_sent: Arc<AtomicBool>) -> RawUpstream {
     let go = Arc::new(Mutex::new(go));
@@ -98,7 +93,6 @@ async fn sse_upstream(chunked: bool, go: mpsc::Receiver<()>, second_sent: Arc<At
             if go.lock().await.recv().await.is_none() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
             second_sent.store(true, Ordering::SeqCst);
             w.write(event(EVENT_2).as_bytes()).await;
             w.write(event(DONE).as_bytes()).await;
@@ -167,7 +161,7 @@ async fn large_upload_streams_through_in_bounded_memory() {
             let len: u64 =
                 head.header("content-length").expect("upload forwarded without content-length").parse().unwrap();
             w.limit = Duration::from_secs(30);
-            let got = drain_checked(&mut w, len, &block(), None).await;
+            let got = drain_checked(&mut w, len, &block()).await;
             counter.store(got, Ordering::SeqCst);
             let body = got.to_string();
             let out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
@@ -228,7 +222,7 @@ async fn large_download_streams_through_in_bounded_memory() {
     let head = client.head().await.expect("no response head");
     assert_eq!(head.status(), 200, "{}", head.raw_head);
     assert_eq!(head.header("content-length"), Some(BIG.to_string().as_str()));
-    let got = drain_checked(&mut client, BIG, &block(), None).await;
+    let got = drain_checked(&mut client, BIG, &block()).await;
     let took = started.elapsed();
     assert_eq!(got, BIG);
     let rss = proxy.peak_rss_kib();
@@ -264,7 +258,8 @@ async fn a_slow_reader_does_not_hold_up_other_clients() {
     slow.write(format!("GET /v1/big HTTP/1.1\r\n{AUTH}\r\n").as_bytes()).await;
     let head = slow.head().await.expect("no head for the slow client");
     assert_eq!(head.status(), 200);
-    // The slow client trickles: 4 KiB every 50 ms, in the background.
+    // The slow client trickles: 4 KiB every 50 ms, in the background. (The
+    // pauses are the slow reader being scripted, not a wait.)
     let reader = tokio::spawn(async move {
         let mut chunk = [0u8; 4096];
         let mut total = slow.buf.len() as u64;
@@ -276,6 +271,10 @@ async fn a_slow_reader_does_not_hold_up_other_clients() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    // A head start for the slow reader, so its back-pressure is in force
+    // before the others come. Not a wait for an event: how soon every buffer
+    // between the upstream and the slow reader is full depends on the kernel
+    // (receive buffers here autotune up to 32 MiB), and nothing reports it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Meanwhile others are served promptly, one after another and in parallel.
     for i in 0..10 {

@@ -1,12 +1,10 @@
 //! The command line and process lifecycle: `check`, start-up errors, pid file,
 //! graceful stop, and configuration reload on SIGHUP.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn openproxy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_openproxy")).args(args).output().unwrap();
@@ -101,16 +99,24 @@ fn pid_file_is_written_and_removed_on_exit() {
     let config = one_provider("openai", "h.local", 9, "").replace("{port}", &free_port().to_string());
     let (dir, config_path) = write_config(&config);
     let pid_path = dir.path().join("openproxy.pid");
+    let log = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
         .args(["start", "-c", &config_path, "-p"])
         .arg(&pid_path)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&pid_path).map(|s| s.trim().to_string()).unwrap_or_default() != child.id().to_string()
     {
         assert!(std::time::Instant::now() < deadline, "pid file never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pid file is written before the signal handlers are installed, the
+    // start line just before them: wait for it, or SIGINT may find no handler.
+    let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(&started) {
+        assert!(std::time::Instant::now() < deadline, "start never logged");
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
@@ -127,23 +133,13 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let original = std::fs::read_to_string(proxy.config_path()).unwrap();
     std::fs::write(proxy.config_path(), original.replace("real-key", "rotated-key")).unwrap();
     proxy.signal("HUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        send(proxy.addr, "GET", "/v1/b", &headers, "").await;
-        let last = up.recorded().last().cloned().unwrap();
-        if last.header("authorization") == Some("Bearer rotated-key") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "reload never took effect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_log(&proxy, "configuration reloaded", Duration::from_secs(10)).await;
+    send(proxy.addr, "GET", "/v1/b", &headers, "").await;
+    let last = up.recorded().last().cloned().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer rotated-key"), "reload never took effect");
     std::fs::write(proxy.config_path(), "providers: [oops\n").unwrap();
     proxy.signal("HUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !proxy.logs().contains("reload failed") {
-        assert!(std::time::Instant::now() < deadline, "bad reload not reported:\n{}", proxy.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_log(&proxy, "reload failed", Duration::from_secs(10)).await;
     let (status, _, _) = send(proxy.addr, "GET", "/v1/c", &headers, "").await;
     assert_eq!(status, 200, "the running config survives a bad reload");
     assert_eq!(up.recorded().last().unwrap().header("authorization"), Some("Bearer rotated-key"));

@@ -1,8 +1,6 @@
 //! Client-key checks and credential swapping per provider type, through the binary.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// No header of the recorded request may contain the client's key.
 fn assert_no_client_key(rec: &Recorded) {

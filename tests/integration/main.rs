@@ -1,0 +1,17 @@
+//! The integration tests, one binary: each module drives the real `openproxy`
+//! binary (started per test) against mock upstreams on loopback, and all of
+//! them share `support`.
+
+mod support;
+
+mod auth;
+mod cli;
+mod http1_edges;
+mod http1_framing;
+mod http1_strict;
+mod https_h2;
+mod https_limits;
+mod routing;
+mod selection;
+mod streaming;
+mod upstream_reuse;
