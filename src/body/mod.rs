@@ -9,6 +9,7 @@
 
 pub mod h1;
 pub mod h2;
+mod replay;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +23,11 @@ use tokio::time::Instant;
 
 pub use self::h1::H1Body;
 pub use self::h2::H2Body;
+pub use self::replay::{Replayed, Retained};
 use crate::http1::{self, BodyFraming, DecodeError};
 
 /// One piece of a body as it arrives.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Frame {
     Data(Bytes),
     Trailers(HeaderMap),
@@ -133,6 +135,8 @@ pub enum Body {
     H2(Box<H2Body>),
     /// Another body, with its progress recorded.
     Watched(Box<Watched>),
+    /// A request body handed out again for a retry (see [`Retained`]).
+    Replayed(Box<Replayed>),
 }
 
 impl Body {
@@ -164,6 +168,7 @@ impl Body {
             Body::Channel { rx, .. } => rx.recv().await,
             Body::H1(h1) => h1.next_frame().await,
             Body::H2(h2) => h2.next_frame().await,
+            Body::Replayed(r) => Box::pin(r.next_frame()).await,
         }
     }
 
@@ -185,6 +190,7 @@ impl Body {
             Body::H1(h1) => h1.exact_len(),
             Body::H2(h2) => h2.exact_len(),
             Body::Watched(w) => w.inner.exact_len(),
+            Body::Replayed(r) => r.exact_len(),
         }
     }
 
@@ -232,6 +238,7 @@ impl std::fmt::Debug for Body {
             Body::H1(_) => f.write_str("Body::H1"),
             Body::H2(_) => f.write_str("Body::H2"),
             Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),
+            Body::Replayed(_) => f.write_str("Body::Replayed"),
         }
     }
 }

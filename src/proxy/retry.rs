@@ -7,7 +7,6 @@
 //! unless its answer says it refused (429, or 503 with `Retry-After`).
 //! Every attempt feeds the provider's passive health and its keys' rests.
 
-use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use super::choose::{self, Chosen};
 use super::log::AccessLog;
 use super::{is_event_stream, may_replay, rewrite, send, upstream_error, Plan, X_ACCEL_BUFFERING};
-use crate::body::Body;
+use crate::body::{Body, Retained};
 use crate::config::RetrySettings;
 use crate::error::ProxyError;
 use crate::message::{RequestHead, Response};
@@ -29,15 +28,18 @@ type Outcome = Result<Response, ProxyError>;
 pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, log: &mut AccessLog) -> Outcome {
     let Plan { snapshot, mut chosen, candidates, target, .. } = plan;
     let rules = &snapshot.config.retry;
-    let (body, replay) = keep_for_replay(body, rules.max_body_size, rules.attempts > 0).await?;
+    let retained = if rules.attempts > 0 { Retained::new(body, rules.max_body_size) } else { Err(body) };
+    let (mut body, replay) = match retained {
+        Ok(replay) => (replay.body().await, Some(replay)),
+        Err(body) => (Some(body), None),
+    };
     let RequestHead { method, mut headers, .. } = head;
     let mut left = if replay.is_some() { rules.attempts } else { 0 };
-    let mut body = Some(body);
     let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
     loop {
         log.provider(chosen.provider.index);
-        let this_body = body.take().or_else(|| replay.clone().map(Body::Full)).unwrap_or(Body::Empty);
         let to = Target { snapshot: &snapshot, target: &target, method: &method };
+        let this_body = body.take().unwrap_or(Body::Empty);
         let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
         record_health(&mut chosen, &result, &snapshot.passive_health);
         let Some(key_specific) = (left > 0).then(|| wants_retry(&result, rules, &method)).flatten() else {
@@ -54,9 +56,15 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
             tried_keys.clear();
             choose::choose(&candidates, &tried_providers, now)
         };
-        let Some(next) = next else {
+        let (Some(next), Some(replay)) = (next, replay.as_ref().filter(|r| r.can_replay())) else {
             return result;
         };
+        // The failed answer lets go of the body before the next attempt takes it.
+        drop(result);
+        body = replay.body().await;
+        if body.is_none() {
+            return Err(ProxyError::ReplayUnavailable);
+        }
         tracing::debug!(from = chosen.provider.index, to = next.provider.index, "retrying the request");
         tried_providers.push(next.index);
         (left, chosen) = (left - 1, next);
@@ -161,25 +169,5 @@ fn wants_retry(result: &Outcome, rules: &RetrySettings, method: &Method) -> Opti
         }
         Err(ProxyError::Upstream(e)) => may_replay(e.replay(), method).then_some(false),
         Err(_) => None,
-    }
-}
-
-/// The body to send first, and a copy for replays when it is small enough to
-/// keep: in memory already, or of a declared length within `max` (read in
-/// whole before the first attempt). Bodies of unknown or larger length stream
-/// once and are not retried.
-async fn keep_for_replay(body: Body, max: u64, wanted: bool) -> Result<(Body, Option<Bytes>), ProxyError> {
-    if !wanted {
-        return Ok((body, None));
-    }
-    match body {
-        Body::Empty => Ok((Body::Empty, Some(Bytes::new()))),
-        Body::Full(bytes) if bytes.len() as u64 <= max => Ok((Body::Full(bytes.clone()), Some(bytes))),
-        body if !matches!(body, Body::Full(_)) && body.exact_len().is_some_and(|n| n <= max) => {
-            let limit = usize::try_from(max).unwrap_or(usize::MAX);
-            let bytes = body.collect(limit).await.map_err(ProxyError::ClientBody)?;
-            Ok((Body::Full(bytes.clone()), Some(bytes)))
-        }
-        body => Ok((body, None)),
     }
 }

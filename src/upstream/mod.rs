@@ -143,10 +143,18 @@ pub enum Replay {
 impl UpstreamError {
     pub fn replay(&self) -> Replay {
         match self {
-            UpstreamError::NothingWritten(_) | UpstreamError::H2Refused(_) => Replay::Always,
-            UpstreamError::Write(_) | UpstreamError::ClosedBeforeResponse | UpstreamError::H2Gone(_) => {
-                Replay::IfIdempotent
-            }
+            // Nothing of the request left before these.
+            UpstreamError::Resolve { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::H2Handshake { .. }
+            | UpstreamError::NothingWritten(_)
+            | UpstreamError::H2Refused(_) => Replay::Always,
+            UpstreamError::Write(_)
+            | UpstreamError::ClosedBeforeResponse
+            | UpstreamError::H2Gone(_)
+            | UpstreamError::FirstByteTimeout(_) => Replay::IfIdempotent,
             UpstreamError::Read(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Replay::IfIdempotent,
             _ => Replay::Never,
         }

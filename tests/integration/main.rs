@@ -14,4 +14,5 @@ mod https_limits;
 mod routing;
 mod selection;
 mod streaming;
+mod timeouts;
 mod upstream_reuse;
