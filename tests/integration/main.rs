@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod failover;
 mod http1_edges;
 mod http1_framing;
 mod http1_strict;
