@@ -4,7 +4,6 @@
 //! byte-exact, and that ejections end, probe, and survive a SIGHUP.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -129,7 +128,7 @@ async fn a_streamed_body_is_replayed_byte_exact() {
     let proxy = TestProxy::start(&config("", &[(first.port(), "    priority: 5\n"), (second.port(), "")]));
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let head = format!("POST /v1/files HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let head = "POST /v1/files HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     client.write_all(head.as_bytes()).await.unwrap();
     for piece in body.chunks(7_000) {
         client.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.unwrap();
