@@ -23,23 +23,29 @@ impl Class {
 
 /// The chosen item, or `None` when no candidate is usable.
 pub fn choose<'a, T>(items: &'a [T], class: impl Fn(&T) -> Class, rng: &mut impl Rng) -> Option<&'a T> {
+    choose_index(items.len(), |i| class(&items[i]), rng).map(|i| &items[i])
+}
+
+/// The index of the chosen one of `count` candidates described by `class`.
+/// `class` is asked about each candidate a few times, so it should be cheap.
+pub fn choose_index(count: usize, class: impl Fn(usize) -> Class, rng: &mut impl Rng) -> Option<usize> {
     // Tier order: non-fallback before fallback, then higher priority.
     let tier = |c: &Class| (!c.fallback, c.priority);
-    let best = items.iter().map(&class).filter(|c| c.usable).map(|c| tier(&c)).max()?;
-    let in_tier = |item: &&T| {
-        let c = class(item);
+    let best = (0..count).map(&class).filter(|c| c.usable).map(|c| tier(&c)).max()?;
+    let in_tier = |i: &usize| {
+        let c = class(*i);
         c.usable && tier(&c) == best
     };
-    let total: f64 = items.iter().filter(in_tier).map(|i| class(i).weight).sum();
+    let total: f64 = (0..count).filter(in_tier).map(|i| class(i).weight).sum();
     let mut point = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
     let mut last = None;
-    for item in items.iter().filter(in_tier) {
-        let weight = class(item).weight;
+    for i in (0..count).filter(in_tier) {
+        let weight = class(i).weight;
         if point < weight {
-            return Some(item);
+            return Some(i);
         }
         point -= weight;
-        last = Some(item);
+        last = Some(i);
     }
     last // floating-point rounding can leave `point` a hair above the total
 }

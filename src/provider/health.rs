@@ -48,13 +48,16 @@ struct Passive {
 pub struct Health {
     /// The active checks' verdict.
     healthy: AtomicBool,
+    /// Whether the passive state is anything but clean (a failure counted, an
+    /// ejection or a probe): lets the common case skip the lock.
+    troubled: AtomicBool,
     /// A std mutex: held for a few field updates, never across an await.
     passive: Mutex<Passive>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { healthy: AtomicBool::new(true), passive: Mutex::default() }
+        Health { healthy: AtomicBool::new(true), troubled: AtomicBool::new(false), passive: Mutex::default() }
     }
 }
 
@@ -67,6 +70,9 @@ impl Health {
     pub fn availability(&self, now: Instant) -> Availability {
         if !self.healthy.load(Ordering::Relaxed) {
             return Availability::Out(None);
+        }
+        if !self.troubled.load(Ordering::Acquire) {
+            return Availability::Ready;
         }
         let passive = self.lock();
         match passive.ejected_until {
@@ -81,6 +87,7 @@ impl Health {
     /// request already holds it.
     pub fn begin_probe(&self) -> bool {
         let mut passive = self.lock();
+        self.troubled.store(true, Ordering::Release);
         !std::mem::replace(&mut passive.probing, true)
     }
 
@@ -91,16 +98,19 @@ impl Health {
 
     /// A live request succeeded: full traffic again, counters reset.
     pub fn success(&self) {
-        let mut passive = self.lock();
-        if passive.failures != 0 || passive.ejected_until.is_some() || passive.probing {
-            *passive = Passive::default();
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
         }
+        let mut passive = self.lock();
+        *passive = Passive::default();
+        self.troubled.store(false, Ordering::Release);
     }
 
     /// A live request failed (connect error, timeout, 5xx). Returns the length
     /// of the ejection it caused, if it caused one.
     pub fn failure(&self, rules: &PassiveHealth) -> Option<Duration> {
         let mut passive = self.lock();
+        self.troubled.store(true, Ordering::Release);
         if passive.ejected_until.is_some() {
             if !passive.probing {
                 return None; // a request from before the ejection: already counted

@@ -56,12 +56,12 @@ impl Provider {
     /// 401/403), at random by key weight, skipping the indexes in `tried`.
     /// `None` when none is left (and always for `forward`, which has none).
     pub fn pick_key(&self, rng: &mut impl Rng, now: Instant, tried: &[usize]) -> Option<(usize, &ApiKey)> {
-        let indexed: Vec<(usize, &ApiKey)> = self.keys.iter().enumerate().collect();
-        let class = |(i, k): &(usize, &ApiKey)| Class {
-            usable: k.in_rotation(now) && !tried.contains(i),
-            ..Class::weighted(k.weight)
+        let keys = &self.keys;
+        let class = |i: usize| Class {
+            usable: keys[i].in_rotation(now) && !tried.contains(&i),
+            ..Class::weighted(keys[i].weight)
         };
-        select::choose(&indexed, class, rng).copied()
+        select::choose_index(keys.len(), class, rng).map(|i| (i, &keys[i]))
     }
 
     /// Whether a request could be sent now as far as keys go.

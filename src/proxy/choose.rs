@@ -51,17 +51,21 @@ impl Drop for Chosen {
 
 /// A provider for the next attempt, skipping the candidates in `tried`.
 pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Option<Chosen> {
-    let indexed: Vec<(usize, &Arc<Provider>, Availability)> =
-        candidates.iter().enumerate().map(|(i, p)| (i, p, p.health.availability(now))).collect();
-    let class = |(i, p, availability): &(usize, &Arc<Provider>, Availability)| Class {
-        usable: !matches!(availability, Availability::Out(_)) && p.has_key_for(now) && !tried.contains(i),
-        fallback: p.is_fallback,
-        priority: p.priority,
-        weight: p.weight,
+    let class = |i: usize| {
+        let p = &candidates[i];
+        Class {
+            usable: !tried.contains(&i)
+                && !matches!(p.health.availability(now), Availability::Out(_))
+                && p.has_key_for(now),
+            fallback: p.is_fallback,
+            priority: p.priority,
+            weight: p.weight,
+        }
     };
-    let (index, provider, availability) = select::choose(&indexed, class, &mut rand::thread_rng())?;
-    let probe = *availability == Availability::Probe && provider.health.begin_probe();
-    Some(Chosen { provider: Arc::clone(provider), index: *index, probe })
+    let index = select::choose_index(candidates.len(), class, &mut rand::thread_rng())?;
+    let provider = &candidates[index];
+    let probe = provider.health.availability(now) == Availability::Probe && provider.health.begin_probe();
+    Some(Chosen { provider: Arc::clone(provider), index, probe })
 }
 
 /// Why no candidate can take the request: every usable one has all its keys
