@@ -27,24 +27,34 @@ pub fn choose<'a, T>(items: &'a [T], class: impl Fn(&T) -> Class, rng: &mut impl
 }
 
 /// The index of the chosen one of `count` candidates described by `class`.
-/// `class` is asked about each candidate a few times, so it should be cheap.
+/// Each candidate is asked once, so the choice is consistent even when what
+/// `class` reads (health, key rests) changes meanwhile.
 pub fn choose_index(count: usize, class: impl Fn(usize) -> Class, rng: &mut impl Rng) -> Option<usize> {
+    const ON_STACK: usize = 8;
+    if count <= ON_STACK {
+        let mut classes = [Class::weighted(0.0); ON_STACK];
+        for (i, slot) in classes.iter_mut().take(count).enumerate() {
+            *slot = class(i);
+        }
+        choose_among(&classes[..count], rng)
+    } else {
+        choose_among(&(0..count).map(class).collect::<Vec<_>>(), rng)
+    }
+}
+
+fn choose_among(classes: &[Class], rng: &mut impl Rng) -> Option<usize> {
     // Tier order: non-fallback before fallback, then higher priority.
     let tier = |c: &Class| (!c.fallback, c.priority);
-    let best = (0..count).map(&class).filter(|c| c.usable).map(|c| tier(&c)).max()?;
-    let in_tier = |i: &usize| {
-        let c = class(*i);
-        c.usable && tier(&c) == best
-    };
-    let total: f64 = (0..count).filter(in_tier).map(|i| class(i).weight).sum();
+    let best = classes.iter().filter(|c| c.usable).map(tier).max()?;
+    let in_tier = |c: &&Class| c.usable && tier(c) == best;
+    let total: f64 = classes.iter().filter(in_tier).map(|c| c.weight).sum();
     let mut point = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
     let mut last = None;
-    for i in (0..count).filter(in_tier) {
-        let weight = class(i).weight;
-        if point < weight {
+    for (i, c) in classes.iter().enumerate().filter(|(_, c)| in_tier(c)) {
+        if point < c.weight {
             return Some(i);
         }
-        point -= weight;
+        point -= c.weight;
         last = Some(i);
     }
     last // floating-point rounding can leave `point` a hair above the total
@@ -91,6 +101,13 @@ mod tests {
     fn highest_priority_wins_within_a_tier() {
         let items = [c(true, false, 1, 1.0), c(true, false, 5, 1.0), c(false, false, 9, 1.0)];
         assert_eq!(counts(&items, 500), vec![0, 500, 0]);
+    }
+
+    #[test]
+    fn many_candidates_choose_alike() {
+        let mut items = vec![c(false, false, 0, 1.0); 12];
+        items[10] = c(true, false, 0, 1.0);
+        assert_eq!(counts(&items, 50)[10], 50);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use http::HeaderMap;
 
 use std::time::Duration;
 
+use tokio::task::AbortHandle;
+
 use super::{within, Body, BodyError, CopyError, Frame};
 use crate::headers::strip_trailer_fields;
 
@@ -30,6 +32,16 @@ pub struct H2Body {
     stage: Stage,
     /// Longest wait for the next piece.
     idle: Option<Duration>,
+    /// The upload of the request this body answers, stopped with it.
+    upload: Option<AbortHandle>,
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        if let Some(upload) = &self.upload {
+            upload.abort();
+        }
+    }
 }
 
 impl H2Body {
@@ -41,7 +53,15 @@ impl H2Body {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let stage = if recv.is_end_stream() { Stage::Done } else { Stage::Data };
         let len = if recv.is_end_stream() { Some(0) } else { len };
-        H2Body { recv, len, stage, idle: None }
+        H2Body { recv, len, stage, idle: None, upload: None }
+    }
+
+    /// Ties the task uploading the request to this answer: when the answer is
+    /// dropped (read out, or thrown away for a retry), the upload stops too,
+    /// and lets go of the request body.
+    pub fn with_upload(mut self, upload: AbortHandle) -> Self {
+        self.upload = Some(upload);
+        self
     }
 
     /// Fails the body with [`BodyError::Stalled`] when nothing arrives for `idle`.

@@ -12,7 +12,7 @@ pub mod h2;
 mod replay;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,18 +71,22 @@ pub(crate) async fn within<T>(idle: Option<Duration>, next: impl Future<Output =
     }
 }
 
-/// When a body last gave up a frame: how an upstream wait tells a slow upload
-/// (still progressing) from an upstream that went quiet.
+/// When a body last gave up a frame, and whether it is waiting on its own
+/// source: how an upstream wait tells a slow upload (still progressing, or
+/// waiting on the client, whose own timeout applies) from an upstream that
+/// went quiet.
 #[derive(Debug)]
 pub struct Progress {
     base: Instant,
     /// Milliseconds after `base`.
     last: AtomicU64,
+    /// The body's source (the client) is being waited on.
+    waiting: AtomicBool,
 }
 
 impl Progress {
     pub fn new() -> Arc<Progress> {
-        Arc::new(Progress { base: Instant::now(), last: AtomicU64::new(0) })
+        Arc::new(Progress { base: Instant::now(), last: AtomicU64::new(0), waiting: AtomicBool::new(false) })
     }
 
     fn touch(&self) {
@@ -95,18 +99,37 @@ impl Progress {
         self.base + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// Resolves once no frame has been taken for `limit`.
+    /// Resolves once no frame has been taken for `limit`, not counting time
+    /// spent waiting on the body's own source.
     ///
     /// # Cancel safety
     /// Cancel safe: it only sleeps.
     pub async fn quiet_for(&self, limit: Duration) {
         loop {
-            let deadline = self.last() + limit;
-            if deadline <= Instant::now() {
+            let now = Instant::now();
+            let deadline = if self.waiting.load(Ordering::Relaxed) { now + limit } else { self.last() + limit };
+            if deadline <= now {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+/// Marks a wait on a body's source for as long as it lives (also when the
+/// wait is cancelled).
+struct Waiting<'a>(&'a AtomicBool);
+
+impl<'a> Waiting<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Waiting(flag)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -148,7 +171,9 @@ impl Body {
     pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
         match self {
             Body::Watched(w) => {
+                let waiting = Waiting::start(&w.progress.waiting);
                 let frame = w.inner.next_unwatched().await;
+                drop(waiting);
                 w.progress.touch();
                 frame
             }

@@ -7,7 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use tokio::sync::Notify;
 
 use super::{Body, BodyError, Frame};
@@ -16,17 +17,21 @@ use super::{Body, BodyError, Frame};
 /// (an HTTP/2 upload task ends shortly after its stream is reset).
 const HANDOVER: Duration = Duration::from_secs(5);
 
-/// The source of a body and what has been taken from it so far.
+/// The source of a body and a copy of what has been taken from it so far:
+/// the data in one buffer, so the copy costs what the body weighs and not a
+/// frame header per byte a hostile client sends one at a time.
 #[derive(Debug)]
 pub struct Recording {
     source: Body,
-    frames: Vec<Frame>,
-    size: u64,
+    data: BytesMut,
+    trailers: Option<HeaderMap>,
     limit: u64,
     /// The copy outgrew `limit` and was dropped.
     overflowed: bool,
-    /// Taken frames handed out to the current attempt.
+    /// The source has ended.
     ended: bool,
+    /// The source failed: every later attempt fails too, never ends early.
+    broken: bool,
 }
 
 /// A request body that can be handed out again, for as long as it is replayable.
@@ -51,11 +56,19 @@ impl Retained {
     pub fn new(body: Body, limit: u64) -> Result<Retained, Body> {
         match body {
             Body::Empty => Ok(Retained::Bytes(Bytes::new())),
-            Body::Full(bytes) if bytes.len() as u64 <= limit => Ok(Retained::Bytes(bytes)),
-            body if body.exact_len().is_some_and(|n| n > limit) || matches!(body, Body::Full(_)) => Err(body),
+            // Already in memory whatever its size: a copy costs nothing.
+            Body::Full(bytes) => Ok(Retained::Bytes(bytes)),
+            body if body.exact_len().is_some_and(|n| n > limit) => Err(body),
             source => {
-                let recording =
-                    Recording { source, frames: Vec::new(), size: 0, limit, overflowed: false, ended: false };
+                let recording = Recording {
+                    source,
+                    data: BytesMut::new(),
+                    trailers: None,
+                    limit,
+                    overflowed: false,
+                    ended: false,
+                    broken: false,
+                };
                 let home = Home { slot: Mutex::new(Some(recording)), back: Notify::new() };
                 Ok(Retained::Recorded(Arc::new(home)))
             }
@@ -84,7 +97,9 @@ impl Retained {
                     home.put(recording);
                     return None;
                 }
-                Some(Body::Replayed(Box::new(Replayed { recording: Some(recording), next: 0, home: home.clone() })))
+                let home = home.clone();
+                let replayed = Replayed { recording: Some(recording), copied: false, finished: false, home };
+                Some(Body::Replayed(Box::new(replayed)))
             }
         }
     }
@@ -121,8 +136,10 @@ impl Home {
 #[derive(Debug)]
 pub struct Replayed {
     recording: Option<Recording>,
-    /// The next recorded frame to hand out.
-    next: usize,
+    /// The copy of what earlier attempts took has been handed out.
+    copied: bool,
+    /// This attempt has had the trailers (and so the end).
+    finished: bool,
     home: Arc<Home>,
 }
 
@@ -135,33 +152,47 @@ impl Replayed {
     /// As cancel safe as the source's `next_frame`.
     pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
         let recording = self.recording.as_mut()?;
-        if let Some(frame) = recording.frames.get(self.next) {
-            self.next += 1;
-            return Some(Ok(frame.clone()));
+        if recording.broken {
+            return Some(Err(BodyError::Incomplete));
+        }
+        if !std::mem::replace(&mut self.copied, true) && !recording.data.is_empty() {
+            return Some(Ok(Frame::Data(Bytes::copy_from_slice(&recording.data))));
         }
         if recording.ended {
-            return None;
+            if std::mem::replace(&mut self.finished, true) {
+                return None;
+            }
+            return recording.trailers.clone().map(|t| Ok(Frame::Trailers(t)));
         }
         let frame = recording.source.next_frame().await;
         match &frame {
             None => recording.ended = true,
-            Some(Ok(frame)) if !recording.overflowed => {
-                let size = match frame {
-                    Frame::Data(data) => data.len() as u64,
-                    Frame::Trailers(_) => 0,
-                };
-                recording.size += size;
-                if recording.size > recording.limit {
-                    recording.overflowed = true;
-                    recording.frames = Vec::new();
-                } else {
-                    recording.frames.push(frame.clone());
-                    self.next += 1;
+            Some(Ok(Frame::Data(data))) => recording.record(data),
+            Some(Ok(Frame::Trailers(trailers))) => {
+                // Trailers end a body: what follows from the source is its end.
+                recording.ended = true;
+                self.finished = true;
+                if !recording.overflowed {
+                    recording.trailers = Some(trailers.clone());
                 }
             }
-            Some(_) => {}
+            Some(Err(_)) => recording.broken = true,
         }
         frame
+    }
+}
+
+impl Recording {
+    fn record(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if (self.data.len() + data.len()) as u64 > self.limit {
+            self.overflowed = true;
+            self.data = BytesMut::new();
+        } else {
+            self.data.extend_from_slice(data);
+        }
     }
 }
 
@@ -214,6 +245,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_broken_body_stays_broken_and_trailers_are_replayed() {
+        let (tx, body) = channel();
+        let replay = Retained::new(body, 100).unwrap();
+        tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
+        tx.send(Err(BodyError::Incomplete)).await.unwrap();
+        let mut first = replay.body().await.unwrap();
+        assert!(matches!(first.next_frame().await, Some(Ok(Frame::Data(_)))));
+        assert!(matches!(first.next_frame().await, Some(Err(_))));
+        drop(first);
+        let mut second = replay.body().await.unwrap();
+        assert!(matches!(second.next_frame().await, Some(Err(_))), "never a clean end after a break");
+
+        let (tx, body) = channel();
+        let replay = Retained::new(body, 100).unwrap();
+        tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
+        tx.send(Ok(Frame::Trailers(HeaderMap::new()))).await.unwrap();
+        drop(tx);
+        assert_eq!(drain(replay.body().await.unwrap(), 10).await, b"ab");
+        let mut again = replay.body().await.unwrap();
+        assert!(matches!(again.next_frame().await, Some(Ok(Frame::Data(_)))));
+        assert!(matches!(again.next_frame().await, Some(Ok(Frame::Trailers(_)))));
+        assert!(again.next_frame().await.is_none());
+        drop(again);
+        let mut third = replay.body().await.unwrap();
+        assert!(matches!(third.next_frame().await, Some(Ok(Frame::Data(_)))));
+        assert!(matches!(third.next_frame().await, Some(Ok(Frame::Trailers(_)))), "every replay has them");
+        assert!(third.next_frame().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_body_past_the_limit_is_not_replayed() {
         let (tx, body) = channel();
         let replay = Retained::new(body, 3).unwrap();
@@ -222,6 +283,6 @@ mod tests {
         assert_eq!(drain(replay.body().await.unwrap(), 10).await, b"abcd", "the first attempt streams it all");
         assert!(replay.body().await.is_none());
         assert!(Retained::new(Body::Channel { rx: mpsc::channel(1).1, len: Some(4) }, 3).is_err());
-        assert!(matches!(Retained::new(Body::Full(Bytes::from_static(b"abcd")), 3), Err(Body::Full(_))));
+        assert!(matches!(Retained::new(Body::Full(Bytes::from_static(b"abcd")), 3), Ok(Retained::Bytes(_))));
     }
 }

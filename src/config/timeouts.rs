@@ -8,6 +8,9 @@ use super::raw::{RawConfig, RawProvider};
 use super::validate::{Ctx, Scope};
 use super::{Timeouts, UpstreamTimeoutOverrides};
 
+/// The longest duration any key accepts: one year.
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Bound {
     ZeroAllowed,
@@ -18,10 +21,12 @@ pub(super) enum Bound {
 /// (then the problem is recorded).
 pub(super) fn seconds(ctx: &mut Ctx<'_>, scope: &Scope, key: &str, raw: Option<f64>, bound: Bound) -> Option<Duration> {
     let value = raw?;
-    let (ok, wanted) = match bound {
+    let (low, wanted) = match bound {
         Bound::ZeroAllowed => (value >= 0.0, "0 or more"),
         Bound::Positive => (value > 0.0, "greater than 0"),
     };
+    // A year is past any sensible wait, and keeps deadline arithmetic in range.
+    let (ok, wanted) = if value > MAX_SECONDS { (false, "of at most a year") } else { (low, wanted) };
     match Duration::try_from_secs_f64(value) {
         Ok(duration) if ok => Some(duration),
         _ => {
@@ -84,5 +89,7 @@ mod tests {
         let errs = errors(&with_provider("http_port: 80\nfirst_byte_timeout: 0\nclient_idle_timeout: -1"));
         assert_error(&errs, "first_byte_timeout", &["first_byte_timeout", "greater than 0 (got 0)"]);
         assert_error(&errs, "client_idle_timeout", &["greater than 0 (got -1)"]);
+        let errs = errors(&with_provider("http_port: 80\nstream_idle_timeout: 1e30"));
+        assert_error(&errs, "stream_idle_timeout", &["at most a year"]);
     }
 }

@@ -96,23 +96,27 @@ impl Health {
         self.lock().probing = false;
     }
 
-    /// A live request succeeded: full traffic again, counters reset.
-    pub fn success(&self) {
+    /// A live request succeeded: full traffic again, counters reset. While
+    /// ejected only the probe's success counts (others started before).
+    pub fn success(&self, probe: bool) {
         if !self.troubled.load(Ordering::Acquire) {
             return;
         }
         let mut passive = self.lock();
+        if passive.ejected_until.is_some() && !probe {
+            return;
+        }
         *passive = Passive::default();
         self.troubled.store(false, Ordering::Release);
     }
 
     /// A live request failed (connect error, timeout, 5xx). Returns the length
     /// of the ejection it caused, if it caused one.
-    pub fn failure(&self, rules: &PassiveHealth) -> Option<Duration> {
+    pub fn failure(&self, rules: &PassiveHealth, probe: bool) -> Option<Duration> {
         let mut passive = self.lock();
         self.troubled.store(true, Ordering::Release);
         if passive.ejected_until.is_some() {
-            if !passive.probing {
+            if !probe {
                 return None; // a request from before the ejection: already counted
             }
             // The probe failed: out again, for longer.
@@ -168,10 +172,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_eject_and_a_probe_readmits() {
         let health = Health::default();
-        assert_eq!(health.failure(&RULES), None);
-        health.success();
-        assert_eq!((health.failure(&RULES), health.failure(&RULES)), (None, None), "a success reset the count");
-        assert_eq!(health.failure(&RULES), Some(Duration::from_secs(10)));
+        assert_eq!(health.failure(&RULES, false), None);
+        health.success(false);
+        let twice = (health.failure(&RULES, false), health.failure(&RULES, false));
+        assert_eq!(twice, (None, None), "a success reset the count");
+        assert_eq!(health.failure(&RULES, false), Some(Duration::from_secs(10)));
+        assert_eq!(health.failure(&RULES, false), None, "a late failure of an older request changes nothing");
+        health.success(false);
+        assert!(matches!(health.availability(Instant::now()), Availability::Out(Some(_))), "nor does a late success");
         assert!(matches!(health.availability(Instant::now()), Availability::Out(Some(_))));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(health.availability(Instant::now()), Availability::Probe);
@@ -179,7 +187,7 @@ mod tests {
         assert_eq!(health.availability(Instant::now()), Availability::Out(None));
         health.abandon_probe();
         assert!(health.begin_probe());
-        health.success();
+        health.success(true);
         assert_eq!(health.availability(Instant::now()), Availability::Ready);
     }
 
@@ -189,7 +197,8 @@ mod tests {
         let rules = PassiveHealth { failures: 1, ..RULES };
         let mut lengths = Vec::new();
         for _ in 0..6 {
-            lengths.push(health.failure(&rules).unwrap().as_secs());
+            let probe = !lengths.is_empty();
+            lengths.push(health.failure(&rules, probe).unwrap().as_secs());
             tokio::time::advance(Duration::from_secs(100)).await;
             assert!(health.begin_probe());
         }

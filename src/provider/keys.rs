@@ -1,9 +1,12 @@
 //! A provider's keys in rotation: a key that got 429 rests for the upstream's
 //! `Retry-After` (seconds or an HTTP date; 1 s when absent, at most 300 s); a
-//! static key the upstream refused with 401/403 stays out until the config is
-//! reloaded (a `$(command)` key is fetched again instead).
+//! static key the upstream refused with 401 rests for 30 s, doubling while the
+//! refusals go on (up to 10 min), until a success with it (a `$(command)` key
+//! is fetched again instead). Not for good: a client can provoke a 401 with
+//! headers of its own (a wrong `OpenAI-Organization`), and must not be able to
+//! take a key away from everyone. A 403 concerns the resource, not the key.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +19,9 @@ use super::secret::Secret;
 const DEFAULT_REST: Duration = Duration::from_secs(1);
 /// Longest rest, whatever the upstream asks.
 const MAX_REST: Duration = Duration::from_secs(300);
+/// The first rest after a 401, and the longest after repeated ones.
+const REFUSED_REST: Duration = Duration::from_secs(30);
+const MAX_REFUSED_REST: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 pub struct ApiKey {
@@ -23,8 +29,8 @@ pub struct ApiKey {
     pub weight: f64,
     /// Resting until this many milliseconds after [`epoch`]; 0 when not resting.
     rest_until: AtomicU64,
-    /// Refused by the upstream (static keys only).
-    refused: AtomicBool,
+    /// 401s in a row (static keys only): each doubles the rest.
+    refusals: AtomicU32,
 }
 
 /// The zero of the stored rest times.
@@ -40,12 +46,12 @@ fn millis_since_epoch(at: Instant) -> u64 {
 
 impl ApiKey {
     pub fn new(secret: Secret, weight: f64) -> ApiKey {
-        ApiKey { secret, weight, rest_until: AtomicU64::new(0), refused: AtomicBool::new(false) }
+        ApiKey { secret, weight, rest_until: AtomicU64::new(0), refusals: AtomicU32::new(0) }
     }
 
     /// Whether the key may be used now.
     pub fn in_rotation(&self, now: Instant) -> bool {
-        !self.refused.load(Ordering::Relaxed) && self.resting_until(now).is_none()
+        self.resting_until(now).is_none()
     }
 
     /// When a resting key is back.
@@ -60,17 +66,37 @@ impl ApiKey {
     /// The upstream answered 429: rest for what its headers ask. Returns how long.
     pub fn rest(&self, headers: &HeaderMap) -> Duration {
         let wait = retry_after(headers).unwrap_or(DEFAULT_REST).min(MAX_REST);
-        // Never shorten a rest another request already started.
-        self.rest_until.fetch_max(millis_since_epoch(Instant::now() + wait), Ordering::Relaxed);
+        self.rest_for(wait);
         wait
     }
 
-    /// The upstream refused the key with 401/403. A static key leaves rotation
-    /// until a reload; a `$(command)` key forgets `used` and is fetched again.
-    pub fn refused(&self, used: &HeaderValue) {
+    fn rest_for(&self, wait: Duration) {
+        // Never shorten a rest another request already started.
+        self.rest_until.fetch_max(millis_since_epoch(Instant::now() + wait), Ordering::Relaxed);
+    }
+
+    /// The upstream answered 401 to the key. A static key rests (longer each
+    /// time in a row; returns how long); a `$(command)` key forgets `used` so
+    /// the next request fetches it again.
+    pub fn refused(&self, used: &HeaderValue) -> Option<Duration> {
         match &self.secret {
-            Secret::Literal(_) => self.refused.store(true, Ordering::Relaxed),
-            Secret::Command(_) => self.secret.rejected(used),
+            Secret::Literal(_) => {
+                let row = self.refusals.fetch_add(1, Ordering::Relaxed).min(16);
+                let wait = (REFUSED_REST * 2u32.saturating_pow(row)).min(MAX_REFUSED_REST);
+                self.rest_for(wait);
+                Some(wait)
+            }
+            Secret::Command(_) => {
+                self.secret.rejected(used);
+                None
+            }
+        }
+    }
+
+    /// The key worked: a later 401 starts the backoff afresh.
+    pub fn accepted(&self) {
+        if self.refusals.load(Ordering::Relaxed) != 0 {
+            self.refusals.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -95,6 +121,10 @@ fn http_date(text: &str) -> Option<SystemTime> {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
     let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    // Four digits, as the format says; also keeps the arithmetic below in range.
+    if !(1970..=9999).contains(&year) {
+        return None;
+    }
     let (hour, minute, second): (u64, u64, u64) = (hour.parse().ok()?, minute.parse().ok()?, second.parse().ok()?);
     if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
@@ -136,6 +166,7 @@ mod tests {
         );
         assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(SystemTime::UNIX_EPOCH));
         assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(http_date("Mon, 01 Jan 400000000000 00:00:00 GMT"), None, "no overflow");
         assert_eq!(retry_after(&headers("Thu, 01 Jan 1970 00:00:00 GMT")), Some(Duration::ZERO), "a past date");
         let future = httpdate_in(90);
         let wait = retry_after(&headers(&future)).unwrap().as_secs();
@@ -162,7 +193,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_429_rests_the_key_and_a_refusal_takes_a_static_key_out() {
+    async fn a_429_rests_the_key_and_a_401_rests_a_static_key_with_backoff() {
         let key = ApiKey::new(Secret::Literal(HeaderValue::from_static("k")), 1.0);
         let now = Instant::now();
         assert!(key.in_rotation(now));
@@ -173,7 +204,12 @@ mod tests {
         key.rest_until.store(0, Ordering::Relaxed);
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(key.in_rotation(Instant::now()));
-        key.refused(&HeaderValue::from_static("k"));
+        assert_eq!(key.refused(&HeaderValue::from_static("k")), Some(Duration::from_secs(30)));
         assert!(!key.in_rotation(Instant::now()));
+        assert_eq!(key.refused(&HeaderValue::from_static("k")), Some(Duration::from_secs(60)), "doubles in a row");
+        key.accepted();
+        assert_eq!(key.refused(&HeaderValue::from_static("k")), Some(Duration::from_secs(30)), "a success resets it");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(key.in_rotation(Instant::now()), "a refused key comes back by itself");
     }
 }

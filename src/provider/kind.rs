@@ -81,6 +81,8 @@ pub fn inject_key(kind: ProviderType, key: &HeaderValue, oauth: bool, headers: &
         }
         ProviderType::Anthropic => {
             headers.insert(X_API_KEY, key.clone());
+            // A retry may follow an attempt with an OAuth key: its flag must not stay.
+            remove_beta_flag(headers, OAUTH_BETA_FLAG);
         }
         ProviderType::Gemini => {
             headers.insert(X_GOOG_API_KEY, key.clone());
@@ -101,18 +103,40 @@ fn bearer_value(key: &HeaderValue) -> HeaderValue {
 /// Appends `flag` to the client's `anthropic-beta` list (all values joined),
 /// keeping every flag the client asked for.
 fn add_beta_flag(headers: &mut HeaderMap, flag: &str) {
-    let mut flags: Vec<String> = Vec::new();
-    for value in headers.get_all(&ANTHROPIC_BETA) {
-        if let Ok(text) = value.to_str() {
-            flags.extend(text.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from));
-        }
-    }
+    let mut flags = beta_flags(headers);
     if !flags.iter().any(|f| f == flag) {
         flags.push(flag.to_string());
     }
     if let Ok(value) = HeaderValue::from_str(&flags.join(",")) {
         headers.insert(ANTHROPIC_BETA, value);
     }
+}
+
+/// Removes `flag` from the `anthropic-beta` list, keeping the others.
+fn remove_beta_flag(headers: &mut HeaderMap, flag: &str) {
+    let flags = beta_flags(headers);
+    if !flags.iter().any(|f| f == flag) {
+        return;
+    }
+    let kept: Vec<&str> = flags.iter().map(String::as_str).filter(|f| *f != flag).collect();
+    match HeaderValue::from_str(&kept.join(",")) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(ANTHROPIC_BETA, value);
+        }
+        _ => {
+            headers.remove(ANTHROPIC_BETA);
+        }
+    }
+}
+
+fn beta_flags(headers: &HeaderMap) -> Vec<String> {
+    let mut flags = Vec::new();
+    for value in headers.get_all(&ANTHROPIC_BETA) {
+        if let Ok(text) = value.to_str() {
+            flags.extend(text.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from));
+        }
+    }
+    flags
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
@@ -208,6 +232,11 @@ mod tests {
         inject_key(ProviderType::Anthropic, &HeaderValue::from_static("sk"), false, &mut map);
         assert_eq!(map["x-api-key"], "sk");
         assert!(map.get("anthropic-beta").is_none());
+        // After an OAuth attempt (a retry with a plain key), only the client's flags stay.
+        let mut map = headers(&[("anthropic-beta", "tools-2024")]);
+        inject_key(ProviderType::Anthropic, &HeaderValue::from_static("tok"), true, &mut map);
+        inject_key(ProviderType::Anthropic, &HeaderValue::from_static("sk"), false, &mut map);
+        assert_eq!(map["anthropic-beta"], "tools-2024");
     }
 
     #[test]

@@ -35,9 +35,10 @@ impl Chosen {
         Chosen { provider: self.provider.clone(), index: self.index, probe: false }
     }
 
-    /// The attempt told something about the provider's health.
-    pub fn settled(&mut self) {
-        self.probe = false;
+    /// The attempt told something about the provider's health; returns
+    /// whether it was the probe.
+    pub fn settle(&mut self) -> bool {
+        std::mem::take(&mut self.probe)
     }
 }
 
@@ -51,21 +52,33 @@ impl Drop for Chosen {
 
 /// A provider for the next attempt, skipping the candidates in `tried`.
 pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Option<Chosen> {
-    let class = |i: usize| {
-        let p = &candidates[i];
-        Class {
-            usable: !tried.contains(&i)
-                && !matches!(p.health.availability(now), Availability::Out(_))
-                && p.has_key_for(now),
-            fallback: p.is_fallback,
-            priority: p.priority,
-            weight: p.weight,
+    // A provider whose probe another request just claimed is passed over.
+    let mut lost_probe: Option<usize> = None;
+    loop {
+        let class = |i: usize| {
+            let p = &candidates[i];
+            Class {
+                usable: !tried.contains(&i)
+                    && lost_probe != Some(i)
+                    && !matches!(p.health.availability(now), Availability::Out(_))
+                    && p.has_key_for(now),
+                fallback: p.is_fallback,
+                priority: p.priority,
+                weight: p.weight,
+            }
+        };
+        let index = select::choose_index(candidates.len(), class, &mut rand::thread_rng())?;
+        let provider = &candidates[index];
+        let probe = provider.health.availability(now) == Availability::Probe;
+        if probe && !provider.health.begin_probe() {
+            if lost_probe.is_some() {
+                return None;
+            }
+            lost_probe = Some(index);
+            continue;
         }
-    };
-    let index = select::choose_index(candidates.len(), class, &mut rand::thread_rng())?;
-    let provider = &candidates[index];
-    let probe = provider.health.availability(now) == Availability::Probe && provider.health.begin_probe();
-    Some(Chosen { provider: Arc::clone(provider), index, probe })
+        return Some(Chosen { provider: Arc::clone(provider), index, probe });
+    }
 }
 
 /// Why no candidate can take the request: every usable one has all its keys

@@ -2,9 +2,9 @@
 //! client cannot have seen anything yet — a connect, TLS or first-byte
 //! failure, a stale connection, or a status listed in `retry.on_status` — is
 //! sent again, to another key of the same provider when the failure was the
-//! key's (429, 401, 403), else to another provider of the route by the usual
+//! key's (429, 401), else to another provider of the route by the usual
 //! selection rules. Nothing is sent twice that the upstream may have acted on,
-//! unless its answer says it refused (429, or 503 with `Retry-After`).
+//! unless its answer says it refused (401, 403, 429, or 503 with `Retry-After`).
 //! Every attempt feeds the provider's passive health and its keys' rests.
 
 use http::header::RETRY_AFTER;
@@ -59,11 +59,12 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
         let (Some(next), Some(replay)) = (next, replay.as_ref().filter(|r| r.can_replay())) else {
             return result;
         };
-        // The failed answer lets go of the body before the next attempt takes it.
-        drop(result);
+        // The failed answer lets go of the body before the next attempt takes
+        // it; its head is kept in case the body cannot be had again.
+        let fallback = release(result);
         body = replay.body().await;
         if body.is_none() {
-            return Err(ProxyError::ReplayUnavailable);
+            return fallback;
         }
         tracing::debug!(from = chosen.provider.index, to = next.provider.index, "retrying the request");
         tried_providers.push(next.index);
@@ -116,11 +117,29 @@ pub(super) async fn attempt(
                 let rest = key.rest(&response.headers);
                 tracing::info!(provider = provider.index, seconds = rest.as_secs_f64(), "key rate limited; resting it");
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => key.refused(value),
+            StatusCode::UNAUTHORIZED => {
+                if let Some(rest) = key.refused(value) {
+                    tracing::warn!(
+                        provider = provider.index,
+                        seconds = rest.as_secs(),
+                        "upstream refused a key (401); resting it"
+                    );
+                }
+            }
+            status if status.is_success() => key.accepted(),
             _ => {}
         }
     }
     (result.map(finish), key.map(|(i, _)| i))
+}
+
+/// Lets go of everything an outcome holds but its head (an HTTP/2 answer's
+/// body holds the upload, and with it the request body a retry needs).
+fn release(result: Outcome) -> Outcome {
+    match result {
+        Ok(Response { status, headers, .. }) => Ok(Response { status, headers, body: Body::Empty }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Strips what does not travel on from an upstream's response head.
@@ -143,11 +162,11 @@ fn record_health(chosen: &mut Chosen, result: &Outcome, rules: &PassiveHealth) {
         Err(ProxyError::Upstream(_)) => true,
         Err(_) => return,
     };
-    chosen.settled();
+    let probe = chosen.settle();
     let provider = &chosen.provider;
     if !failed {
-        provider.health.success();
-    } else if let Some(cooldown) = provider.health.failure(rules) {
+        provider.health.success(probe);
+    } else if let Some(cooldown) = provider.health.failure(rules, probe) {
         let (index, route) = (provider.index, &provider.route_label);
         tracing::warn!(provider = index, %route, seconds = cooldown.as_secs_f64(), "provider ejected after live failures");
     }
@@ -163,11 +182,14 @@ fn wants_retry(result: &Outcome, rules: &RetrySettings, method: &Method) -> Opti
                 return None;
             }
             // These say the upstream did not act on the request.
-            let refused = status == 429 || (status == 503 && response.headers.contains_key(RETRY_AFTER));
+            let refused =
+                matches!(status, 401 | 403 | 429) || (status == 503 && response.headers.contains_key(RETRY_AFTER));
             let replay = if refused { Replay::Always } else { Replay::IfIdempotent };
-            may_replay(replay, method).then_some(matches!(status, 401 | 403 | 429))
+            may_replay(replay, method).then_some(matches!(status, 401 | 429))
         }
         Err(ProxyError::Upstream(e)) => may_replay(e.replay(), method).then_some(false),
+        // The key could not be had: nothing was sent, another provider may do.
+        Err(ProxyError::Credential(_)) => Some(false),
         Err(_) => None,
     }
 }

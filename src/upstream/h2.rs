@@ -54,8 +54,12 @@ pub async fn exchange(
     body: Body,
     timeouts: Timeouts,
 ) -> Result<Response, UpstreamError> {
-    // A connection that cannot take a stream has sent nothing of ours.
-    let mut send = send.ready().await.map_err(UpstreamError::H2Refused)?;
+    // A connection that cannot take a stream has sent nothing of ours; one that
+    // stays full (every stream busy) counts as refusing, so the request can go elsewhere.
+    let mut send = match tokio::time::timeout(timeouts.connect, send.ready()).await {
+        Ok(ready) => ready.map_err(UpstreamError::H2Refused)?,
+        Err(_) => return Err(UpstreamError::H2Busy(timeouts.connect)),
+    };
     let authority = endpoint.host_header.to_str().unwrap_or(&endpoint.host);
     let uri = http::Uri::builder()
         .scheme("https")
@@ -97,6 +101,8 @@ pub async fn exchange(
         Err(e) => {
             // If the client's body broke, that is the real cause of the reset.
             if let Some(upload) = upload.0.take() {
+                // Whatever is left of it must not wait on the client.
+                upload.abort();
                 if let Ok(Err(CopyError::Source(body_err))) = upload.await {
                     return Err(UpstreamError::ClientBody(body_err));
                 }
@@ -104,10 +110,13 @@ pub async fn exchange(
             return Err(h2_error(e));
         }
     };
-    // HTTP/2 is full duplex: the upload goes on while the answer streams.
-    upload.0 = None;
+    // HTTP/2 is full duplex: the upload goes on while the answer streams, and
+    // ends with the answer at the latest.
     let (parts, recv) = response.into_parts();
-    let body = H2Body::new(recv, &parts.headers).with_idle(timeouts.stream_idle);
+    let mut body = H2Body::new(recv, &parts.headers).with_idle(timeouts.stream_idle);
+    if let Some(task) = upload.0.take() {
+        body = body.with_upload(task.abort_handle());
+    }
     let body = Body::H2(Box::new(body));
     Ok(Response { status: parts.status, headers: parts.headers, body })
 }

@@ -125,6 +125,9 @@ pub enum UpstreamError {
     /// The stream never left, or the upstream refused it unprocessed (RFC 9113 §8.7).
     #[error("upstream HTTP/2 connection refused the request")]
     H2Refused(#[source] ::h2::Error),
+    /// The shared connection had no room for another stream in time.
+    #[error("upstream HTTP/2 connection had no free stream within {0:?}")]
+    H2Busy(Duration),
     /// The shared connection failed while the stream was open.
     #[error("upstream HTTP/2 connection lost")]
     H2Gone(#[source] ::h2::Error),
@@ -150,7 +153,8 @@ impl UpstreamError {
             | UpstreamError::Tls { .. }
             | UpstreamError::H2Handshake { .. }
             | UpstreamError::NothingWritten(_)
-            | UpstreamError::H2Refused(_) => Replay::Always,
+            | UpstreamError::H2Refused(_)
+            | UpstreamError::H2Busy(_) => Replay::Always,
             UpstreamError::Write(_)
             | UpstreamError::ClosedBeforeResponse
             | UpstreamError::H2Gone(_)
@@ -179,8 +183,10 @@ pub async fn exchange(
         Checkout::H1(conn) => h1::exchange(pools, conn, req, body, settings).await,
         Checkout::H2 { send, id, .. } => {
             let result = h2::exchange(send, endpoint, req, body, settings.timeouts).await;
-            if let Err(UpstreamError::H2Refused(_) | UpstreamError::H2Gone(_)) = &result {
-                // Whatever broke, new requests must not be handed this connection.
+            // Whatever broke (or went silent), new requests must not be handed this connection.
+            if let Err(UpstreamError::H2Refused(_) | UpstreamError::H2Gone(_) | UpstreamError::FirstByteTimeout(_)) =
+                &result
+            {
                 pools.forget_shared(&endpoint.key, id);
             }
             result
