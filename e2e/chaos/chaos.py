@@ -145,6 +145,13 @@ def main() -> int:
     print("requests seen by provider 0 (steady), 1 (killed and restarted), 2 (30% 429s):", result["seen"])
     ejections = result["log"].count("provider ejected")
     print(f"ejections logged: {ejections}")
+    causes: dict = {}
+    for line in result["log"].splitlines():
+        if "upstream request failed" in line and "error=" in line:
+            cause = line.split("error=", 1)[1].split(": ", 1)[-1][:80]
+            causes[cause] = causes.get(cause, 0) + 1
+    for cause, n in sorted(causes.items(), key=lambda kv: -kv[1]):
+        print(f"  upstream failure seen by the proxy: {cause} x{n}")
     before = sum(v for k, v in stats.items() if "before first byte" in k or k.startswith("status"))
     print(f"client-visible failures before the first byte: {before}")
     return 0

@@ -51,13 +51,14 @@ pub struct Home {
 }
 
 impl Retained {
-    /// Wraps `body`, keeping up to `limit` bytes of it for replays; gives the
-    /// body back when it cannot be replayed at all (larger than `limit`).
-    pub fn new(body: Body, limit: u64) -> Result<Retained, Body> {
+    /// Wraps `body`, keeping up to `limit` bytes of it for replays, and
+    /// returns it with the body for the first attempt; gives the body back
+    /// when it cannot be replayed at all (larger than `limit`).
+    pub fn new(body: Body, limit: u64) -> Result<(Retained, Body), Body> {
         match body {
-            Body::Empty => Ok(Retained::Bytes(Bytes::new())),
+            Body::Empty => Ok((Retained::Bytes(Bytes::new()), Body::Empty)),
             // Already in memory whatever its size: a copy costs nothing.
-            Body::Full(bytes) => Ok(Retained::Bytes(bytes)),
+            Body::Full(bytes) => Ok((Retained::Bytes(bytes.clone()), Body::Full(bytes))),
             body if body.exact_len().is_some_and(|n| n > limit) => Err(body),
             source => {
                 let recording = Recording {
@@ -69,8 +70,10 @@ impl Retained {
                     ended: false,
                     broken: false,
                 };
-                let home = Home { slot: Mutex::new(Some(recording)), back: Notify::new() };
-                Ok(Retained::Recorded(Arc::new(home)))
+                // The first attempt holds the recording from the start.
+                let home = Arc::new(Home { slot: Mutex::new(None), back: Notify::new() });
+                let first = Body::Replayed(Box::new(Replayed::new(recording, home.clone())));
+                Ok((Retained::Recorded(home), first))
             }
         }
     }
@@ -97,9 +100,7 @@ impl Retained {
                     home.put(recording);
                     return None;
                 }
-                let home = home.clone();
-                let replayed = Replayed { recording: Some(recording), copied: false, finished: false, home };
-                Some(Body::Replayed(Box::new(replayed)))
+                Some(Body::Replayed(Box::new(Replayed::new(recording, home.clone()))))
             }
         }
     }
@@ -144,6 +145,10 @@ pub struct Replayed {
 }
 
 impl Replayed {
+    fn new(recording: Recording, home: Arc<Home>) -> Self {
+        Replayed { recording: Some(recording), copied: false, finished: false, home }
+    }
+
     pub fn exact_len(&self) -> Option<u64> {
         self.recording.as_ref().and_then(|r| r.source.exact_len())
     }
@@ -229,11 +234,11 @@ mod tests {
     #[tokio::test]
     async fn a_later_attempt_replays_then_reads_on() {
         let (tx, body) = channel();
-        let replay = Retained::new(body, 100).unwrap();
+        let (replay, first) = Retained::new(body, 100).unwrap();
         tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
         tx.send(Ok(Frame::Data(Bytes::from_static(b"cd")))).await.unwrap();
         // The first attempt takes one frame and fails.
-        assert_eq!(drain(replay.body().await.unwrap(), 1).await, b"ab");
+        assert_eq!(drain(first, 1).await, b"ab");
         // The second replays it, takes the one waiting, then the rest as it comes.
         let second = replay.body().await.unwrap();
         let Retained::Recorded(home) = &replay else { panic!("recorded") };
@@ -247,10 +252,9 @@ mod tests {
     #[tokio::test]
     async fn a_broken_body_stays_broken_and_trailers_are_replayed() {
         let (tx, body) = channel();
-        let replay = Retained::new(body, 100).unwrap();
+        let (replay, mut first) = Retained::new(body, 100).unwrap();
         tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
         tx.send(Err(BodyError::Incomplete)).await.unwrap();
-        let mut first = replay.body().await.unwrap();
         assert!(matches!(first.next_frame().await, Some(Ok(Frame::Data(_)))));
         assert!(matches!(first.next_frame().await, Some(Err(_))));
         drop(first);
@@ -258,11 +262,11 @@ mod tests {
         assert!(matches!(second.next_frame().await, Some(Err(_))), "never a clean end after a break");
 
         let (tx, body) = channel();
-        let replay = Retained::new(body, 100).unwrap();
+        let (replay, first) = Retained::new(body, 100).unwrap();
         tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
         tx.send(Ok(Frame::Trailers(HeaderMap::new()))).await.unwrap();
         drop(tx);
-        assert_eq!(drain(replay.body().await.unwrap(), 10).await, b"ab");
+        assert_eq!(drain(first, 10).await, b"ab");
         let mut again = replay.body().await.unwrap();
         assert!(matches!(again.next_frame().await, Some(Ok(Frame::Data(_)))));
         assert!(matches!(again.next_frame().await, Some(Ok(Frame::Trailers(_)))));
@@ -277,12 +281,12 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_limit_is_not_replayed() {
         let (tx, body) = channel();
-        let replay = Retained::new(body, 3).unwrap();
+        let (replay, first) = Retained::new(body, 3).unwrap();
         tx.send(Ok(Frame::Data(Bytes::from_static(b"abcd")))).await.unwrap();
         drop(tx);
-        assert_eq!(drain(replay.body().await.unwrap(), 10).await, b"abcd", "the first attempt streams it all");
+        assert_eq!(drain(first, 10).await, b"abcd", "the first attempt streams it all");
         assert!(replay.body().await.is_none());
         assert!(Retained::new(Body::Channel { rx: mpsc::channel(1).1, len: Some(4) }, 3).is_err());
-        assert!(matches!(Retained::new(Body::Full(Bytes::from_static(b"abcd")), 3), Ok(Retained::Bytes(_))));
+        assert!(matches!(Retained::new(Body::Full(Bytes::from_static(b"abcd")), 3), Ok((Retained::Bytes(_), _))));
     }
 }

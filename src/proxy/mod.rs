@@ -157,15 +157,17 @@ async fn send(
     let settings = Settings { max_head: snapshot.limits.upstream_max_head, timeouts };
     let endpoint = &provider.endpoint;
     let replay = body.replayable();
-    let checkout = app.pools.checkout(endpoint, timeouts.connect).await?;
+    let checkout = Box::pin(app.pools.checkout(endpoint, timeouts.connect)).await?;
     let reused = checkout.is_reused();
-    match upstream::exchange(&app.pools, checkout, endpoint, request, body, settings).await {
+    // Boxed: the exchange is most of a request's state, and every future that
+    // holds it inline (an HTTP/2 stream's task among them) would be moved whole.
+    match Box::pin(upstream::exchange(&app.pools, checkout, endpoint, request, body, settings)).await {
         // A timeout is no sign of a stale connection: waiting again would double it.
         Err(e) if reused && replay.is_some() && !e.is_timeout() && may_replay(e.replay(), request.method) => {
             tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
-            let fresh = app.pools.checkout_fresh(endpoint, timeouts.connect).await?;
+            let fresh = Box::pin(app.pools.checkout_fresh(endpoint, timeouts.connect)).await?;
             let body = replay.unwrap_or(Body::Empty);
-            upstream::exchange(&app.pools, fresh, endpoint, request, body, settings).await
+            Box::pin(upstream::exchange(&app.pools, fresh, endpoint, request, body, settings)).await
         }
         result => result,
     }

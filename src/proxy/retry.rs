@@ -18,6 +18,7 @@ use crate::body::{Body, Retained};
 use crate::config::RetrySettings;
 use crate::error::ProxyError;
 use crate::message::{RequestHead, Response};
+use crate::provider::secret::Secret;
 use crate::provider::{PassiveHealth, Provider};
 use crate::state::{App, Snapshot};
 use crate::upstream::{Replay, UpstreamRequest};
@@ -30,7 +31,7 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
     let rules = &snapshot.config.retry;
     let retained = if rules.attempts > 0 { Retained::new(body, rules.max_body_size) } else { Err(body) };
     let (mut body, replay) = match retained {
-        Ok(replay) => (replay.body().await, Some(replay)),
+        Ok((replay, first)) => (Some(first), Some(replay)),
         Err(body) => (Some(body), None),
     };
     let RequestHead { method, mut headers, .. } = head;
@@ -62,7 +63,7 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
         // The failed answer lets go of the body before the next attempt takes
         // it; its head is kept in case the body cannot be had again.
         let fallback = release(result);
-        body = replay.body().await;
+        body = Box::pin(replay.body()).await;
         if body.is_none() {
             return fallback;
         }
@@ -98,9 +99,13 @@ pub(super) async fn attempt(
         return (Err(choose::no_key(provider, now)), None);
     }
     let value = match key {
-        Some((_, k)) => match k.secret.value().await {
-            Ok(value) => Some(value),
-            Err(e) => return (Err(ProxyError::Credential(e)), key.map(|(i, _)| i)),
+        Some((_, k)) => match &k.secret {
+            Secret::Literal(value) => Some(value.clone()),
+            // Boxed: only a `$(command)` key waits, and its future is large.
+            Secret::Command(_) => match Box::pin(k.secret.value()).await {
+                Ok(value) => Some(value),
+                Err(e) => return (Err(ProxyError::Credential(e)), key.map(|(i, _)| i)),
+            },
         },
         None => None,
     };

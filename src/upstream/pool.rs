@@ -117,11 +117,13 @@ impl Pools {
         if !conn.buf.is_empty() {
             return; // the upstream sent bytes nobody asked for: not safe to reuse
         }
+        // One clock read for the whole list, not one per idle connection.
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(conn.pool_key.clone()).or_default();
-        list.retain(|(_, since)| since.elapsed() < MAX_IDLE_AGE);
+        list.retain(|(_, since)| now.duration_since(*since) < MAX_IDLE_AGE);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((conn, Instant::now()));
+            list.push((conn, now));
         }
     }
 
