@@ -1,3 +1,6 @@
+//! The `openproxy` binary: parse the command line, set up logging, and run
+//! `check` or `start` (the latter on a multi-threaded tokio runtime).
+
 use std::process::ExitCode;
 
 use clap::Parser;
