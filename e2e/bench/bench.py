@@ -277,7 +277,7 @@ def idle_connections(port: int, count: int, pids: list[int]) -> float:
         got = b""
         while b"\r\n\r\n" not in got:
             got += s.recv(65536)
-    time.sleep(1.0)
+    time.sleep(2.5)  # past the proxies' idle-buffer release (openproxy: 1 s)
     per = (rss_kib(pids) - base) / count
     for s in socks:
         s.close()

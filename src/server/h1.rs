@@ -6,12 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::h1_write::{write_response, Written};
 use super::Shutdown;
@@ -25,6 +26,13 @@ use crate::state::{App, Limits};
 /// Request-body frames in flight between the socket and the upstream.
 const BODY_CHANNEL: usize = 4;
 const READ_SIZE: usize = 16 * 1024;
+/// Room for a request head (and a small body with it) in one read; larger
+/// heads take more reads. Kept small: every waiting connection holds it.
+const HEAD_READ: usize = 4 * 1024;
+/// How long a connection waits for its next request with a full-size buffer.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
+/// What an idle connection reserves to read with after that.
+const IDLE_READ: usize = 1024;
 /// Pipelined bytes we buffer while a request is in flight.
 const PIPELINE_LIMIT: usize = 64 * 1024;
 
@@ -58,7 +66,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(io);
-    let mut conn = Conn { reader: Reader { rd, buf: BytesMut::with_capacity(8 * 1024) }, wr };
+    let mut conn = Conn { reader: Reader { rd, buf: BytesMut::new() }, wr };
     loop {
         let limits = app.snapshot.load().limits;
         match next_head(&mut conn.reader, &limits, &mut shutdown).await {
@@ -71,7 +79,9 @@ where
             }
             Next::Head(head) => {
                 let req = ReqFacts::new(&head, &shutdown, &limits, default_port);
-                if !exchange(&mut conn, &app, *head, req, &shutdown).await {
+                // Boxed: a request's state is large and lives only while it
+                // runs; inline, every idle connection would carry it.
+                if !Box::pin(exchange(&mut conn, &app, *head, req, &shutdown)).await {
                     break;
                 }
             }
@@ -96,19 +106,28 @@ async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, limits: &Limits, shutdo
         }
         let idle = reader.buf.is_empty();
         let limit = if idle {
-            limits.client_idle_timeout
+            limits.client_idle_timeout.saturating_sub(started.elapsed())
         } else {
             limits.client_header_timeout.saturating_sub(started.elapsed())
         };
-        reader.buf.reserve(READ_SIZE);
+        // A connection idle for a while gives its read buffer back and waits
+        // with a small one (nginx does the same), so thousands of idle
+        // keep-alive clients cost little; a busy one keeps reading in one go.
+        let shrink = idle && started.elapsed() >= IDLE_SHRINK;
+        if shrink && reader.buf.capacity() > IDLE_READ {
+            reader.buf = BytesMut::new();
+        }
+        let wait = if idle && !shrink { limit.min(IDLE_SHRINK) } else { limit };
+        reader.buf.reserve(if shrink { IDLE_READ } else { HEAD_READ });
         let read = tokio::select! {
-            read = tokio::time::timeout(limit, reader.rd.read_buf(&mut reader.buf)) => read,
+            read = tokio::time::timeout(wait, reader.rd.read_buf(&mut reader.buf)) => read,
             // Between requests a shutdown closes the connection at once.
             _ = shutdown.signalled(), if idle => return Next::Closed,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
             Ok(Ok(_)) => {}
+            Err(_) if idle && wait < limit => {} // time to shrink the buffer
             Err(_) if idle => return Next::Closed,
             Err(_) => return Next::Bad(HeadError::Malformed("request head not completed in time".into())),
         }

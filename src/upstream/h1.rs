@@ -131,6 +131,10 @@ async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result
     }
 }
 
+/// Room for a response head (and a small body with it) in one read; kept
+/// small because pooled connections hold it while they wait.
+const HEAD_READ: usize = 4 * 1024;
+
 /// Reads until a final response head (skipping 100 Continue and 103 Early Hints).
 async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
@@ -160,7 +164,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Err(e) => return Err(UpstreamError::BadHead(e)),
             }
         }
-        buf.reserve(8 * 1024);
+        buf.reserve(HEAD_READ);
         let n = rd.read_buf(buf).await.map_err(UpstreamError::Read)?;
         if n == 0 {
             return Err(if buf.is_empty() {

@@ -92,7 +92,7 @@ impl Pools {
             let send = super::h2::handshake(stream, endpoint, publish, on_close).await?;
             return Ok(Checkout::H2 { send, id, reused: false });
         }
-        let buf = BytesMut::with_capacity(8 * 1024);
+        let buf = BytesMut::new();
         Ok(Checkout::H1(Conn { stream, buf, pool_key: endpoint.key.clone(), reused: false }))
     }
 
