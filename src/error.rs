@@ -54,9 +54,6 @@ pub enum ProxyError {
     Upstream(#[source] UpstreamError),
     #[error("provider credential unavailable: {0}")]
     Credential(String),
-    /// A retry was due but the request body could no longer be replayed.
-    #[error("the upstream failed and the request body could not be sent again")]
-    ReplayUnavailable,
 }
 
 impl From<HeadError> for ProxyError {
@@ -105,9 +102,7 @@ impl ProxyError {
             ProxyError::NoHealthyProvider { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(_) | ProxyError::Credential(_) | ProxyError::ReplayUnavailable => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Upstream(_) | ProxyError::Credential(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -187,7 +182,6 @@ impl ProxyError {
             ProxyError::Upstream(e) if e.is_timeout() => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::Credential(_) => "credential_unavailable",
-            ProxyError::ReplayUnavailable => "upstream_error",
         }
     }
 }

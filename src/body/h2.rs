@@ -37,8 +37,11 @@ pub struct H2Body {
 }
 
 impl Drop for H2Body {
+    /// An answer given up before its end (a retry, a client gone) stops its
+    /// upload; one read to the end lets it finish (full duplex), bounded by
+    /// the client body timeout.
     fn drop(&mut self) {
-        if let Some(upload) = &self.upload {
+        if let (Some(upload), false) = (&self.upload, matches!(self.stage, Stage::Done)) {
             upload.abort();
         }
     }
@@ -57,8 +60,8 @@ impl H2Body {
     }
 
     /// Ties the task uploading the request to this answer: when the answer is
-    /// dropped (read out, or thrown away for a retry), the upload stops too,
-    /// and lets go of the request body.
+    /// dropped before its end (thrown away for a retry, or its client left),
+    /// the upload stops too and lets go of the request body.
     pub fn with_upload(mut self, upload: AbortHandle) -> Self {
         self.upload = Some(upload);
         self

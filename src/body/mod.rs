@@ -91,12 +91,12 @@ impl Progress {
 
     fn touch(&self) {
         let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
+        self.last.store(ms, Ordering::Release);
     }
 
     /// When the last frame was taken (or the watch began).
     pub fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last.load(Ordering::Relaxed))
+        self.base + Duration::from_millis(self.last.load(Ordering::Acquire))
     }
 
     /// Resolves once no frame has been taken for `limit`, not counting time
@@ -107,7 +107,7 @@ impl Progress {
     pub async fn quiet_for(&self, limit: Duration) {
         loop {
             let now = Instant::now();
-            let deadline = if self.waiting.load(Ordering::Relaxed) { now + limit } else { self.last() + limit };
+            let deadline = if self.waiting.load(Ordering::Acquire) { now + limit } else { self.last() + limit };
             if deadline <= now {
                 return;
             }
@@ -129,7 +129,7 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -140,18 +140,18 @@ pub struct Watched {
     progress: Arc<Progress>,
 }
 
-/// Frames pushed by a connection driver that reads the body off its socket.
-pub type FrameReceiver = mpsc::Receiver<Result<Frame, BodyError>>;
+/// What a connection driver pushes as it reads a body off its socket: a
+/// frame, the end (`Ok(None)`, explicit so that a driver that stops
+/// half-way is never taken for a complete body), or why it broke.
+pub type Piece = Result<Option<Frame>, BodyError>;
+pub type FrameSender = mpsc::Sender<Piece>;
 
 pub enum Body {
     Empty,
     /// A body that is already complete in memory.
     Full(Bytes),
-    /// A body still arriving on a client connection; `len` is its declared length.
-    Channel {
-        rx: FrameReceiver,
-        len: Option<u64>,
-    },
+    /// A body still arriving on a client connection (see [`Body::channel`]).
+    Channel(Box<Channel>),
     /// A body read off an HTTP/1.1 connection as it is asked for.
     H1(Box<H1Body>),
     /// A body arriving on an HTTP/2 stream (client request or upstream response).
@@ -162,7 +162,48 @@ pub enum Body {
     Replayed(Box<Replayed>),
 }
 
+/// A body fed through a channel by the driver that reads it.
+#[derive(Debug)]
+pub struct Channel {
+    rx: mpsc::Receiver<Piece>,
+    len: Option<u64>,
+    ended: bool,
+}
+
+impl Channel {
+    /// # Cancel safety
+    /// Cancel safe: a received piece is handed out at once.
+    async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
+        if self.ended {
+            return None;
+        }
+        match self.rx.recv().await {
+            Some(Ok(Some(frame))) => Some(Ok(frame)),
+            Some(Ok(None)) => {
+                self.ended = true;
+                None
+            }
+            Some(Err(e)) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+            // The driver went away before the end: the body is cut, not complete.
+            None => {
+                self.ended = true;
+                Some(Err(BodyError::Incomplete))
+            }
+        }
+    }
+}
+
 impl Body {
+    /// A body its reader feeds through the returned sender, `capacity` pieces
+    /// ahead at most; `len` is its declared length, if any.
+    pub fn channel(capacity: usize, len: Option<u64>) -> (FrameSender, Body) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, Body::Channel(Box::new(Channel { rx, len, ended: false })))
+    }
+
     /// The next frame, `None` at the end.
     ///
     /// # Cancel safety
@@ -173,8 +214,9 @@ impl Body {
             Body::Watched(w) => {
                 let waiting = Waiting::start(&w.progress.waiting);
                 let frame = w.inner.next_unwatched().await;
-                drop(waiting);
+                // Stamp before the flag clears, so a timer never sees neither.
                 w.progress.touch();
+                drop(waiting);
                 frame
             }
             other => other.next_unwatched().await,
@@ -190,7 +232,7 @@ impl Body {
                 *self = Body::Empty;
                 (!data.is_empty()).then_some(Ok(Frame::Data(data)))
             }
-            Body::Channel { rx, .. } => rx.recv().await,
+            Body::Channel(channel) => channel.next_frame().await,
             Body::H1(h1) => h1.next_frame().await,
             Body::H2(h2) => h2.next_frame().await,
             Body::Replayed(r) => Box::pin(r.next_frame()).await,
@@ -211,7 +253,7 @@ impl Body {
         match self {
             Body::Empty => Some(0),
             Body::Full(bytes) => Some(bytes.len() as u64),
-            Body::Channel { len, .. } => *len,
+            Body::Channel(channel) => channel.len,
             Body::H1(h1) => h1.exact_len(),
             Body::H2(h2) => h2.exact_len(),
             Body::Watched(w) => w.inner.exact_len(),
@@ -259,7 +301,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Empty => f.write_str("Body::Empty"),
             Body::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
-            Body::Channel { len, .. } => write!(f, "Body::Channel(len {len:?})"),
+            Body::Channel(channel) => write!(f, "Body::Channel(len {:?})", channel.len),
             Body::H1(_) => f.write_str("Body::H1"),
             Body::H2(_) => f.write_str("Body::H2"),
             Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),

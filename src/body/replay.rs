@@ -211,7 +211,6 @@ impl Drop for Replayed {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc;
 
     use super::*;
 
@@ -226,25 +225,24 @@ mod tests {
         out
     }
 
-    fn channel() -> (mpsc::Sender<Result<Frame, BodyError>>, Body) {
-        let (tx, rx) = mpsc::channel(8);
-        (tx, Body::Channel { rx, len: None })
+    fn channel() -> (crate::body::FrameSender, Body) {
+        Body::channel(8, None)
     }
 
     #[tokio::test]
     async fn a_later_attempt_replays_then_reads_on() {
         let (tx, body) = channel();
         let (replay, first) = Retained::new(body, 100).unwrap();
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"cd")))).await.unwrap();
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"ab"))))).await.unwrap();
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"cd"))))).await.unwrap();
         // The first attempt takes one frame and fails.
         assert_eq!(drain(first, 1).await, b"ab");
         // The second replays it, takes the one waiting, then the rest as it comes.
         let second = replay.body().await.unwrap();
         let Retained::Recorded(home) = &replay else { panic!("recorded") };
         assert!(home.lock().is_none(), "one attempt at a time");
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"ef")))).await.unwrap();
-        drop(tx);
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"ef"))))).await.unwrap();
+        tx.send(Ok(None)).await.unwrap();
         assert_eq!(drain(second, 10).await, b"abcdef");
         assert_eq!(drain(replay.body().await.unwrap(), 10).await, b"abcdef", "a third gets it all from the copy");
     }
@@ -253,7 +251,7 @@ mod tests {
     async fn a_broken_body_stays_broken_and_trailers_are_replayed() {
         let (tx, body) = channel();
         let (replay, mut first) = Retained::new(body, 100).unwrap();
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"ab"))))).await.unwrap();
         tx.send(Err(BodyError::Incomplete)).await.unwrap();
         assert!(matches!(first.next_frame().await, Some(Ok(Frame::Data(_)))));
         assert!(matches!(first.next_frame().await, Some(Err(_))));
@@ -263,9 +261,9 @@ mod tests {
 
         let (tx, body) = channel();
         let (replay, first) = Retained::new(body, 100).unwrap();
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"ab")))).await.unwrap();
-        tx.send(Ok(Frame::Trailers(HeaderMap::new()))).await.unwrap();
-        drop(tx);
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"ab"))))).await.unwrap();
+        tx.send(Ok(Some(Frame::Trailers(HeaderMap::new())))).await.unwrap();
+        tx.send(Ok(None)).await.unwrap();
         assert_eq!(drain(first, 10).await, b"ab");
         let mut again = replay.body().await.unwrap();
         assert!(matches!(again.next_frame().await, Some(Ok(Frame::Data(_)))));
@@ -279,14 +277,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_channel_whose_sender_leaves_early_is_cut_not_complete() {
+        let (tx, mut body) = channel();
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"ab"))))).await.unwrap();
+        drop(tx);
+        assert!(matches!(body.next_frame().await, Some(Ok(Frame::Data(_)))));
+        assert!(matches!(body.next_frame().await, Some(Err(BodyError::Incomplete))));
+        assert!(body.next_frame().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_body_past_the_limit_is_not_replayed() {
         let (tx, body) = channel();
         let (replay, first) = Retained::new(body, 3).unwrap();
-        tx.send(Ok(Frame::Data(Bytes::from_static(b"abcd")))).await.unwrap();
-        drop(tx);
+        tx.send(Ok(Some(Frame::Data(Bytes::from_static(b"abcd"))))).await.unwrap();
+        tx.send(Ok(None)).await.unwrap();
         assert_eq!(drain(first, 10).await, b"abcd", "the first attempt streams it all");
         assert!(replay.body().await.is_none());
-        assert!(Retained::new(Body::Channel { rx: mpsc::channel(1).1, len: Some(4) }, 3).is_err());
+        assert!(Retained::new(Body::channel(1, Some(4)).1, 3).is_err());
         assert!(matches!(Retained::new(Body::Full(Bytes::from_static(b"abcd")), 3), Ok((Retained::Bytes(_), _))));
     }
 }

@@ -1,12 +1,11 @@
 //! A provider's keys in rotation: a key that got 429 rests for the upstream's
 //! `Retry-After` (seconds or an HTTP date; 1 s when absent, at most 300 s); a
-//! static key the upstream refused with 401 rests for 30 s, doubling while the
-//! refusals go on (up to 10 min), until a success with it (a `$(command)` key
-//! is fetched again instead). Not for good: a client can provoke a 401 with
-//! headers of its own (a wrong `OpenAI-Organization`), and must not be able to
-//! take a key away from everyone. A 403 concerns the resource, not the key.
+//! static key that fails its own check after a 401 (`proxy::verify`) rests for
+//! 30 s, doubling while the checks keep failing (up to 10 min), until it works
+//! again (a `$(command)` key is fetched again instead). A 403 concerns the
+//! resource, not the key.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,8 @@ pub struct ApiKey {
     rest_until: AtomicU64,
     /// 401s in a row (static keys only): each doubles the rest.
     refusals: AtomicU32,
+    /// A check of the key is under way.
+    checking: AtomicBool,
 }
 
 /// The zero of the stored rest times.
@@ -46,7 +47,13 @@ fn millis_since_epoch(at: Instant) -> u64 {
 
 impl ApiKey {
     pub fn new(secret: Secret, weight: f64) -> ApiKey {
-        ApiKey { secret, weight, rest_until: AtomicU64::new(0), refusals: AtomicU32::new(0) }
+        ApiKey {
+            secret,
+            weight,
+            rest_until: AtomicU64::new(0),
+            refusals: AtomicU32::new(0),
+            checking: AtomicBool::new(false),
+        }
     }
 
     /// Whether the key may be used now.
@@ -91,6 +98,15 @@ impl ApiKey {
                 None
             }
         }
+    }
+
+    /// Claims the check of this key; false when one is already under way.
+    pub fn begin_check(&self) -> bool {
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_check(&self) {
+        self.checking.store(false, Ordering::Release);
     }
 
     /// The key worked: a later 401 starts the backoff afresh.

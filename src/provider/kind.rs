@@ -40,6 +40,17 @@ impl ProviderType {
     }
 }
 
+/// A cheap authenticated request of each keyed API (its model list), to ask
+/// whether a key works with nothing of a client's around it.
+pub fn key_check(kind: ProviderType) -> Option<(&'static str, &'static [(&'static str, &'static str)])> {
+    match kind {
+        ProviderType::OpenAi => Some(("/v1/models", &[])),
+        ProviderType::Anthropic => Some(("/v1/models", &[("anthropic-version", "2023-06-01")])),
+        ProviderType::Gemini => Some(("/v1beta/models", &[])),
+        ProviderType::Forward => None,
+    }
+}
+
 pub const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 /// The beta flag Anthropic requires next to an OAuth bearer token.
 pub const OAUTH_BETA_FLAG: &str = "oauth-2025-04-20";

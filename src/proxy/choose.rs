@@ -53,13 +53,13 @@ impl Drop for Chosen {
 /// A provider for the next attempt, skipping the candidates in `tried`.
 pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Option<Chosen> {
     // A provider whose probe another request just claimed is passed over.
-    let mut lost_probe: Option<usize> = None;
+    let mut lost_probes: Vec<usize> = Vec::new();
     loop {
         let class = |i: usize| {
             let p = &candidates[i];
             Class {
                 usable: !tried.contains(&i)
-                    && lost_probe != Some(i)
+                    && !lost_probes.contains(&i)
                     && !matches!(p.health.availability(now), Availability::Out(_))
                     && p.has_key_for(now),
                 fallback: p.is_fallback,
@@ -71,10 +71,8 @@ pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Op
         let provider = &candidates[index];
         let probe = provider.health.availability(now) == Availability::Probe;
         if probe && !provider.health.begin_probe() {
-            if lost_probe.is_some() {
-                return None;
-            }
-            lost_probe = Some(index);
+            // Each pass rules one more out, so this ends.
+            lost_probes.push(index);
             continue;
         }
         return Some(Chosen { provider: Arc::clone(provider), index, probe });

@@ -15,6 +15,7 @@ mod choose;
 pub mod log;
 mod retry;
 pub mod rewrite;
+mod verify;
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use crate::message::{RequestHead, Response};
 use crate::provider::Provider;
 use crate::route::Miss;
 use crate::state::{App, Snapshot};
-use crate::upstream::{self, Replay, Settings, UpstreamError, UpstreamRequest};
+use crate::upstream::{self, Pools, Replay, Settings, UpstreamError, UpstreamRequest};
 use log::AccessLog;
 
 pub use choose::Chosen;
@@ -147,7 +148,7 @@ pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> R
 /// One exchange, repeated once on a fresh connection when a pooled one turns
 /// out to have been closed under us and the body can be sent again.
 async fn send(
-    app: &App,
+    pools: &Arc<Pools>,
     snapshot: &Snapshot,
     provider: &Provider,
     request: UpstreamRequest<'_>,
@@ -157,17 +158,17 @@ async fn send(
     let settings = Settings { max_head: snapshot.limits.upstream_max_head, timeouts };
     let endpoint = &provider.endpoint;
     let replay = body.replayable();
-    let checkout = Box::pin(app.pools.checkout(endpoint, timeouts.connect)).await?;
+    let checkout = Box::pin(pools.checkout(endpoint, timeouts.connect)).await?;
     let reused = checkout.is_reused();
     // Boxed: the exchange is most of a request's state, and every future that
     // holds it inline (an HTTP/2 stream's task among them) would be moved whole.
-    match Box::pin(upstream::exchange(&app.pools, checkout, endpoint, request, body, settings)).await {
+    match Box::pin(upstream::exchange(pools, checkout, endpoint, request, body, settings)).await {
         // A timeout is no sign of a stale connection: waiting again would double it.
         Err(e) if reused && replay.is_some() && !e.is_timeout() && may_replay(e.replay(), request.method) => {
             tracing::debug!(endpoint = %endpoint.key, error = %e, "pooled connection was stale; retrying on a new one");
-            let fresh = Box::pin(app.pools.checkout_fresh(endpoint, timeouts.connect)).await?;
+            let fresh = Box::pin(pools.checkout_fresh(endpoint, timeouts.connect)).await?;
             let body = replay.unwrap_or(Body::Empty);
-            Box::pin(upstream::exchange(&app.pools, fresh, endpoint, request, body, settings)).await
+            Box::pin(upstream::exchange(pools, fresh, endpoint, request, body, settings)).await
         }
         result => result,
     }

@@ -7,13 +7,15 @@
 //! unless its answer says it refused (401, 403, 429, or 503 with `Retry-After`).
 //! Every attempt feeds the provider's passive health and its keys' rests.
 
+use std::sync::Arc;
+
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::choose::{self, Chosen};
 use super::log::AccessLog;
-use super::{is_event_stream, may_replay, rewrite, send, upstream_error, Plan, X_ACCEL_BUFFERING};
+use super::{is_event_stream, may_replay, rewrite, send, upstream_error, verify, Plan, X_ACCEL_BUFFERING};
 use crate::body::{Body, Retained};
 use crate::config::RetrySettings;
 use crate::error::ProxyError;
@@ -76,19 +78,20 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
 /// Where a request goes, besides the provider.
 #[derive(Clone, Copy)]
 pub(super) struct Target<'a> {
-    pub snapshot: &'a Snapshot,
+    pub snapshot: &'a Arc<Snapshot>,
     /// Path and query, the route's prefix removed.
     pub target: &'a str,
     pub method: &'a Method,
 }
 
 /// One attempt: a key in rotation (not in `tried_keys`), the head rewritten
-/// for `provider`, the exchange, and the key's bookkeeping (a 429 rests it, a
-/// 401/403 refuses it). Returns the outcome and which key was used.
+/// for `provider`, the exchange, and the key's bookkeeping (a 429 rests it; a
+/// 401 has it checked on its own, see `verify`). Returns the outcome and which
+/// key was used.
 pub(super) async fn attempt(
     app: &App,
     to: Target<'_>,
-    provider: &Provider,
+    provider: &Arc<Provider>,
     headers: &mut HeaderMap,
     body: Body,
     tried_keys: &[usize],
@@ -115,22 +118,14 @@ pub(super) async fn attempt(
     let rewritten = rewrite::rewrite_target(provider.kind, to.target);
     let target = rewritten.as_deref().unwrap_or(to.target);
     let request = UpstreamRequest { method: to.method, target, headers };
-    let result = send(app, to.snapshot, provider, request, body).await.map_err(|e| upstream_error(e, provider));
-    if let (Ok(response), Some((_, key)), Some(value)) = (&result, key, &value) {
+    let result = send(&app.pools, to.snapshot, provider, request, body).await.map_err(|e| upstream_error(e, provider));
+    if let (Ok(response), Some((index, key)), Some(value)) = (&result, key, &value) {
         match response.status {
             StatusCode::TOO_MANY_REQUESTS => {
                 let rest = key.rest(&response.headers);
                 tracing::info!(provider = provider.index, seconds = rest.as_secs_f64(), "key rate limited; resting it");
             }
-            StatusCode::UNAUTHORIZED => {
-                if let Some(rest) = key.refused(value) {
-                    tracing::warn!(
-                        provider = provider.index,
-                        seconds = rest.as_secs(),
-                        "upstream refused a key (401); resting it"
-                    );
-                }
-            }
+            StatusCode::UNAUTHORIZED => verify::refused(&app.pools, to.snapshot, provider, index, value),
             status if status.is_success() => key.accepted(),
             _ => {}
         }

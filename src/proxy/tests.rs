@@ -186,9 +186,8 @@ fn blackhole() -> (String, (socket2::Socket, Vec<std::net::TcpStream>)) {
 async fn a_broken_client_body_is_the_clients_fault() {
     let (addr, _seen) = upstream(ANSWER).await;
     let app = App::from_yaml(&config(&addr));
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, body) = Body::channel(1, Some(10));
     tx.send(Err(crate::body::BodyError::Incomplete)).await.unwrap();
-    let body = Body::Channel { rx, len: Some(10) };
     let request = head(Method::POST, "h.local", "/openai/v1/chat", &[("authorization", "Bearer client-key")]);
     let (status, body) = text(handle(&app, request, body).await).await;
     assert_eq!(status, 400, "{body}");

@@ -11,12 +11,11 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http::{Method, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::h1_write::{write_response, Written};
 use super::Shutdown;
-use crate::body::{Body, BodyError, CopyError, Frame};
+use crate::body::{Body, BodyError, CopyError, Frame, FrameSender};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head, MAX_TRAILERS};
 use crate::message::{RequestHead, Response};
@@ -51,7 +50,7 @@ struct Conn<S> {
 /// end the driver fills from the socket (`None` when the body is in memory).
 struct Upload {
     body: Body,
-    tx: Option<mpsc::Sender<Result<Frame, BodyError>>>,
+    tx: Option<FrameSender>,
 }
 
 enum Next {
@@ -188,15 +187,17 @@ where
             return false;
         }
     }
-    let (tx, rx) = mpsc::channel(BODY_CHANNEL);
-    let body = match req.framing {
-        BodyFraming::Length(n) if buffered => Body::Full(conn.reader.buf.split_to(n as usize).freeze()),
-        _ if !req.has_body() => Body::Empty,
-        BodyFraming::Length(n) => Body::Channel { rx, len: Some(n) },
-        _ => Body::Channel { rx, len: None },
+    let (body, tx) = match req.framing {
+        BodyFraming::Length(n) if buffered => (Body::Full(conn.reader.buf.split_to(n as usize).freeze()), None),
+        _ if !req.has_body() => (Body::Empty, None),
+        BodyFraming::Length(n) => split(Body::channel(BODY_CHANNEL, Some(n))),
+        _ => split(Body::channel(BODY_CHANNEL, None)),
     };
-    let tx = matches!(body, Body::Channel { .. }).then_some(tx);
     relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await
+}
+
+fn split((tx, body): (FrameSender, Body)) -> (Body, Option<FrameSender>) {
+    (body, Some(tx))
 }
 
 /// Runs the upstream exchange and writes its answer while the request body is
@@ -319,7 +320,7 @@ where
 async fn pump_body<S: AsyncRead>(
     reader: &mut Reader<S>,
     framing: BodyFraming,
-    tx: mpsc::Sender<Result<Frame, BodyError>>,
+    tx: FrameSender,
     stall: std::time::Duration,
 ) -> bool {
     let mut decoder = BodyDecoder::new(framing, MAX_TRAILERS);
@@ -327,7 +328,7 @@ async fn pump_body<S: AsyncRead>(
         let frame = match decoder.decode(&mut reader.buf) {
             Ok(DecodeEvent::Data(data)) => Frame::Data(data),
             Ok(DecodeEvent::Trailers(trailers)) => Frame::Trailers(trailers),
-            Ok(DecodeEvent::End) => return true,
+            Ok(DecodeEvent::End) => return tx.send(Ok(None)).await.is_ok(),
             Ok(DecodeEvent::NeedMore) => {
                 reader.buf.reserve(READ_SIZE);
                 let read = tokio::time::timeout(stall, reader.rd.read_buf(&mut reader.buf)).await;
@@ -345,7 +346,7 @@ async fn pump_body<S: AsyncRead>(
                 return false;
             }
         };
-        if tx.send(Ok(frame)).await.is_err() {
+        if tx.send(Ok(Some(frame))).await.is_err() {
             return false; // nobody wants the rest: the connection cannot be reused
         }
     }

@@ -54,12 +54,8 @@ pub async fn exchange(
     body: Body,
     timeouts: Timeouts,
 ) -> Result<Response, UpstreamError> {
-    // A connection that cannot take a stream has sent nothing of ours; one that
-    // stays full (every stream busy) counts as refusing, so the request can go elsewhere.
-    let mut send = match tokio::time::timeout(timeouts.connect, send.ready()).await {
-        Ok(ready) => ready.map_err(UpstreamError::H2Refused)?,
-        Err(_) => return Err(UpstreamError::H2Busy(timeouts.connect)),
-    };
+    // A connection that cannot take a stream has sent nothing of ours.
+    let mut send = send.ready().await.map_err(UpstreamError::H2Refused)?;
     let authority = endpoint.host_header.to_str().unwrap_or(&endpoint.host);
     let uri = http::Uri::builder()
         .scheme("https")

@@ -125,9 +125,6 @@ pub enum UpstreamError {
     /// The stream never left, or the upstream refused it unprocessed (RFC 9113 §8.7).
     #[error("upstream HTTP/2 connection refused the request")]
     H2Refused(#[source] ::h2::Error),
-    /// The shared connection had no room for another stream in time.
-    #[error("upstream HTTP/2 connection had no free stream within {0:?}")]
-    H2Busy(Duration),
     /// The shared connection failed while the stream was open.
     #[error("upstream HTTP/2 connection lost")]
     H2Gone(#[source] ::h2::Error),
@@ -153,8 +150,7 @@ impl UpstreamError {
             | UpstreamError::Tls { .. }
             | UpstreamError::H2Handshake { .. }
             | UpstreamError::NothingWritten(_)
-            | UpstreamError::H2Refused(_)
-            | UpstreamError::H2Busy(_) => Replay::Always,
+            | UpstreamError::H2Refused(_) => Replay::Always,
             UpstreamError::Write(_)
             | UpstreamError::ClosedBeforeResponse
             | UpstreamError::H2Gone(_)

@@ -244,3 +244,53 @@ async fn http2_clients_fail_over_through_the_same_pipeline() {
     assert_eq!(response.status(), 200);
     assert_eq!(good.recorded()[0].body, r#"{"n":2}"#.as_bytes());
 }
+
+/// A mock that refuses key "dead" always, and any key when the client sent
+/// a wrong organization header (as OpenAI does).
+async fn fussy_upstream() -> MockUpstream {
+    MockUpstream::with(|req| {
+        let dead = req.header("authorization") == Some("Bearer dead");
+        if dead || req.header("openai-organization") == Some("org-bogus") {
+            Reply::json(401, r#"{"error":{"message":"invalid key"}}"#)
+        } else {
+            Reply::json(200, r#"{"ok":true}"#)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_key_rests_after_a_401_only_when_its_own_check_fails_too() {
+    let up = fussy_upstream().await;
+    let keys = "    api_keys:\n      - {key: dead, weight: 1000}\n      - {key: alive, weight: 0.001}\n";
+    let proxy = TestProxy::start(&config("", &[(up.port(), keys)]));
+    let (status, _, _) = send(proxy.addr, "POST", "/v1/chat", &[HOST, AUTH], "{}").await;
+    assert_eq!(status, 401, "401 is not retried unless listed");
+    wait_for_log(&proxy, "failed its check", Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        assert_eq!(send(proxy.addr, "POST", "/v1/chat", &[HOST, AUTH], "{}").await.0, 200);
+    }
+    let check = up.recorded().into_iter().find(|r| r.method == "GET").expect("a bare check was sent");
+    assert_eq!((check.uri.as_str(), check.header("authorization")), ("/v1/models", Some("Bearer dead")));
+}
+
+#[tokio::test]
+async fn a_client_provoking_401s_cannot_take_the_key_away() {
+    let up = fussy_upstream().await;
+    let proxy = TestProxy::start(&config("", &[(up.port(), "    api_key: alive\n")]));
+    let bogus = [HOST, AUTH, ("openai-organization", "org-bogus")];
+    for _ in 0..5 {
+        assert_eq!(send(proxy.addr, "POST", "/v1/chat", &bogus, "{}").await.0, 401);
+    }
+    // The key's own check passed, so everyone else is still served.
+    let checked = || up.recorded().iter().filter(|r| r.method == "GET").count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while checked() == 0 {
+        assert!(Instant::now() < deadline, "no key check was sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let check = up.recorded().into_iter().find(|r| r.method == "GET").unwrap();
+    assert_eq!(check.header("openai-organization"), None, "the check carries nothing of the client's");
+    assert_eq!(send(proxy.addr, "POST", "/v1/chat", &[HOST, AUTH], "{}").await.0, 200);
+    assert!(!proxy.logs().contains("failed its check"), "{}", proxy.logs());
+}
