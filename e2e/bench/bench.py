@@ -193,7 +193,24 @@ def h2load(url: str, requests: int, conns: int, streams: int, headers: list[str]
     return {"rps": float(rate.group(1)), "p99": p99, "requests": requests}
 
 
-async def sse_streams(port: int, path: str, count: int, tls: bool = False) -> dict:
+async def first_event(port: int, path: str, sem: asyncio.Semaphore):
+    """Opens an SSE stream; returns (reader, writer, ms to the first event, bytes
+    read so far), or None when the stream closed before one came."""
+    async with sem:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {AUTH}\r\nConnection: close\r\n\r\n".encode())
+    buf = b""
+    while b"data:" not in buf:
+        chunk = await reader.read(65536)
+        if not chunk:
+            writer.close()
+            return None
+        buf += chunk
+    return reader, writer, (time.monotonic() - started) * 1000, buf
+
+
+async def sse_streams(port: int, path: str, count: int) -> dict:
     """Opens `count` SSE streams at once; returns first-event latency p50/p99
     (ms from sending the request) and whether every stream ended with [DONE].
     Reads lazily after the first event so the client costs little CPU."""
@@ -203,18 +220,11 @@ async def sse_streams(port: int, path: str, count: int, tls: bool = False) -> di
 
     async def one():
         nonlocal complete
-        async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {AUTH}\r\nConnection: close\r\n\r\n"
-        started = time.monotonic()
-        writer.write(req.encode())
-        buf = b""
-        while b"data:" not in buf:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            buf += chunk
-        firsts.append((time.monotonic() - started) * 1000)
+        opened = await first_event(port, path, sem)
+        if opened is None:
+            return
+        reader, writer, ms, buf = opened
+        firsts.append(ms)
         while True:
             await asyncio.sleep(0.2)
             chunk = await reader.read(1 << 20)
@@ -241,18 +251,10 @@ async def hold_streams(port: int, path: str, count: int, pids: list[int], settle
     sem = asyncio.Semaphore(200)
 
     async def one():
-        async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = time.monotonic()
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {AUTH}\r\nConnection: close\r\n\r\n".encode())
-        buf = b""
-        while b"data:" not in buf:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return
-            buf += chunk
-        firsts.append((time.monotonic() - started) * 1000)
-        opened.append(writer)
+        stream = await first_event(port, path, sem)
+        if stream is not None:
+            firsts.append(stream[2])
+            opened.append(stream[1])
 
     await asyncio.gather(*(one() for _ in range(count)))
     await asyncio.sleep(settle)

@@ -50,15 +50,7 @@ pub fn rewrite_target(kind_: ProviderType, target: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderName;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        m
-    }
+    use crate::headers::tests::map;
 
     #[test]
     fn keyed_rewrite_swaps_every_credential() {
