@@ -2,13 +2,17 @@
 //! for and hands the connection back through [`Recycle`] when it ended
 //! cleanly; [`write_body`] writes a neutral body with chunked or raw framing,
 //! flushing each frame so SSE events and streamed uploads never sit in a
-//! buffer; [`inline_small`] folds a small body into its head's write. Shared
+//! buffer, its head in the same write as the first piece when that is at
+//! hand; [`inline_small`] folds a small in-memory body into its head's write. Shared
 //! by the client side (responses) and the upstream side (requests).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{within, Body, BodyError, CopyError, Frame};
@@ -129,42 +133,89 @@ pub fn inline_small(head: &mut BytesMut, body: Body) -> Body {
 
 /// Copies `body` to `wr`, chunk-encoded when `chunked` (trailers kept, minus
 /// the fields a trailer may not carry), raw otherwise (trailers dropped: a
-/// length-framed message cannot carry them).
-pub async fn write_body<W: AsyncWrite + Unpin>(wr: &mut W, mut body: Body, chunked: bool) -> Result<(), CopyError> {
-    let mut out = BytesMut::new();
+/// length-framed message cannot carry them). `out` holds bytes not written
+/// yet (a head): they leave in the same write as the body's first piece when
+/// that is at hand already, else on their own at once. Each piece is flushed
+/// as it goes, so SSE events never wait in a buffer.
+pub async fn write_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut body: Body,
+    chunked: bool,
+    mut out: BytesMut,
+) -> Result<(), CopyError> {
     let mut ended = false;
-    while let Some(frame) = body.next_frame().await {
-        match frame.map_err(CopyError::Source)? {
-            Frame::Data(data) if data.is_empty() => continue,
-            Frame::Data(data) if !chunked => wr.write_all(&data).await.map_err(CopyError::Sink)?,
-            Frame::Data(data) => {
-                out.clear();
-                http1::encode_chunk_prefix(data.len(), &mut out);
-                if data.len() < COALESCE {
-                    out.extend_from_slice(&data);
-                    out.extend_from_slice(http1::CHUNK_SUFFIX);
-                    wr.write_all(&out).await.map_err(CopyError::Sink)?;
-                } else {
-                    wr.write_all(&out).await.map_err(CopyError::Sink)?;
-                    wr.write_all(&data).await.map_err(CopyError::Sink)?;
-                    wr.write_all(http1::CHUNK_SUFFIX).await.map_err(CopyError::Sink)?;
+    loop {
+        let frame = if out.is_empty() {
+            body.next_frame().await
+        } else {
+            match now_or_never(body.next_frame()) {
+                Some(frame) => frame,
+                None => {
+                    send(wr, &mut out, None).await?;
+                    continue;
                 }
             }
-            Frame::Trailers(mut trailers) if chunked => {
-                strip_trailer_fields(&mut trailers);
-                out.clear();
-                http1::encode_last_chunk(Some(&trailers), &mut out);
-                wr.write_all(&out).await.map_err(CopyError::Sink)?;
-                ended = true;
+        };
+        let Some(frame) = frame else { break };
+        let data = match frame.map_err(CopyError::Source)? {
+            Frame::Data(data) if data.is_empty() => continue,
+            Frame::Data(data) => data,
+            Frame::Trailers(mut trailers) => {
+                if chunked {
+                    strip_trailer_fields(&mut trailers);
+                    http1::encode_last_chunk(Some(&trailers), &mut out);
+                    ended = true;
+                    send(wr, &mut out, None).await?;
+                }
+                continue;
             }
-            Frame::Trailers(_) => continue,
+        };
+        if !chunked {
+            send(wr, &mut out, Some(data)).await?;
+            continue;
         }
-        wr.flush().await.map_err(CopyError::Sink)?;
+        http1::encode_chunk_prefix(data.len(), &mut out);
+        if data.len() < COALESCE {
+            out.extend_from_slice(&data);
+            out.extend_from_slice(http1::CHUNK_SUFFIX);
+            send(wr, &mut out, None).await?;
+        } else {
+            send(wr, &mut out, Some(data)).await?;
+            out.extend_from_slice(http1::CHUNK_SUFFIX);
+            send(wr, &mut out, None).await?;
+        }
     }
     if chunked && !ended {
-        out.clear();
         http1::encode_last_chunk(None, &mut out);
-        wr.write_all(&out).await.map_err(CopyError::Sink)?;
     }
+    send(wr, &mut out, None).await
+}
+
+/// Writes `out` (and empties it), then `data`: in one write, copied together
+/// when `data` is small, or gathered (vectored) when it is not; then flushes.
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut, data: Option<Bytes>) -> Result<(), CopyError> {
+    let written = match data {
+        Some(data) if out.is_empty() => wr.write_all(&data).await,
+        Some(data) if data.len() < COALESCE => {
+            out.extend_from_slice(&data);
+            wr.write_all(out).await
+        }
+        Some(data) => wr.write_all_buf(&mut out.split().freeze().chain(data)).await,
+        None if out.is_empty() => Ok(()),
+        None => wr.write_all(out).await,
+    };
+    written.map_err(CopyError::Sink)?;
+    out.clear();
     wr.flush().await.map_err(CopyError::Sink)
+}
+
+/// The output of `future` if it is ready at once; `None` otherwise, and the
+/// future is dropped — so only for cancel-safe ones (`Body::next_frame`).
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Version};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use crate::body::h1::{inline_small, write_body};
 use crate::body::{Body, CopyError};
@@ -53,8 +53,6 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(512);
     http1::encode_response_head(status, &headers, framing, close, &mut out);
     let body = inline_small(&mut out, body);
-    wr.write_all(&out).await.map_err(CopyError::Sink)?;
-    wr.flush().await.map_err(CopyError::Sink)?;
-    write_body(wr, body, framing == BodyFraming::Chunked).await?;
+    write_body(wr, body, framing == BodyFraming::Chunked, out).await?;
     Ok(if close { Written::CompleteClose } else { Written::Complete })
 }
