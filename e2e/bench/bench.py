@@ -5,6 +5,7 @@ swap, access logs on for both proxies (one line per request), 2 nginx workers.
 
     python3 e2e/bench/bench.py            # every scenario, 3 alternating rounds
     QUICK=1 python3 e2e/bench/bench.py    # shorter and smaller, under a minute
+    OPENPROXY_BIN=/tmp/old/openproxy python3 e2e/bench/bench.py   # another build
     python3 e2e/bench/bench.py --only keepalive,https-h2 --rounds 5 --no-logs
 
 Needs Debian's `wrk`, `nghttp2-client` (h2load), `nginx-light` and `openssl`
@@ -330,7 +331,8 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} is required (apt-get install wrk nghttp2-client nginx-light openssl)", file=sys.stderr)
             return 2
-    binary = ROOT / "target" / "release" / "openproxy"
+    # OPENPROXY_BIN compares another build (say, main's) under the same harness.
+    binary = Path(os.environ.get("OPENPROXY_BIN", ROOT / "target" / "release" / "openproxy"))
     upstream_bin = ROOT / "target" / "release" / "examples" / "bench-upstream"
     if not binary.exists() or not upstream_bin.exists():
         subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "openproxy", "--example", "bench-upstream"], cwd=ROOT, check=True)
