@@ -90,6 +90,14 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     if let Some(https) = &snapshot.config.https {
         bound.push((https.addr, Scheme::Https));
     }
+    // Before anything can announce the process (listeners, pid file, log).
+    let signals = match lifecycle::Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = Arc::new(App::new(snapshot, health));
     let drain = Drain::new();
     for (addr, scheme) in bound {
@@ -120,10 +128,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
         }
     });
     tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
-    if let Err(e) = lifecycle::signal_loop(app.clone(), path.to_path_buf()).await {
-        eprintln!("cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
+    signals.run(app.clone(), path.to_path_buf()).await;
     health_task.abort();
     sweeper.abort();
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config;
 use crate::state::{App, Snapshot};
@@ -31,18 +31,35 @@ impl Drop for PidFile {
     }
 }
 
-/// Waits for signals until one asks the process to stop.
-pub async fn signal_loop(app: Arc<App>, config_path: PathBuf) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&app, &config_path).await,
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down gracefully"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down gracefully"); return Ok(()) }
-            _ = usr2.recv() => tracing::warn!("SIGUSR2: hot upgrade is not available in this build; ignoring"),
+/// The signals the process answers, caught from the moment this exists: a
+/// signal that arrives before the loop runs waits for it instead of taking
+/// its default action (SIGHUP would end the process).
+pub struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Waits for signals until one asks the process to stop.
+    pub async fn run(mut self, app: Arc<App>, config_path: PathBuf) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => reload(&app, &config_path).await,
+                _ = self.term.recv() => return tracing::info!("SIGTERM: shutting down gracefully"),
+                _ = self.int.recv() => return tracing::info!("SIGINT: shutting down gracefully"),
+                _ = self.usr2.recv() => tracing::warn!("SIGUSR2: hot upgrade is not available in this build; ignoring"),
+            }
         }
     }
 }
