@@ -261,11 +261,6 @@ impl Body {
         }
     }
 
-    /// True when the body is known to have no bytes at all.
-    pub fn is_empty(&self) -> bool {
-        self.exact_len() == Some(0)
-    }
-
     /// How this body is framed when sent as a request.
     pub fn request_framing(&self) -> BodyFraming {
         http1::request_body_framing(self.exact_len())

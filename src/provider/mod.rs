@@ -11,7 +11,7 @@ pub mod secret;
 use std::sync::Arc;
 
 pub use health::{Availability, Health, HealthRegistry, PassiveHealth};
-pub use keys::{retry_after, ApiKey};
+pub use keys::ApiKey;
 pub use kind::ProviderType;
 
 use rand::Rng;

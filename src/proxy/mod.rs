@@ -158,7 +158,12 @@ async fn send(
     let settings = Settings { max_head: snapshot.limits.upstream_max_head, timeouts };
     let endpoint = &provider.endpoint;
     let replay = body.replayable();
-    let checkout = Box::pin(pools.checkout(endpoint, timeouts.connect)).await?;
+    // A pooled connection is at hand without waiting; only a new one is
+    // boxed, as connecting (TCP, TLS) is a large future.
+    let checkout = match pools.take(endpoint) {
+        Some(checkout) => checkout,
+        None => Box::pin(pools.checkout_fresh(endpoint, timeouts.connect)).await?,
+    };
     let reused = checkout.is_reused();
     // Boxed: the exchange is most of a request's state, and every future that
     // holds it inline (an HTTP/2 stream's task among them) would be moved whole.

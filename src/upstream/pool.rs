@@ -59,18 +59,21 @@ pub struct Pools {
 
 impl Pools {
     /// The endpoint's shared HTTP/2 connection, a live idle HTTP/1.1 one, or a new one.
-    pub async fn checkout(&self, endpoint: &Endpoint, connect_timeout: Duration) -> Result<Checkout, UpstreamError> {
+    /// The endpoint's shared HTTP/2 connection or a live idle HTTP/1.1 one,
+    /// without waiting; `None` means a new connection is needed
+    /// ([`Pools::checkout_fresh`]).
+    pub fn take(&self, endpoint: &Endpoint) -> Option<Checkout> {
         let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).get(&endpoint.key).cloned();
         if let Some((send, id)) = shared {
-            return Ok(Checkout::H2 { send, id, reused: true });
+            return Some(Checkout::H2 { send, id, reused: true });
         }
         while let Some(mut conn) = self.pop(&endpoint.key) {
             if is_open(&mut conn.stream) {
                 conn.reused = true;
-                return Ok(Checkout::H1(conn));
+                return Some(Checkout::H1(conn));
             }
         }
-        self.checkout_fresh(endpoint, connect_timeout).await
+        None
     }
 
     /// A new connection, bypassing the idle list; when ALPN picks HTTP/2 it
