@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{self, Config};
 use crate::lifecycle::{self, PidFile};
 use crate::provider::HealthRegistry;
-use crate::server::listener::{self, Scheme};
+use crate::server::listener::Scheme;
+use crate::server::workers::{self, Workers};
 use crate::server::Drain;
 use crate::state::{App, Snapshot};
 
@@ -98,20 +98,17 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let threads = snapshot.config.workers.unwrap_or_else(workers::count);
     let app = Arc::new(App::new(snapshot, health));
     let drain = Drain::new();
-    for (addr, scheme) in bound {
-        let listener = match listener::bind(addr).and_then(tokio::net::TcpListener::from_std) {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("cannot listen on {addr}: {e}");
+    let workers =
+        match workers::bind(&bound, threads).and_then(|sockets| Workers::start(sockets, &app, &drain.handle())) {
+            Ok(workers) => workers,
+            Err(why) => {
+                eprintln!("{why}");
                 return ExitCode::FAILURE;
             }
         };
-        let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, ?scheme, "listening");
-        tokio::spawn(listener::serve(listener, scheme, app.clone(), drain.handle()));
-    }
     let _pid = match pid_file.map(PidFile::write).transpose() {
         Ok(pid) => pid,
         Err(e) => {
@@ -119,22 +116,16 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Health checks run on this (control) thread with pools of their own.
     let health_task = tokio::spawn(crate::health::run(app.clone()));
-    let pools = app.pools.clone();
-    let sweeper = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            pools.sweep();
-        }
-    });
     tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
     signals.run(app.clone(), path.to_path_buf()).await;
     health_task.abort();
-    sweeper.abort();
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;
     if tokio::time::timeout(grace, drain.wait()).await.is_err() {
         tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");
     }
+    workers.stop();
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -86,6 +86,9 @@ pub async fn reload(app: &App, config_path: &Path) {
     {
         tracing::warn!("listener addresses changed; they take effect only after a restart");
     }
+    if config.workers != current.config.workers {
+        tracing::warn!("workers changed; it takes effect only after a restart");
+    }
     match Snapshot::build(config, &app.health) {
         Ok(snapshot) => {
             let routes = snapshot.providers.len();

@@ -1,5 +1,6 @@
 //! The `openproxy` binary: parse the command line, set up logging, and run
-//! `check` or `start` (the latter on a multi-threaded tokio runtime).
+//! `check` or `start`. `start` runs signals, reloads and health checks on this
+//! thread's runtime; requests are served by worker threads (`server::workers`).
 
 use std::process::ExitCode;
 
@@ -12,7 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
         Command::Start { config, pid_file } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

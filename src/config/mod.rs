@@ -26,6 +26,8 @@ pub struct Config {
     pub http_max_header_size: usize,
     /// `connect_tunnel_enabled`, default false.
     pub connect_tunnel_enabled: bool,
+    /// `workers`: request-serving threads; `None` means one per available core.
+    pub workers: Option<usize>,
     /// `graceful_shutdown_timeout` in seconds, default 30.
     pub graceful_shutdown_timeout: Duration,
     /// Every timeout with its default applied.

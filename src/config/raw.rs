@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
     pub health_check: Option<RawHealthCheck>,
     pub http_max_header_size: Option<i64>,
     pub connect_tunnel_enabled: Option<bool>,
+    pub workers: Option<i64>,
     /// Seconds; fractions allowed.
     pub graceful_shutdown_timeout: Option<f64>,
     /// Seconds; fractions allowed (this and the timeouts below).

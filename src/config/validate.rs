@@ -137,6 +137,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let health_check = health_check(ctx, raw.health_check.as_ref());
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
+    let workers = workers(ctx, raw.workers);
     let graceful_shutdown_timeout =
         timeouts::seconds(ctx, &top, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, Bound::ZeroAllowed)
             .unwrap_or(Duration::from_secs(30));
@@ -152,6 +153,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         health_check,
         http_max_header_size,
         connect_tunnel_enabled,
+        workers,
         graceful_shutdown_timeout,
         timeouts,
         ca_file,
@@ -237,6 +239,18 @@ fn header_size(ctx: &mut Ctx<'_>, raw: Option<i64>) -> usize {
         ctx.report(&Scope::top(), "http_max_header_size", problem);
     }
     usize::try_from(value).unwrap_or(DEFAULT_HEADER_SIZE as usize)
+}
+
+/// Above this, `workers` is surely a typo: each worker is a thread.
+const MAX_WORKERS: i64 = 1024;
+
+fn workers(ctx: &mut Ctx<'_>, raw: Option<i64>) -> Option<usize> {
+    let value = raw?;
+    if !(1..=MAX_WORKERS).contains(&value) {
+        ctx.report(&Scope::top(), "workers", format!("must be between 1 and {MAX_WORKERS} (got {value})"));
+        return None;
+    }
+    usize::try_from(value).ok()
 }
 
 #[cfg(test)]
@@ -333,6 +347,16 @@ mod tests {
             assert_error(&errs, "http_max_header_size", &["between 1024 and 1048576", bad]);
         }
         ok(&with_provider("http_port: 80\nhttp_max_header_size: 1048576"));
+    }
+
+    #[test]
+    fn workers_are_a_small_positive_count() {
+        assert_eq!(ok(&with_provider("http_port: 80")).workers, None);
+        assert_eq!(ok(&with_provider("http_port: 80\nworkers: 3")).workers, Some(3));
+        for bad in ["0", "-1", "1025"] {
+            let errs = errors(&with_provider(&format!("http_port: 80\nworkers: {bad}")));
+            assert_error(&errs, "workers", &["between 1 and 1024", bad]);
+        }
     }
 
     #[test]

@@ -21,18 +21,39 @@ pub enum Scheme {
     Https,
 }
 
-/// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds `count` listening sockets to one address, one per worker thread,
+/// with SO_REUSEPORT so the kernel spreads new connections across them and
+/// no worker wakes for another's client. A plain bind comes first: it fails
+/// as usual if anything (another OpenProxy included, which would otherwise
+/// join the group and take a share of the traffic) holds the address, and it
+/// resolves port 0 so every socket of the group gets the same port.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = {
+        let probe = socket(addr, false)?;
+        probe.bind(&addr.into())?;
+        probe.local_addr()?.as_socket().unwrap_or(addr)
+    };
+    (0..count.max(1))
+        .map(|_| {
+            let socket = socket(addr, true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Accepts clients until shutdown is signalled.

@@ -7,6 +7,7 @@ pub mod h1;
 mod h1_write;
 pub mod h2;
 pub mod listener;
+pub mod workers;
 
 use tokio::sync::{mpsc, watch};
 

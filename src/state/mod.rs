@@ -1,8 +1,9 @@
 //! The application's state. [`Snapshot`]: everything the request path reads
 //! from the configuration (routes, providers, client keys, TLS, [`Limits`]),
 //! built whole and swapped in as one `Arc` on reload. [`App`]: that snapshot
-//! plus what outlives reloads (upstream pools, health flags), shared by every
-//! connection.
+//! plus what outlives reloads (health flags, shared by every thread; upstream
+//! pools, one set per worker thread so a connection stays on the thread
+//! whose reactor owns it).
 
 mod build;
 
@@ -69,18 +70,25 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// The long-lived state every connection shares: the current snapshot plus
-/// what outlives reloads.
+/// The long-lived state a worker's connections share: the current snapshot
+/// plus what outlives reloads.
 #[derive(Debug)]
 pub struct App {
-    pub snapshot: ArcSwap<Snapshot>,
+    /// One for the whole process: a reload is seen by every worker at once.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// This worker's own idle upstream connections.
     pub pools: Arc<Pools>,
-    pub health: HealthRegistry,
+    pub health: Arc<HealthRegistry>,
 }
 
 impl App {
     pub fn new(snapshot: Snapshot, health: HealthRegistry) -> Self {
-        App { snapshot: ArcSwap::from_pointee(snapshot), pools: Arc::default(), health }
+        App { snapshot: Arc::new(ArcSwap::from_pointee(snapshot)), pools: Arc::default(), health: Arc::new(health) }
+    }
+
+    /// The same configuration and health, with upstream pools of its own.
+    pub fn for_worker(&self) -> App {
+        App { snapshot: self.snapshot.clone(), pools: Arc::default(), health: self.health.clone() }
     }
 }
 

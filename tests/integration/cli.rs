@@ -144,3 +144,57 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     assert_eq!(status, 200, "the running config survives a bad reload");
     assert_eq!(up.recorded().last().unwrap().header("authorization"), Some("Bearer rotated-key"));
 }
+
+#[test]
+fn a_second_instance_on_a_busy_port_fails_instead_of_sharing_it() {
+    let proxy = TestProxy::start(&one_provider("openai", "h.local", 9, ""));
+    let config = one_provider("openai", "h.local", 9, "").replace("{port}", &proxy.addr.port().to_string());
+    let (dir, path) = write_config(&config);
+    let log = dir.path().join("second.log");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .args(["start", "-c", &path])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(1), "the second instance must not start: {stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {}", proxy.addr)) && stderr.contains("in use"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_accepts_its_share_of_connections() {
+    let up = MockUpstream::start("u").await;
+    let proxy = TestProxy::start(&format!("workers: 3\n{}", one_provider("openai", "h.local", up.port(), "")));
+    let comm_of = |task: &std::fs::DirEntry| std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", proxy.pid())).unwrap();
+    let workers = tasks.filter_map(Result::ok).filter(|t| comm_of(t).starts_with("worker-")).count();
+    assert_eq!(workers, 3, "one thread per configured worker");
+    // The kernel spreads connections over the workers' sockets by address
+    // hash: a socket that nobody accepts on would strand about a third of these.
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(Client::connect(proxy.addr).await);
+    }
+    let mut requests = tokio::task::JoinSet::new();
+    for mut client in clients {
+        let headers = [("host", "h.local"), ("authorization", "Bearer client-key")];
+        requests.spawn(async move { client.send("GET", "/v1/models", &headers, "").await.0 });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(10), requests.join_next()).await.expect("served")
+    {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(statuses, vec![200; 30]);
+}

@@ -121,12 +121,12 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, _, _) = ca.write(dir.path());
     let yaml = format!(
-        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nproviders:\n  - type: openai\n    host: h.local\n    endpoint: \"localhost:{}\"\n    ca_file: {}\n    api_key: real-key\n",
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nworkers: 1\nproviders:\n  - type: openai\n    host: h.local\n    endpoint: \"localhost:{}\"\n    ca_file: {}\n    api_key: real-key\n",
         up.addr.port(),
         ca_file.display()
     );
     let proxy = TestProxy::start(&yaml);
-    // The first request opens the shared connection; the rest reuse it concurrently.
+    // One worker: the first request opens its shared connection; the rest reuse it concurrently.
     let resp = raw_exchange(
         proxy.addr,
         b"POST /v1/x HTTP/1.1\r\nHost: h.local\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
