@@ -58,7 +58,7 @@ impl Drop for AccessLog {
             path = %self.path,
             status = self.status.unwrap_or(CLIENT_CLOSED),
             provider = self.provider,
-            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
         );
     }
 }
