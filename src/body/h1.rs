@@ -24,6 +24,10 @@ use crate::net::{Conn, Recycle};
 const INLINE_BODY: usize = 16 * 1024;
 /// Chunks below this size are copied next to their framing: one write per chunk.
 const COALESCE: usize = 8 * 1024;
+/// A body read starts this small, since a stream of events holds it while it
+/// waits for the next one…
+const FIRST_READ: usize = 4 * 1024;
+/// …and grows to this once a read fills what it had (a download).
 const READ_SIZE: usize = 16 * 1024;
 
 /// A body still on its HTTP/1.1 connection.
@@ -37,6 +41,8 @@ pub struct H1Body {
     home: Option<Arc<dyn Recycle>>,
     /// Longest wait for the next bytes.
     idle: Option<Duration>,
+    /// The last read filled the room it had: read in larger pieces.
+    filling: bool,
 }
 
 impl H1Body {
@@ -48,7 +54,14 @@ impl H1Body {
             BodyFraming::Empty => Some(0),
             _ => None,
         };
-        H1Body { conn: Some(conn), decoder: BodyDecoder::new(framing, MAX_TRAILERS), len, home, idle: None }
+        H1Body {
+            conn: Some(conn),
+            decoder: BodyDecoder::new(framing, MAX_TRAILERS),
+            len,
+            home,
+            idle: None,
+            filling: false,
+        }
     }
 
     /// Fails the body with [`BodyError::Stalled`] when nothing arrives for `idle`.
@@ -80,10 +93,11 @@ impl H1Body {
                     return Some(Err(e.into()));
                 }
             }
-            conn.buf.reserve(READ_SIZE);
+            conn.buf.reserve(if self.filling { READ_SIZE } else { FIRST_READ });
+            let room = conn.buf.capacity() - conn.buf.len();
             match within(self.idle, conn.stream.read_buf(&mut conn.buf)).await {
                 Ok(Ok(0)) => return self.at_eof(),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => self.filling = n == room,
                 Ok(Err(e)) => {
                     self.conn = None;
                     return Some(Err(BodyError::Io(e)));

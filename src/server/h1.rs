@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::h1_write::{write_response, Written};
+use super::halves::{ReadSide, Split};
 use super::Shutdown;
 use crate::body::{Body, BodyError, CopyError, Frame, FrameSender};
 use crate::error::{ErrorStyle, ProxyError};
@@ -35,15 +36,15 @@ const IDLE_READ: usize = 1024;
 /// Pipelined bytes we buffer while a request is in flight.
 const PIPELINE_LIMIT: usize = 64 * 1024;
 
-struct Reader<S> {
-    rd: ReadHalf<S>,
+struct Reader<R> {
+    rd: R,
     buf: BytesMut,
 }
 
 /// Both halves of a client connection.
-struct Conn<S> {
-    reader: Reader<S>,
-    wr: WriteHalf<S>,
+struct Conn<S: Split> {
+    reader: Reader<S::Read>,
+    wr: S::Write,
 }
 
 /// A request body about to stream: what the handler reads, and the sending
@@ -60,12 +61,9 @@ enum Next {
 }
 
 /// Serves one client connection until it closes, errs, or shutdown is signalled.
-pub async fn serve<S>(io: S, app: Arc<App>, default_port: u16, mut shutdown: Shutdown)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (rd, wr) = tokio::io::split(io);
-    let mut conn = Conn { reader: Reader { rd, buf: BytesMut::new() }, wr };
+pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdown: Shutdown) {
+    let (rd, wr) = io.split_io();
+    let mut conn = Conn::<S> { reader: Reader { rd, buf: BytesMut::new() }, wr };
     loop {
         let limits = app.snapshot.load().limits;
         match next_head(&mut conn.reader, &limits, &mut shutdown).await {
@@ -90,7 +88,7 @@ where
 }
 
 /// Waits for and parses the next request head.
-async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, limits: &Limits, shutdown: &mut Shutdown) -> Next {
+async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdown: &mut Shutdown) -> Next {
     let started = Instant::now();
     loop {
         if !reader.buf.is_empty() {
@@ -109,17 +107,18 @@ async fn next_head<S: AsyncRead>(reader: &mut Reader<S>, limits: &Limits, shutdo
         } else {
             limits.client_header_timeout.saturating_sub(started.elapsed())
         };
-        // A connection idle for a while gives its read buffer back and waits
-        // with a small one (nginx does the same), so thousands of idle
-        // keep-alive clients cost little; a busy one keeps reading in one go.
+        // A connection idle for a while gives its read buffer back (nginx does
+        // the same); over plain TCP it then waits with none at all, so
+        // thousands of idle keep-alive clients cost little. A busy one keeps
+        // its buffer and reads in one go.
         let shrink = idle && started.elapsed() >= IDLE_SHRINK;
-        if shrink && reader.buf.capacity() > IDLE_READ {
+        if shrink && reader.buf.capacity() > 0 {
             reader.buf = BytesMut::new();
         }
         let wait = if idle && !shrink { limit.min(IDLE_SHRINK) } else { limit };
-        reader.buf.reserve(if shrink { IDLE_READ } else { HEAD_READ });
+        let room = if shrink { IDLE_READ } else { HEAD_READ };
         let read = tokio::select! {
-            read = tokio::time::timeout(wait, reader.rd.read_buf(&mut reader.buf)) => read,
+            read = tokio::time::timeout(wait, reader.rd.read_into(&mut reader.buf, room)) => read,
             // Between requests a shutdown closes the connection at once.
             _ = shutdown.signalled(), if idle => return Next::Closed,
         };
@@ -164,10 +163,7 @@ impl ReqFacts {
 }
 
 /// Handles one request; returns whether the connection may carry another.
-async fn exchange<S>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: ReqFacts, shutdown: &Shutdown) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn exchange<S: Split>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: ReqFacts, shutdown: &Shutdown) -> bool {
     let head = match neutral_head(h1, req.default_port) {
         Ok(head) => head,
         Err(err) => {
@@ -203,17 +199,14 @@ fn split((tx, body): (FrameSender, Body)) -> (Body, Option<FrameSender>) {
 /// Runs the upstream exchange and writes its answer while the request body is
 /// pumped in and the client watched for hanging up. Returns whether the
 /// connection may carry another request.
-async fn relay<S>(
+async fn relay<S: Split>(
     conn: &mut Conn<S>,
     app: &App,
     admitted: Admitted,
     upload: Upload,
     req: &ReqFacts,
     shutdown: &Shutdown,
-) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> bool {
     let Conn { reader, wr } = conn;
     let Upload { body, tx } = upload;
     let streaming = tx.is_some();
@@ -286,10 +279,19 @@ enum ClientSide {
 ///
 /// # Cancel safety
 /// Cancel safe: `read_buf` loses nothing when dropped.
-async fn watch_for_close<S: AsyncRead>(reader: &mut Reader<S>) -> ClientSide {
+async fn watch_for_close<R: ReadSide>(reader: &mut Reader<R>) -> ClientSide {
+    // A long answer (a stream) gives the read buffer back after a while, as
+    // an idle connection does: every open stream would hold it, and what a
+    // client sends meanwhile is rare (a pipelined request) or nothing at all.
+    if reader.buf.is_empty() {
+        match tokio::time::timeout(IDLE_SHRINK, reader.rd.read_into(&mut reader.buf, IDLE_READ)).await {
+            Ok(Ok(0) | Err(_)) => return ClientSide::Gone,
+            Ok(Ok(_)) => {}
+            Err(_) => reader.buf = BytesMut::new(),
+        }
+    }
     while reader.buf.len() < PIPELINE_LIMIT {
-        reader.buf.reserve(READ_SIZE);
-        match reader.rd.read_buf(&mut reader.buf).await {
+        match reader.rd.read_into(&mut reader.buf, IDLE_READ).await {
             Ok(0) | Err(_) => return ClientSide::Gone,
             Ok(_) => {}
         }
@@ -299,10 +301,7 @@ async fn watch_for_close<S: AsyncRead>(reader: &mut Reader<S>) -> ClientSide {
 
 /// Answers a request the proxy will not forward. The connection stays usable
 /// only when the refused body was already fully buffered (then it is skipped).
-async fn refuse<S>(conn: &mut Conn<S>, req: &ReqFacts, resp: Response) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn refuse<S: Split>(conn: &mut Conn<S>, req: &ReqFacts, resp: Response) -> bool {
     let skipped = match req.framing {
         BodyFraming::Empty => true,
         BodyFraming::Length(n) if conn.reader.buf.len() as u64 >= n => {
@@ -317,8 +316,8 @@ where
 
 /// Reads the request body off the socket into the channel. Returns true when
 /// the body was read to its end (so the next request can follow).
-async fn pump_body<S: AsyncRead>(
-    reader: &mut Reader<S>,
+async fn pump_body<R: ReadSide>(
+    reader: &mut Reader<R>,
     framing: BodyFraming,
     tx: FrameSender,
     stall: std::time::Duration,
@@ -330,8 +329,7 @@ async fn pump_body<S: AsyncRead>(
             Ok(DecodeEvent::Trailers(trailers)) => Frame::Trailers(trailers),
             Ok(DecodeEvent::End) => return tx.send(Ok(None)).await.is_ok(),
             Ok(DecodeEvent::NeedMore) => {
-                reader.buf.reserve(READ_SIZE);
-                let read = tokio::time::timeout(stall, reader.rd.read_buf(&mut reader.buf)).await;
+                let read = tokio::time::timeout(stall, reader.rd.read_into(&mut reader.buf, READ_SIZE)).await;
                 let failure = match read {
                     Ok(Ok(0)) => BodyError::Incomplete,
                     Ok(Ok(_)) => continue,

@@ -78,30 +78,32 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Ar
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
     let span = tracing::debug_span!("conn", %peer);
-    let task = async move {
-        match scheme {
-            Scheme::Http => h1::serve(stream, app, 80, shutdown).await,
-            Scheme::Https => serve_tls(stream, app, shutdown).await,
-        }
-    };
-    tokio::spawn(task.instrument(span));
+    // Two tasks of their own types: a task is as large as its future, and a
+    // plain connection should not carry the room a TLS handshake needs.
+    match scheme {
+        Scheme::Http => drop(tokio::spawn(h1::serve(stream, app, 80, shutdown).instrument(span))),
+        Scheme::Https => drop(tokio::spawn(serve_tls(stream, app, shutdown).instrument(span))),
+    }
 }
 
-async fn serve_tls(stream: TcpStream, app: Arc<App>, shutdown: Shutdown) {
+pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, shutdown: Shutdown) {
     let snapshot = app.snapshot.load();
     let (Some(config), timeout) = (snapshot.tls.clone(), snapshot.limits.handshake_timeout) else {
         return;
     };
     drop(snapshot);
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    // Boxed: the handshake's state is large and needed only until it ends;
+    // inline, it would size the connection's task for its whole life.
+    let accept = Box::pin(tokio_rustls::TlsAcceptor::from(config).accept(stream));
     let tls = match tokio::time::timeout(timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
     };
+    // Boxed for the same reason: only one of the two drivers ever runs.
     if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
-        h2::serve(tls, app, shutdown).await;
+        Box::pin(h2::serve(tls, app, shutdown)).await;
     } else {
-        h1::serve(tls, app, 443, shutdown).await;
+        Box::pin(h1::serve(tls, app, 443, shutdown)).await;
     }
 }

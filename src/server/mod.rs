@@ -6,6 +6,7 @@
 pub mod h1;
 mod h1_write;
 pub mod h2;
+mod halves;
 pub mod listener;
 pub mod workers;
 

@@ -171,3 +171,17 @@ async fn h2_the_idle_clock_restarts_when_the_last_stream_ends() {
     let idle = started.elapsed().as_secs();
     assert!((18..=19).contains(&idle), "closed after {idle} s, not 10 s after the stream");
 }
+
+/// Every open connection holds its task for its whole life: a plain one must
+/// not carry room for TLS, nor a TLS one for its handshake after it ended.
+#[tokio::test]
+async fn connection_tasks_stay_small() {
+    let app = Arc::new(App::from_yaml(CONFIG));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connect = || tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let drain = Drain::new();
+    let plain = h1::serve(connect().await.unwrap(), app.clone(), 80, drain.handle());
+    let tls = super::listener::serve_tls(connect().await.unwrap(), app.clone(), drain.handle());
+    assert!(std::mem::size_of_val(&plain) <= 2048, "{} bytes", std::mem::size_of_val(&plain));
+    assert!(std::mem::size_of_val(&tls) <= 2048, "{} bytes", std::mem::size_of_val(&tls));
+}

@@ -116,10 +116,14 @@ impl Pools {
     }
 
     /// Returns a connection whose last exchange ended cleanly.
-    pub fn put(&self, conn: Conn) {
+    pub fn put(&self, mut conn: Conn) {
         if !conn.buf.is_empty() {
             return; // the upstream sent bytes nobody asked for: not safe to reuse
         }
+        // An idle connection holds no buffer. The last body's bytes usually
+        // still share it (on their way to the client), so the next exchange
+        // would have needed a fresh one anyway.
+        conn.buf = BytesMut::new();
         // One clock read for the whole list, not one per idle connection.
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,89 @@
+//! A client connection split into its read and write sides, so a response can
+//! be written while the request body is read and the client watched for
+//! hanging up. Plain TCP splits without a lock and can wait for bytes without
+//! a read buffer, so an idle connection holds none; a TLS stream shares one
+//! state for both directions and goes through tokio's locked split.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+#[cfg(test)]
+use tokio::io::DuplexStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A transport the HTTP/1.1 driver can serve.
+pub trait Split: Send + 'static {
+    type Read: ReadSide;
+    type Write: AsyncWrite + Send + Unpin + 'static;
+    fn split_io(self) -> (Self::Read, Self::Write);
+}
+
+/// The read side of a client connection.
+pub trait ReadSide: AsyncRead + Send + Unpin + 'static {
+    /// Reads into `buf`, first making room for `room` bytes: where the
+    /// transport allows, only once bytes are there to read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is read until the last, synchronous step.
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        room: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+impl Split for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    fn split_io(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+impl ReadSide for OwnedReadHalf {
+    async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+        let unallocated = buf.capacity() == 0;
+        loop {
+            self.readable().await?;
+            buf.reserve(room);
+            match self.try_read_buf(buf) {
+                // Readiness can be stale (a new socket starts out "ready"):
+                // give back what this wait allocated before waiting again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if unallocated {
+                        *buf = BytesMut::new();
+                    }
+                }
+                read => return read,
+            }
+        }
+    }
+}
+
+/// Tokio's split for the transports that cannot split otherwise.
+macro_rules! locked_split {
+    ($($ty:ty),*) => {$(
+        impl Split for $ty {
+            type Read = ReadHalf<$ty>;
+            type Write = WriteHalf<$ty>;
+            fn split_io(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )*};
+}
+
+locked_split!(TlsStream<TcpStream>);
+#[cfg(test)]
+locked_split!(DuplexStream);
+
+impl<S: AsyncRead + Send + 'static> ReadSide for ReadHalf<S> {
+    async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+        buf.reserve(room);
+        self.read_buf(buf).await
+    }
+}
