@@ -95,3 +95,81 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// The two directions of a [`Stream`], borrowed, so a request body can be
+/// written while the response head is read. Plain TCP splits for free; TLS
+/// shares one state for both and goes through tokio's locked split.
+pub enum ReadPart<'a> {
+    Plain(tokio::net::tcp::ReadHalf<'a>),
+    Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+pub enum WritePart<'a> {
+    Plain(tokio::net::tcp::WriteHalf<'a>),
+    Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    pub fn split(&mut self) -> (ReadPart<'_>, WritePart<'_>) {
+        match self {
+            Stream::Plain(s) => {
+                let (rd, wr) = s.split();
+                (ReadPart::Plain(rd), WritePart::Plain(wr))
+            }
+            Stream::Tls(s) => {
+                let (rd, wr) = tokio::io::split(s.as_mut());
+                (ReadPart::Tls(rd), WritePart::Tls(wr))
+            }
+        }
+    }
+}
+
+impl AsyncRead for ReadPart<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadPart::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadPart::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WritePart<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WritePart::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WritePart::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WritePart::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WritePart::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WritePart::Plain(s) => s.is_write_vectored(),
+            WritePart::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WritePart::Plain(s) => Pin::new(s).poll_flush(cx),
+            WritePart::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WritePart::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WritePart::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

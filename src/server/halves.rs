@@ -25,10 +25,11 @@ pub trait Split: Send + 'static {
 /// The read side of a client connection.
 pub trait ReadSide: AsyncRead + Send + Unpin + 'static {
     /// Reads into `buf`, first making room for `room` bytes: where the
-    /// transport allows, only once bytes are there to read.
+    /// transport allows and `buf` holds no allocation, only once bytes are
+    /// there to read.
     ///
     /// # Cancel safety
-    /// Cancel safe: nothing is read until the last, synchronous step.
+    /// Cancel safe: like `read_buf`, it reads nothing until it can complete.
     fn read_into<'a>(
         &'a mut self,
         buf: &'a mut BytesMut,
@@ -46,18 +47,19 @@ impl Split for TcpStream {
 
 impl ReadSide for OwnedReadHalf {
     async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
-        let unallocated = buf.capacity() == 0;
+        if buf.capacity() > 0 {
+            // A buffer at hand: the plain read, which also learns from a short
+            // read that the socket is drained (no extra EAGAIN round next time).
+            buf.reserve(room);
+            return self.read_buf(buf).await;
+        }
         loop {
             self.readable().await?;
             buf.reserve(room);
             match self.try_read_buf(buf) {
                 // Readiness can be stale (a new socket starts out "ready"):
                 // give back what this wait allocated before waiting again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if unallocated {
-                        *buf = BytesMut::new();
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
                 read => return read,
             }
         }

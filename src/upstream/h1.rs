@@ -71,7 +71,7 @@ async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result
     // Over TLS one write can put a whole record on the wire before failing, so
     // only plain TCP can vouch that a failed first write sent nothing.
     let plain = matches!(stream, Stream::Plain(_));
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, mut wr) = stream.split();
     let send = async {
         let first = wr.write(head).await.map_err(|e| {
             if plain {
