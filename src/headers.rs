@@ -31,13 +31,16 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop fields and every field the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+    // Usually `Connection` names only fields removed anyway (`keep-alive`,
+    // `close` names none): then nothing is allocated.
+    let mut named = Vec::new();
+    let tokens = headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    for token in tokens.map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+        let listed = HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(token));
+        if !listed && !token.eq_ignore_ascii_case(b"close") {
+            named.extend(HeaderName::from_bytes(token).ok());
+        }
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -87,6 +90,10 @@ pub(crate) mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-ok"));
+        let fields = [("connection", "Keep-Alive ,  X-Other"), ("connection", ",X-Third"), ("x-other", "1")];
+        let mut h = map(&[fields[0], fields[1], fields[2], ("x-third", "1"), ("x-ok", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-ok"]);
     }
 
     #[test]

@@ -133,6 +133,17 @@ impl H1Body {
     }
 }
 
+/// A buffer for a head and the small body [`inline_small`] will fold into it,
+/// sized once: growing it would copy the head.
+pub fn head_buffer(body: &Body) -> BytesMut {
+    const TYPICAL_HEAD: usize = 1024;
+    let inline = match body {
+        Body::Full(bytes) if bytes.len() <= INLINE_BODY => bytes.len(),
+        _ => 0,
+    };
+    BytesMut::with_capacity(TYPICAL_HEAD + inline)
+}
+
 /// Moves a small in-memory body into `head`, so head and body leave in one
 /// write; returns what is left to send after it.
 pub fn inline_small(head: &mut BytesMut, body: Body) -> Body {

@@ -185,7 +185,7 @@ impl BodyDecoder {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match httparse::parse_headers(&buf[..end], &mut slots) {
                 Ok(httparse::Status::Complete((n, fields))) if n == end => {
-                    build_header_map(fields).map_err(invalid_trailers)?
+                    build_header_map(fields, None).map_err(invalid_trailers)?
                 }
                 Ok(_) => return Err(invalid_trailers("section does not end where expected")),
                 Err(httparse::Error::TooManyHeaders) => return Err(DecodeError::TrailersTooLarge),

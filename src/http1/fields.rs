@@ -1,6 +1,7 @@
 //! Field-section syntax shared by heads and chunked trailers (RFC 9112 §2.2,
 //! §5): line ends, obs-fold, and turning httparse's fields into a HeaderMap.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Outcome of [`scan_section`].
@@ -45,13 +46,21 @@ pub(crate) fn scan_section(buf: &[u8], start: usize) -> Result<Scan, &'static st
     Ok(Scan::Partial { first_line_done })
 }
 
-/// Copies httparse's fields into a HeaderMap (names lower-cased, repeats kept).
-pub(crate) fn build_header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, &'static str> {
+/// Turns httparse's fields into a HeaderMap (names lower-cased, repeats
+/// kept). Values are slices of `shared` when given (it must hold the bytes
+/// the fields point into), else copies.
+pub(crate) fn build_header_map(
+    fields: &[httparse::Header<'_>],
+    shared: Option<&Bytes>,
+) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid field name")?;
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| "invalid field value")?;
-        map.append(name, value);
+        let value = match shared {
+            Some(bytes) => HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)),
+            None => HeaderValue::from_bytes(field.value),
+        };
+        map.append(name, value.map_err(|_| "invalid field value")?);
     }
     Ok(map)
 }
@@ -93,10 +102,10 @@ mod tests {
             httparse::Header { name: "x-a", value: b"2" },
             httparse::Header { name: "X-Bin", value: b"\xff" },
         ];
-        let map = build_header_map(&fields).map_err(str::to_owned);
+        let map = build_header_map(&fields, None).map_err(str::to_owned);
         let map = map.as_ref().map(|m| m.get_all("x-a").iter().count());
         assert_eq!(map, Ok(2));
         let bad = [httparse::Header { name: "X", value: b"a\x7f" }];
-        assert_eq!(build_header_map(&bad).map(|_| ()), Err("invalid field value"));
+        assert_eq!(build_header_map(&bad, None).map(|_| ()), Err("invalid field value"));
     }
 }

@@ -18,4 +18,7 @@ pub use encode::{
     encode_chunk_prefix, encode_continue, encode_last_chunk, encode_request_head, encode_response_head, CHUNK_SUFFIX,
 };
 pub use framing::{has_content, request_body_framing, response_body_framing, BodyFraming};
-pub use parse::{parse_request_head, parse_response_head, HeadError, RequestHead, ResponseHead, MAX_HEADERS};
+pub use parse::{
+    parse_request_head, parse_response_head, take_request_head, take_response_head, HeadError, RequestHead,
+    ResponseHead, MAX_HEADERS,
+};

@@ -2,6 +2,7 @@
 //! RFC 9112 §2–§5) with the strictness a smuggling-proof proxy needs.
 //! `httparse` does the tokenising; this file adds the checks it leaves out.
 
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderMap, Method, StatusCode, Version};
 
@@ -73,6 +74,23 @@ pub fn parse_request_head(buf: &[u8], max_head: usize) -> Result<Option<(Request
     let Some(end) = find_head_end(buf, max_head, HeadError::UriTooLong)? else {
         return Ok(None);
     };
+    Ok(Some((request_head(buf, end, None)?, end)))
+}
+
+/// Like [`parse_request_head`], taking the head off the front of `buf` once it
+/// is complete. Field values then share the head's bytes instead of each
+/// being copied into an allocation of its own.
+pub fn take_request_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>, HeadError> {
+    let Some(end) = find_head_end(buf, max_head, HeadError::UriTooLong)? else {
+        return Ok(None);
+    };
+    let head = buf.split_to(end).freeze();
+    request_head(&head, end, Some(&head)).map(Some)
+}
+
+/// Parses the complete head `buf[..end]`; field values are slices of `shared`
+/// (which holds `buf`) when it is given.
+fn request_head(buf: &[u8], end: usize, shared: Option<&Bytes>) -> Result<RequestHead, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     match req.parse(&buf[..end]) {
@@ -85,14 +103,12 @@ pub fn parse_request_head(buf: &[u8], max_head: usize) -> Result<Option<(Request
     let target = req.path.unwrap_or_default();
     check_target(&method, target)?;
     let version = map_version(req.version)?;
-    let headers = build_header_map(req.headers).map_err(HeadError::malformed)?;
+    let headers = build_header_map(req.headers, shared).map_err(HeadError::malformed)?;
     check_host(&headers, version)?;
     let framing = framing::request_framing(&headers, version)?;
     let keep_alive = connection_keep_alive(&headers, version);
     let expect_continue = expect_continue(&headers, version)?;
-    let head =
-        RequestHead { method, target: target.to_owned(), version, headers, framing, keep_alive, expect_continue };
-    Ok(Some((head, end)))
+    Ok(RequestHead { method, target: target.to_owned(), version, headers, framing, keep_alive, expect_continue })
 }
 
 /// Same for responses. `request_method` decides bodiless responses (HEAD; and 2xx to CONNECT is Empty framing too).
@@ -105,6 +121,28 @@ pub fn parse_response_head(
     let Some(end) = find_head_end(buf, max_head, HeadError::TooLarge)? else {
         return Ok(None);
     };
+    Ok(Some((response_head(buf, end, request_method, None)?, end)))
+}
+
+/// [`take_request_head`] for responses.
+pub fn take_response_head(
+    buf: &mut BytesMut,
+    max_head: usize,
+    request_method: &Method,
+) -> Result<Option<ResponseHead>, HeadError> {
+    let Some(end) = find_head_end(buf, max_head, HeadError::TooLarge)? else {
+        return Ok(None);
+    };
+    let head = buf.split_to(end).freeze();
+    response_head(&head, end, request_method, Some(&head)).map(Some)
+}
+
+fn response_head(
+    buf: &[u8],
+    end: usize,
+    request_method: &Method,
+    shared: Option<&Bytes>,
+) -> Result<ResponseHead, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut slots);
     match res.parse(&buf[..end]) {
@@ -116,11 +154,10 @@ pub fn parse_response_head(
     // httparse yields exactly three digits; StatusCode rejects 000-099.
     let status =
         StatusCode::from_u16(res.code.unwrap_or_default()).map_err(|_| HeadError::malformed("invalid status code"))?;
-    let headers = build_header_map(res.headers).map_err(HeadError::malformed)?;
+    let headers = build_header_map(res.headers, shared).map_err(HeadError::malformed)?;
     let (framing, suspect) = framing::response_framing(status, request_method, &headers, version)?;
     let keep_alive = !suspect && framing != BodyFraming::CloseDelimited && connection_keep_alive(&headers, version);
-    let head = ResponseHead { status, version, headers, framing, keep_alive };
-    Ok(Some((head, end)))
+    Ok(ResponseHead { status, version, headers, framing, keep_alive })
 }
 
 /// Finds the end of the head (index just past the empty line), enforcing

@@ -28,11 +28,11 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn start(head: &RequestHead) -> AccessLog {
-        let path = head.target.split('?').next().unwrap_or("/").chars().take(MAX_PATH).collect();
+        let path = head.target.split('?').next().unwrap_or("/");
         AccessLog {
             method: head.method.clone(),
-            host: head.authority.as_deref().map(|h| h.chars().take(MAX_HOST).collect()),
-            path,
+            host: head.authority.as_deref().map(|h| truncated(h, MAX_HOST)),
+            path: truncated(path, MAX_PATH),
             started: Instant::now(),
             provider: None,
             status: None,
@@ -60,6 +60,14 @@ impl Drop for AccessLog {
             provider = self.provider,
             ms = %Millis(self.started.elapsed()),
         );
+    }
+}
+
+/// At most `max` characters of `text`, in one allocation.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
     }
 }
 

@@ -92,11 +92,8 @@ async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdow
     let started = Instant::now();
     loop {
         if !reader.buf.is_empty() {
-            match http1::parse_request_head(&reader.buf, limits.max_header_size) {
-                Ok(Some((head, used))) => {
-                    reader.buf.advance(used);
-                    return Next::Head(Box::new(head));
-                }
+            match http1::take_request_head(&mut reader.buf, limits.max_header_size) {
+                Ok(Some(head)) => return Next::Head(Box::new(head)),
                 Ok(None) => {}
                 Err(e) => return Next::Bad(e),
             }

@@ -2,12 +2,11 @@
 //! (decided by the one response-framing rule), the head in one write with a
 //! small body folded in, then the body frame by frame.
 
-use bytes::BytesMut;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Version};
 use tokio::io::AsyncWrite;
 
-use crate::body::h1::{inline_small, write_body};
+use crate::body::h1::{head_buffer, inline_small, write_body};
 use crate::body::{Body, CopyError};
 use crate::http1::{self, BodyFraming};
 use crate::message::Response;
@@ -50,7 +49,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         // HTTP/1.0 persistence is opt-in on both sides (RFC 9112 §C.2.2).
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = head_buffer(&body);
     http1::encode_response_head(status, &headers, framing, close, &mut out);
     let body = inline_small(&mut out, body);
     write_body(wr, body, framing == BodyFraming::Chunked, out).await?;

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::pool::Pools;
 use super::{Settings, UpstreamError, UpstreamRequest};
-use crate::body::h1::{inline_small, write_body};
+use crate::body::h1::{head_buffer, inline_small, write_body};
 use crate::body::{Body, CopyError, H1Body, Progress};
 use crate::http1::{self, BodyFraming, ResponseHead};
 use crate::message::Response;
@@ -26,7 +26,7 @@ pub async fn exchange(
     settings: Settings,
 ) -> Result<Response, UpstreamError> {
     let framing = body.request_framing();
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = head_buffer(&body);
     http1::encode_request_head(req.method, req.target, req.headers, framing, &mut out);
     let body = inline_small(&mut out, body);
     let wire = Wire { head: &out, framing, method: req.method, settings };
@@ -144,9 +144,8 @@ async fn read_head<R: AsyncRead + Unpin>(
 ) -> Result<ResponseHead, UpstreamError> {
     loop {
         if !buf.is_empty() {
-            match http1::parse_response_head(buf, max_head, method) {
-                Ok(Some((head, used))) => {
-                    buf.advance(used);
+            match http1::take_response_head(buf, max_head, method) {
+                Ok(Some(head)) => {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         // We never forward Upgrade, so a switch is unsolicited.
                         return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols"));
