@@ -4,7 +4,7 @@
 //! A leaf: the codec, bodies and upstreams may all use it.
 
 use http::header::{self, HeaderName};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue, Method};
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -13,6 +13,62 @@ pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key")
 /// removed before a request to a keyed provider leaves, whichever one held the key,
 /// so a client key can never reach an upstream by sitting in an unexpected place.
 pub const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 3] = [header::AUTHORIZATION, X_API_KEY, X_GOOG_API_KEY];
+
+/// The item of `Sec-WebSocket-Protocol` in which browser clients of the
+/// OpenAI Realtime API carry their key (a browser cannot set `Authorization`
+/// on a WebSocket): `openai-insecure-api-key.<key>`.
+pub const WEBSOCKET_KEY_PREFIX: &str = "openai-insecure-api-key.";
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): GET with `Upgrade:
+/// websocket` and `Connection: upgrade`.
+pub fn is_websocket_upgrade(method: &Method, headers: &HeaderMap) -> bool {
+    let has = |name, token: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    };
+    *method == Method::GET && has(header::UPGRADE, b"websocket") && has(header::CONNECTION, b"upgrade")
+}
+
+/// Puts back the two fields an Upgrade needs after [`strip_hop_by_hop`].
+pub fn restore_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// The key a browser put in `Sec-WebSocket-Protocol`, if any.
+pub fn websocket_protocol_key(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find_map(|item| item.strip_prefix(WEBSOCKET_KEY_PREFIX.as_bytes()))
+}
+
+/// Removes the key item from `Sec-WebSocket-Protocol`, keeping the others
+/// (the field goes when none is left).
+pub fn strip_websocket_protocol_key(headers: &mut HeaderMap) {
+    if websocket_protocol_key(headers).is_none() {
+        return;
+    }
+    let kept: Vec<Vec<u8>> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty() && !item.starts_with(WEBSOCKET_KEY_PREFIX.as_bytes()))
+        .map(<[u8]>::to_vec)
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+        if !kept.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+}
 
 /// Connection-specific fields (RFC 9110 §7.6.1, RFC 9112 §9.6, RFC 9113 §8.2.2),
 /// plus the framing fields each codec writes for itself and `Proxy-Authorization`,

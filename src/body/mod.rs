@@ -25,6 +25,7 @@ pub use self::h1::H1Body;
 pub use self::h2::H2Body;
 pub use self::replay::{Replayed, Retained};
 use crate::http1::{self, BodyFraming, DecodeError};
+use crate::net::Conn;
 
 /// One piece of a body as it arrives.
 #[derive(Debug, Clone)]
@@ -160,6 +161,11 @@ pub enum Body {
     Watched(Box<Watched>),
     /// A request body handed out again for a retry (see [`Retained`]).
     Replayed(Box<Replayed>),
+    /// No message body: the connection itself, after a `101 Switching
+    /// Protocols` or a CONNECT's `200`. Bytes now flow both ways in another
+    /// protocol; a connection driver takes it and bridges it to its client.
+    /// Read as a body it is empty (and the connection is closed).
+    Upgraded(Box<Conn>),
 }
 
 /// A body fed through a channel by the driver that reads it.
@@ -227,6 +233,10 @@ impl Body {
     async fn next_unwatched(&mut self) -> Option<Result<Frame, BodyError>> {
         match self {
             Body::Empty | Body::Watched(_) => None,
+            Body::Upgraded(_) => {
+                *self = Body::Empty;
+                None
+            }
             Body::Full(bytes) => {
                 let data = std::mem::take(bytes);
                 *self = Body::Empty;
@@ -242,7 +252,7 @@ impl Body {
     /// This body, stamping `progress` each time a frame is taken.
     pub fn watched(self, progress: Arc<Progress>) -> Body {
         match self {
-            Body::Empty | Body::Full(_) => self,
+            Body::Empty | Body::Full(_) | Body::Upgraded(_) => self,
             Body::Watched(w) => Body::Watched(Box::new(Watched { inner: w.inner, progress })),
             inner => Body::Watched(Box::new(Watched { inner, progress })),
         }
@@ -251,7 +261,7 @@ impl Body {
     /// The exact length when it is known before reading.
     pub fn exact_len(&self) -> Option<u64> {
         match self {
-            Body::Empty => Some(0),
+            Body::Empty | Body::Upgraded(_) => Some(0),
             Body::Full(bytes) => Some(bytes.len() as u64),
             Body::Channel(channel) => channel.len,
             Body::H1(h1) => h1.exact_len(),
@@ -301,6 +311,7 @@ impl std::fmt::Debug for Body {
             Body::H2(_) => f.write_str("Body::H2"),
             Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),
             Body::Replayed(_) => f.write_str("Body::Replayed"),
+            Body::Upgraded(_) => f.write_str("Body::Upgraded"),
         }
     }
 }

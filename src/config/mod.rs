@@ -54,6 +54,8 @@ pub struct Timeouts {
     pub client_body: Duration,
     /// `client_idle_timeout`: an idle keep-alive client connection, default 60.
     pub client_idle: Duration,
+    /// `tunnel_idle_timeout`: a WebSocket or CONNECT tunnel quiet both ways, default 600.
+    pub tunnel_idle: Duration,
 }
 
 /// `retry`: failover before the first response byte.

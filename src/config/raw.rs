@@ -42,6 +42,7 @@ pub(crate) struct RawConfig {
     pub client_header_timeout: Option<f64>,
     pub client_body_timeout: Option<f64>,
     pub client_idle_timeout: Option<f64>,
+    pub tunnel_idle_timeout: Option<f64>,
     pub ca_file: Option<String>,
     pub retry: Option<RawRetry>,
     pub passive_health: Option<RawPassiveHealth>,

@@ -48,6 +48,7 @@ pub(super) fn top(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Timeouts {
         client_header: get("client_header_timeout", raw.client_header_timeout, 30),
         client_body: get("client_body_timeout", raw.client_body_timeout, 60),
         client_idle: get("client_idle_timeout", raw.client_idle_timeout, 60),
+        tunnel_idle: get("tunnel_idle_timeout", raw.tunnel_idle_timeout, 600),
     }
 }
 

@@ -64,7 +64,9 @@ pub fn client_key<'a>(kind: ProviderType, headers: &'a HeaderMap, query: Option<
     let plain = |name: &HeaderName| headers.get(name).map(|v| Cow::Borrowed(v.as_bytes()));
     let from_bearer = || bearer(headers.get(AUTHORIZATION)).map(Cow::Borrowed);
     match kind {
-        ProviderType::OpenAi => from_bearer(),
+        ProviderType::OpenAi => {
+            from_bearer().or_else(|| crate::headers::websocket_protocol_key(headers).map(Cow::Borrowed))
+        }
         ProviderType::Anthropic => plain(&X_API_KEY).or_else(from_bearer),
         ProviderType::Gemini => {
             plain(&X_GOOG_API_KEY).or_else(|| query.and_then(query_key).map(Cow::Owned)).or_else(from_bearer)

@@ -24,6 +24,8 @@ pub struct AccessLog {
     started: Instant,
     provider: Option<usize>,
     status: Option<u16>,
+    /// Bytes client → upstream and back through a tunnel (WebSocket, CONNECT).
+    tunnel: Option<(u64, u64)>,
 }
 
 impl AccessLog {
@@ -36,6 +38,7 @@ impl AccessLog {
             started: Instant::now(),
             provider: None,
             status: None,
+            tunnel: None,
         }
     }
 
@@ -47,10 +50,34 @@ impl AccessLog {
     pub fn finish(mut self, status: u16) {
         self.status = Some(status);
     }
+
+    /// Records the status; the line is written when the log is dropped.
+    pub fn set_status(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    /// A tunnel ended after carrying `up` bytes from the client and `down`
+    /// back; the line is written now, with the tunnel's whole duration.
+    pub fn tunnel_closed(mut self, up: u64, down: u64) {
+        self.tunnel = Some((up, down));
+    }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        if let Some((up, down)) = self.tunnel {
+            return tracing::info!(
+                target: "openproxy::access",
+                method = %self.method,
+                host = self.host.as_deref().unwrap_or(""),
+                path = %self.path,
+                status = self.status.unwrap_or(CLIENT_CLOSED),
+                provider = self.provider,
+                ms = %Millis(self.started.elapsed()),
+                bytes_up = up,
+                bytes_down = down,
+            );
+        }
         tracing::info!(
             target: "openproxy::access",
             method = %self.method,

@@ -28,7 +28,7 @@ use crate::message::{RequestHead, Response};
 use crate::provider::Provider;
 use crate::route::Miss;
 use crate::state::{App, Snapshot};
-use crate::upstream::{self, Pools, Replay, Settings, UpstreamError, UpstreamRequest};
+use crate::upstream::{self, Checkout, Pools, Purpose, Replay, Settings, UpstreamError, UpstreamRequest};
 use log::AccessLog;
 
 pub use choose::Chosen;
@@ -61,6 +61,9 @@ pub struct Admitted {
 pub struct Reply {
     pub response: Response,
     pub from_upstream: bool,
+    /// For a response that hands over its connection ([`Body::Upgraded`]):
+    /// the request's access line, written when the driver ends the tunnel.
+    pub tunnel_log: Option<AccessLog>,
 }
 
 /// The whole exchange for a request whose body is at hand.
@@ -97,12 +100,13 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
-        let reply = match retry::run(app, plan, head, body, &mut log).await {
-            Ok(response) => Reply { response, from_upstream: true },
-            Err(err) => Reply { response: err.into_response(style), from_upstream: false },
+        let (response, from_upstream) = match retry::run(app, plan, head, body, &mut log).await {
+            Ok(response) => (response, true),
+            Err(err) => (err.into_response(style), false),
         };
-        log.finish(reply.response.status.as_u16());
-        reply
+        log.set_status(response.status.as_u16());
+        let tunnel_log = matches!(response.body, Body::Upgraded(_)).then_some(log);
+        Reply { response, from_upstream, tunnel_log }
     }
 }
 
@@ -141,7 +145,7 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
 /// checks send theirs this way).
 pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
     let RequestHead { method, mut headers, .. } = head;
-    let to = retry::Target { snapshot: &plan.snapshot, target: &plan.target, method: &method };
+    let to = retry::Target { snapshot: &plan.snapshot, target: &plan.target, method: &method, upgrade: false };
     retry::attempt(app, to, &plan.chosen.provider, &mut headers, body, &[]).await.0
 }
 
@@ -160,9 +164,15 @@ async fn send(
     let replay = body.replayable();
     // A pooled connection is at hand without waiting; only a new one is
     // boxed, as connecting (TCP, TLS) is a large future.
-    let checkout = match pools.take(endpoint) {
-        Some(checkout) => checkout,
-        None => Box::pin(pools.checkout_fresh(endpoint, timeouts.connect)).await?,
+    let checkout = if request.upgrade {
+        // An Upgrade takes its connection for good: a new one, HTTP/1.1 only.
+        let single = pools.checkout_single(endpoint, timeouts.connect, Purpose::Upgrade);
+        Checkout::H1(Box::pin(single).await?)
+    } else {
+        match pools.take(endpoint) {
+            Some(checkout) => checkout,
+            None => Box::pin(pools.checkout_fresh(endpoint, timeouts.connect)).await?,
+        }
     };
     let reused = checkout.is_reused();
     // Boxed: the exchange is most of a request's state, and every future that

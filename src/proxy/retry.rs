@@ -37,11 +37,12 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
         Err(body) => (Some(body), None),
     };
     let RequestHead { method, mut headers, .. } = head;
+    let upgrade = crate::headers::is_websocket_upgrade(&method, &headers);
     let mut left = if replay.is_some() { rules.attempts } else { 0 };
     let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
     loop {
         log.provider(chosen.provider.index);
-        let to = Target { snapshot: &snapshot, target: &target, method: &method };
+        let to = Target { snapshot: &snapshot, target: &target, method: &method, upgrade };
         let this_body = body.take().unwrap_or(Body::Empty);
         let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
         record_health(&mut chosen, &result, &snapshot.passive_health);
@@ -82,6 +83,8 @@ pub(super) struct Target<'a> {
     /// Path and query, the route's prefix removed.
     pub target: &'a str,
     pub method: &'a Method,
+    /// A WebSocket handshake: the upgrade fields travel on.
+    pub upgrade: bool,
 }
 
 /// One attempt: a key in rotation (not in `tried_keys`), the head rewritten
@@ -114,10 +117,10 @@ pub(super) async fn attempt(
     };
     let oauth = key.is_some_and(|(_, k)| k.secret.is_command());
     let host = &provider.endpoint.host_header;
-    rewrite::rewrite_request(headers, provider.kind, host, value.as_ref().map(|v| (v, oauth)));
+    rewrite::rewrite_request(headers, provider.kind, host, value.as_ref().map(|v| (v, oauth)), to.upgrade);
     let rewritten = rewrite::rewrite_target(provider.kind, to.target);
     let target = rewritten.as_deref().unwrap_or(to.target);
-    let request = UpstreamRequest { method: to.method, target, headers };
+    let request = UpstreamRequest { method: to.method, target, headers, upgrade: to.upgrade };
     let result = send(&app.pools, to.snapshot, provider, request, body).await.map_err(|e| upstream_error(e, provider));
     if let (Ok(response), Some((index, key)), Some(value)) = (&result, key, &value) {
         match response.status {
@@ -145,6 +148,9 @@ fn release(result: Outcome) -> Outcome {
 /// Strips what does not travel on from an upstream's response head.
 fn finish(mut response: Response) -> Response {
     crate::headers::strip_hop_by_hop(&mut response.headers);
+    if response.status == StatusCode::SWITCHING_PROTOCOLS {
+        crate::headers::restore_upgrade(&mut response.headers);
+    }
     if is_event_stream(&response.headers) {
         // A buffering reverse proxy in front (nginx honours this) must not clump tokens.
         response.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));

@@ -5,7 +5,7 @@
 use http::header;
 use http::{HeaderMap, HeaderValue};
 
-use crate::headers::{strip_hop_by_hop, CLIENT_CREDENTIAL_HEADERS};
+use crate::headers::{restore_upgrade, strip_hop_by_hop, strip_websocket_protocol_key, CLIENT_CREDENTIAL_HEADERS};
 use crate::provider::kind::{self, ProviderType};
 
 /// Rewrites a client request head for the upstream: hop-by-hop fields and the
@@ -17,14 +17,19 @@ pub fn rewrite_request(
     kind_: ProviderType,
     host: &HeaderValue,
     key: Option<(&HeaderValue, bool)>,
+    upgrade: bool,
 ) {
     strip_hop_by_hop(headers);
+    if upgrade {
+        restore_upgrade(headers);
+    }
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::HOST, host.clone());
     if kind::swaps_credentials(kind_) {
         for name in &CLIENT_CREDENTIAL_HEADERS {
             headers.remove(name);
         }
+        strip_websocket_protocol_key(headers);
         if let Some((value, oauth)) = key {
             kind::inject_key(kind_, value, oauth, headers);
         }
@@ -63,7 +68,7 @@ mod tests {
             ("content-length", "5"),
         ]);
         let key = HeaderValue::from_static("real");
-        rewrite_request(&mut h, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), Some((&key, false)));
+        rewrite_request(&mut h, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), Some((&key, false)), false);
         assert_eq!(h["authorization"], "Bearer real");
         assert_eq!(h["host"], "api.up");
         for gone in ["x-api-key", "x-goog-api-key", "proxy-authorization", "content-length"] {
@@ -74,9 +79,28 @@ mod tests {
     #[test]
     fn forward_keeps_client_headers() {
         let mut h = map(&[("authorization", "Bearer theirs"), ("proxy-authorization", "Bearer ours")]);
-        rewrite_request(&mut h, ProviderType::Forward, &HeaderValue::from_static("b:8080"), None);
+        rewrite_request(&mut h, ProviderType::Forward, &HeaderValue::from_static("b:8080"), None, false);
         assert_eq!(h["authorization"], "Bearer theirs");
         assert!(!h.contains_key("proxy-authorization"));
+    }
+
+    #[test]
+    fn a_websocket_handshake_keeps_its_upgrade_and_loses_the_browser_key() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "realtime, openai-insecure-api-key.client, openai-beta.realtime-v1"),
+        ]);
+        let key = HeaderValue::from_static("real");
+        rewrite_request(&mut h, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), Some((&key, false)), true);
+        assert_eq!((h["connection"].as_bytes(), h["upgrade"].as_bytes()), (&b"upgrade"[..], &b"websocket"[..]));
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h["sec-websocket-protocol"], "realtime, openai-beta.realtime-v1");
+        assert_eq!(h["authorization"], "Bearer real");
+        let mut only_key = map(&[("sec-websocket-protocol", "openai-insecure-api-key.client")]);
+        rewrite_request(&mut only_key, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), None, true);
+        assert!(!only_key.contains_key("sec-websocket-protocol"));
     }
 
     #[test]

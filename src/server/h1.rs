@@ -15,11 +15,13 @@ use tokio::time::Instant;
 
 use super::h1_write::{write_response, Written};
 use super::halves::{ReadSide, Split};
+use super::tunnel;
 use super::Shutdown;
 use crate::body::{Body, BodyError, CopyError, Frame, FrameSender};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head, MAX_TRAILERS};
 use crate::message::{RequestHead, Response};
+use crate::proxy::log::AccessLog;
 use crate::proxy::{self, Admitted};
 use crate::state::{App, Limits};
 
@@ -186,16 +188,34 @@ async fn exchange<S: Split>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: 
         BodyFraming::Length(n) => split(Body::channel(BODY_CHANNEL, Some(n))),
         _ => split(Body::channel(BODY_CHANNEL, None)),
     };
-    relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await
+    match relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await {
+        After::Next(reusable) => reusable,
+        After::Tunnel(upstream, log) => {
+            let leftover = std::mem::take(&mut conn.reader.buf);
+            let idle = req.limits.tunnel_idle_timeout;
+            let carried = tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, *upstream, idle).await;
+            if let Some(log) = log {
+                log.tunnel_closed(carried.up, carried.down);
+            }
+            false
+        }
+    }
 }
 
 fn split((tx, body): (FrameSender, Body)) -> (Body, Option<FrameSender>) {
     (body, Some(tx))
 }
 
+/// What became of a connection after an exchange.
+enum After {
+    /// Whether it may carry another request.
+    Next(bool),
+    /// It carries a tunnel to this upstream connection from now on.
+    Tunnel(Box<crate::net::Conn>, Option<AccessLog>),
+}
+
 /// Runs the upstream exchange and writes its answer while the request body is
-/// pumped in and the client watched for hanging up. Returns whether the
-/// connection may carry another request.
+/// pumped in and the client watched for hanging up.
 async fn relay<S: Split>(
     conn: &mut Conn<S>,
     app: &App,
@@ -203,7 +223,7 @@ async fn relay<S: Split>(
     upload: Upload,
     req: &ReqFacts,
     shutdown: &Shutdown,
-) -> bool {
+) -> After {
     let Conn { reader, wr } = conn;
     let Upload { body, tx } = upload;
     let streaming = tx.is_some();
@@ -228,10 +248,10 @@ async fn relay<S: Split>(
             || !body_done.load(Ordering::Relaxed)
             || (!reply.from_upstream && streaming);
         answered.store(true, Ordering::Relaxed);
-        write_response(wr, reply.response, &req.method, req.version, close).await
+        (write_response(wr, reply.response, &req.method, req.version, close).await, reply.tunnel_log)
     };
     tokio::pin!(respond);
-    let written = tokio::select! {
+    let (written, tunnel_log) = tokio::select! {
         biased; // a finished response wins over a hang-up noticed at the same time
         written = &mut respond => written,
         side = client => match side {
@@ -240,17 +260,18 @@ async fn relay<S: Split>(
             // half-closed still reads it, and one that left makes the write fail.
             ClientSide::Gone if answered.load(Ordering::Relaxed) => {
                 let _ = respond.await;
-                return false;
+                return After::Next(false);
             }
             // Still waiting on the upstream: dropping `respond` cancels the upstream
             // request and logs 499 (as nginx does by default, the client's EOF
             // counts as leaving, half-close included).
-            ClientSide::Gone => return false,
+            ClientSide::Gone => return After::Next(false),
         },
     };
-    match written {
+    After::Next(match written {
         Ok(Written::Complete) => body_done.load(Ordering::Relaxed),
         Ok(Written::CompleteClose) => false,
+        Ok(Written::Upgraded(upstream)) => return After::Tunnel(upstream, tunnel_log),
         Err(CopyError::Sink(e)) => {
             tracing::debug!(error = %e, "client went away mid-response");
             false
@@ -259,7 +280,7 @@ async fn relay<S: Split>(
             tracing::warn!(error = %e, "upstream body broke mid-response; closing the client connection");
             false
         }
-    }
+    })
 }
 
 /// How the client side of an exchange ended before the response did.

@@ -10,14 +10,18 @@ use crate::body::h1::{head_buffer, inline_small, write_body};
 use crate::body::{Body, CopyError};
 use crate::http1::{self, BodyFraming};
 use crate::message::Response;
+use crate::net::Conn;
 
 /// How a response ended on the wire.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Written {
     /// Complete; the connection may carry another request if both sides agree.
     Complete,
     /// Complete, but framed by closing the connection.
     CompleteClose,
+    /// The head of a `101` or a CONNECT's `200` went out: the connection now
+    /// belongs to a tunnel to this upstream connection.
+    Upgraded(Box<Conn>),
 }
 
 /// Writes `resp` for a request made with `method` by a client speaking `version`.
@@ -31,6 +35,12 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     close: bool,
 ) -> Result<Written, CopyError> {
     let Response { status, mut headers, body } = resp;
+    let (body, upgraded) = match body {
+        Body::Upgraded(conn) => (Body::Empty, Some(conn)),
+        body => (body, None),
+    };
+    // A tunnel's head says nothing of closing: the connection lives on as the tunnel.
+    let close = close && upgraded.is_none();
     let len = body.exact_len();
     let framing = http1::response_body_framing(method, status, len, version != Version::HTTP_10);
     let body = if framing == BodyFraming::Empty {
@@ -53,5 +63,9 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     http1::encode_response_head(status, &headers, framing, close, &mut out);
     let body = inline_small(&mut out, body);
     write_body(wr, body, framing == BodyFraming::Chunked, out).await?;
-    Ok(if close { Written::CompleteClose } else { Written::Complete })
+    Ok(match upgraded {
+        Some(conn) => Written::Upgraded(conn),
+        None if close => Written::CompleteClose,
+        None => Written::Complete,
+    })
 }

@@ -8,6 +8,7 @@ mod h1_write;
 pub mod h2;
 mod halves;
 pub mod listener;
+mod tunnel;
 pub mod workers;
 
 use tokio::sync::{mpsc, watch};

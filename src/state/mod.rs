@@ -36,6 +36,8 @@ pub struct Limits {
     pub client_body_timeout: Duration,
     /// TLS and HTTP/2 handshakes with a client must finish within this.
     pub handshake_timeout: Duration,
+    /// A tunnel (WebSocket, CONNECT) quiet in both directions is closed after this.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -51,6 +53,7 @@ impl Limits {
             client_header_timeout: config.timeouts.client_header,
             client_body_timeout: config.timeouts.client_body,
             handshake_timeout: Duration::from_secs(10),
+            tunnel_idle_timeout: config.timeouts.tunnel_idle,
         }
     }
 }

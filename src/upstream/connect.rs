@@ -9,14 +9,25 @@ use tokio::net::TcpStream;
 use super::{Endpoint, UpstreamError};
 use crate::net::Stream;
 
-pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, UpstreamError> {
-    match tokio::time::timeout(timeout, connect_inner(endpoint)).await {
+/// What a new connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Requests: TLS offers HTTP/2 and HTTP/1.1.
+    Requests,
+    /// One HTTP/1.1 Upgrade: TLS offers HTTP/1.1 only.
+    Upgrade,
+    /// A CONNECT tunnel: TCP only, the client brings its own TLS.
+    Tunnel,
+}
+
+pub async fn connect(endpoint: &Endpoint, timeout: Duration, purpose: Purpose) -> Result<Stream, UpstreamError> {
+    match tokio::time::timeout(timeout, connect_inner(endpoint, purpose)).await {
         Ok(result) => result,
         Err(_) => Err(UpstreamError::ConnectTimeout { peer: endpoint.peer.clone() }),
     }
 }
 
-async fn connect_inner(endpoint: &Endpoint) -> Result<Stream, UpstreamError> {
+async fn connect_inner(endpoint: &Endpoint, purpose: Purpose) -> Result<Stream, UpstreamError> {
     let peer = || endpoint.peer.clone();
     let addrs: Vec<_> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
         .await
@@ -36,7 +47,12 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Stream, UpstreamError> {
     let tcp = tcp.ok_or_else(|| UpstreamError::Connect { peer: peer(), source: last_err })?;
     // Heads are written whole; Nagle would only delay them behind an ACK.
     tcp.set_nodelay(true).map_err(|source| UpstreamError::Connect { peer: peer(), source })?;
-    match (&endpoint.tls, &endpoint.server_name) {
+    let tls = match purpose {
+        Purpose::Requests => endpoint.tls.as_ref(),
+        Purpose::Upgrade => endpoint.tls_h1.as_ref(),
+        Purpose::Tunnel => None,
+    };
+    match (tls, &endpoint.server_name) {
         (Some(config), Some(server_name)) => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             let tls = connector

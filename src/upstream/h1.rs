@@ -29,9 +29,13 @@ pub async fn exchange(
     let mut out = head_buffer(&body);
     http1::encode_request_head(req.method, req.target, req.headers, framing, &mut out);
     let body = inline_small(&mut out, body);
-    let wire = Wire { head: &out, framing, method: req.method, settings };
+    let wire = Wire { head: &out, framing, method: req.method, upgrade: req.upgrade, settings };
     let (head, sent_ok) = send_and_receive(&mut conn, wire, body).await?;
-    let reusable = sent_ok && head.keep_alive;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        // What follows the head (already in `conn.buf`, perhaps) is the new protocol.
+        return Ok(Response { status: head.status, headers: head.headers, body: Body::Upgraded(Box::new(conn)) });
+    }
+    let reusable = sent_ok && head.keep_alive && !req.upgrade;
     let body = match head.framing {
         BodyFraming::Empty => {
             if reusable {
@@ -54,6 +58,7 @@ struct Wire<'a> {
     head: &'a [u8],
     framing: BodyFraming,
     method: &'a Method,
+    upgrade: bool,
     settings: Settings,
 }
 
@@ -63,7 +68,7 @@ struct Wire<'a> {
 /// first-byte timeout runs from the last request-body frame taken, so a slow
 /// upload is not cut while an upstream that stops reading it is.
 async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result<(ResponseHead, bool), UpstreamError> {
-    let Wire { head, framing, method, settings } = wire;
+    let Wire { head, framing, method, upgrade, settings } = wire;
     let first_byte = settings.timeouts.first_byte;
     let progress = Progress::new();
     let body = body.watched(progress.clone());
@@ -90,7 +95,7 @@ async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result
         })?;
         wr.flush().await.map_err(UpstreamError::Write)
     };
-    let recv = read_head(&mut rd, buf, settings.max_head, method);
+    let recv = read_head(&mut rd, buf, settings.max_head, method, upgrade);
     tokio::pin!(send, recv);
     let mut sent = None;
     let head = loop {
@@ -141,13 +146,16 @@ async fn read_head<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max_head: usize,
     method: &Method,
+    upgrade: bool,
 ) -> Result<ResponseHead, UpstreamError> {
     loop {
         if !buf.is_empty() {
             match http1::take_response_head(buf, max_head, method) {
                 Ok(Some(head)) => {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        // We never forward Upgrade, so a switch is unsolicited.
+                        if upgrade {
+                            return Ok(head);
+                        }
                         return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols"));
                     }
                     if head.status.is_informational() {

@@ -7,6 +7,7 @@ mod h1;
 mod h2;
 mod pool;
 
+pub use connect::Purpose;
 pub use h2::SharedId;
 pub use pool::{Checkout, Pools};
 
@@ -27,6 +28,10 @@ pub struct UpstreamRequest<'a> {
     /// Origin-form target: path and query.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// An HTTP/1.1 Upgrade (WebSocket): a `101` answer hands back the
+    /// connection as [`Body::Upgraded`]; any other answer is an ordinary
+    /// response and the connection is not pooled.
+    pub upgrade: bool,
 }
 
 /// How long an exchange may wait on the upstream.
@@ -57,6 +62,8 @@ pub struct Endpoint {
     pub peer: Arc<str>,
     /// TLS settings when the upstream speaks TLS.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The same, offering only HTTP/1.1 by ALPN (for an Upgrade).
+    pub tls_h1: Option<Arc<rustls::ClientConfig>>,
     /// SNI and certificate name; the endpoint host.
     pub server_name: Option<ServerName<'static>>,
     /// The `Host` header upstream requests carry (`host`, or `host:port` for a non-default port).
@@ -84,7 +91,12 @@ impl Endpoint {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let key = format!("{scheme}://{authority}#{roots}").into();
         let peer = format!("{bracketed}:{port}").into();
-        Ok(Endpoint { host: host.to_string(), port, peer, tls, server_name, host_header, key })
+        let tls_h1 = tls.as_ref().map(|config| {
+            let mut h1 = rustls::ClientConfig::clone(config);
+            h1.alpn_protocols = vec![crate::tls::ALPN_HTTP11.to_vec()];
+            Arc::new(h1)
+        });
+        Ok(Endpoint { host: host.to_string(), port, peer, tls, tls_h1, server_name, host_header, key })
     }
 }
 

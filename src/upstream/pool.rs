@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::connect::connect;
+use super::connect::{connect, Purpose};
 use super::{Endpoint, SharedId, UpstreamError};
 use crate::net::{Conn, Recycle, Stream};
 
@@ -83,7 +83,7 @@ impl Pools {
         endpoint: &Endpoint,
         connect_timeout: Duration,
     ) -> Result<Checkout, UpstreamError> {
-        let stream = connect(endpoint, connect_timeout).await?;
+        let stream = connect(endpoint, connect_timeout, Purpose::Requests).await?;
         if stream.is_h2() {
             let id = NEXT_SHARED_ID.fetch_add(1, Ordering::Relaxed);
             let (shared, key) = (self.shared.clone(), endpoint.key.clone());
@@ -97,6 +97,18 @@ impl Pools {
         }
         let buf = BytesMut::new();
         Ok(Checkout::H1(Conn { stream, buf, pool_key: endpoint.key.clone(), reused: false }))
+    }
+
+    /// A new HTTP/1.1 connection for one Upgrade (never pooled), or a raw
+    /// TCP one for a CONNECT tunnel.
+    pub async fn checkout_single(
+        &self,
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+        purpose: Purpose,
+    ) -> Result<Conn, UpstreamError> {
+        let stream = connect(endpoint, connect_timeout, purpose).await?;
+        Ok(Conn { stream, buf: BytesMut::new(), pool_key: endpoint.key.clone(), reused: false })
     }
 
     fn pop(&self, key: &Arc<str>) -> Option<Conn> {

@@ -17,3 +17,4 @@ mod selection;
 mod streaming;
 mod timeouts;
 mod upstream_reuse;
+mod websocket;
