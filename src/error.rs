@@ -40,6 +40,13 @@ pub enum ProxyError {
     ClientBody(#[source] BodyError),
     #[error("invalid or missing API key")]
     Unauthorized,
+    /// A CONNECT without a valid `Proxy-Authorization`.
+    #[error("proxy authentication required: send a client key in Proxy-Authorization (Bearer, or Basic with the key as the password)")]
+    ProxyAuthRequired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("no provider is configured for host \"{0}\"")]
     UnknownHost(String),
     #[error("no provider is configured for this path on host \"{0}\"")]
@@ -96,6 +103,9 @@ impl ProxyError {
             ProxyError::ClientBody(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -145,6 +155,10 @@ impl ProxyError {
         if let Some(wait) = self.retry_after() {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
         }
+        if let ProxyError::ProxyAuthRequired = self {
+            let challenge = HeaderValue::from_static("Basic realm=\"openproxy\", Bearer realm=\"openproxy\"");
+            headers.insert(http::header::PROXY_AUTHENTICATE, challenge);
+        }
         (status, headers, Bytes::from(body))
     }
 
@@ -174,6 +188,9 @@ impl ProxyError {
             ProxyError::ClientBody(BodyError::TooLarge(_)) => "payload_too_large",
             ProxyError::ClientBody(_) => "bad_request",
             ProxyError::Unauthorized => "invalid_api_key",
+            ProxyError::ProxyAuthRequired => "proxy_auth_required",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::UnknownHost(_) => "unknown_host",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::Method(_) => "method_not_allowed",

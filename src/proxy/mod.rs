@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod choose;
+mod connect;
 pub mod log;
 mod retry;
 pub mod rewrite;
@@ -100,7 +101,12 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
-        let (response, from_upstream) = match retry::run(app, plan, head, body, &mut log).await {
+        let outcome = if head.method == Method::CONNECT {
+            connect::open(app, &plan).await
+        } else {
+            retry::run(app, plan, head, body, &mut log).await
+        };
+        let (response, from_upstream) = match outcome {
             Ok(response) => (response, true),
             Err(err) => (err.into_response(style), false),
         };
@@ -114,7 +120,7 @@ impl Admitted {
 fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyError, ErrorStyle)> {
     let plain = |error| (error, ErrorStyle::Plain);
     if head.method == Method::CONNECT {
-        return Err(plain(ProxyError::Method("CONNECT tunnels are not enabled on this proxy".into())));
+        return connect::plan(snapshot, head);
     }
     let authority =
         head.authority.as_deref().ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;

@@ -116,12 +116,7 @@ async fn refusals_take_the_route_shape() {
             r#""code":"#,
         ),
         (head(Method::GET, "a.local", "/v1/messages", &[]), 401, r#""type":"error","error":"#, "authentication_error"),
-        (
-            head(Method::CONNECT, "h.local:443", "", &bearer),
-            405,
-            "CONNECT tunnels are not enabled",
-            "method_not_allowed",
-        ),
+        (head(Method::CONNECT, "h.local:443", "", &bearer), 403, "CONNECT tunnels are not enabled", "forbidden"),
     ];
     for (request, status, shape, cause) in cases {
         let (got, body) = text(handle(&app, request, Body::Empty).await).await;

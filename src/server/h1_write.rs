@@ -42,7 +42,11 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     // A tunnel's head says nothing of closing: the connection lives on as the tunnel.
     let close = close && upgraded.is_none();
     let len = body.exact_len();
-    let framing = http1::response_body_framing(method, status, len, version != Version::HTTP_10);
+    let framing = match upgraded {
+        // No body and no framing fields: what follows is the tunnel (RFC 9110 §9.3.6).
+        Some(_) => BodyFraming::Empty,
+        None => http1::response_body_framing(method, status, len, version != Version::HTTP_10),
+    };
     let body = if framing == BodyFraming::Empty {
         // A HEAD answer says how long the body would have been (RFC 9110 §9.3.2).
         if *method == Method::HEAD && !headers.contains_key(CONTENT_LENGTH) {

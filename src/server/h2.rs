@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::Shutdown;
 use crate::body::h2::send_body;
 use crate::body::{Body, CopyError, H2Body};
+use crate::error::{ErrorStyle, ProxyError};
 use crate::http1::{self, BodyFraming};
 use crate::message::{RequestHead, Response};
 use crate::proxy;
@@ -158,6 +159,7 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     let (parts, recv) = request.into_parts();
     let head = neutral_head(parts.method, &parts.uri, parts.headers);
     let is_head = head.method == Method::HEAD;
+    let is_connect = head.method == Method::CONNECT;
     // A request whose stream already ended has nothing to stream: an empty
     // body keeps it eligible for a replay on a fresh upstream connection.
     let body = if recv.is_end_stream() {
@@ -167,7 +169,9 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
         Body::H2(Box::new(H2Body::new(recv, &head.headers).with_idle(stall)))
     };
     let response = tokio::select! {
-        response = proxy::handle(&app, head, body) => response,
+        // This driver cannot bridge a tunnel yet (RFC 8441 and HTTP/2 CONNECT).
+        response = proxy::handle(&app, head, body), if !is_connect => response,
+        response = std::future::ready(tunnels_unsupported()), if is_connect => response,
         // The client reset the stream (cancelled, or a rapid-reset flood): drop
         // the handler, which stops the upstream request and logs 499.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
@@ -175,6 +179,11 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     if let Err(e) = send_response(&mut respond, response, is_head).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }
+}
+
+fn tunnels_unsupported() -> Response {
+    let why = "CONNECT over HTTP/2 is not supported yet; use HTTP/1.1";
+    ProxyError::NotImplemented(why.into()).into_response(ErrorStyle::Plain)
 }
 
 /// The neutral head: `:authority` is the routing host, `Host` when absent

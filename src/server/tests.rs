@@ -86,7 +86,7 @@ async fn h1_refusals_keep_the_connection_for_the_next_request() {
     }
     client.write_all(b"CONNECT h.local:443 HTTP/1.1\r\nHost: h.local:443\r\n\r\n").await.unwrap();
     let resp = read_response(&mut client).await;
-    assert!(resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{resp}");
     assert!(resp.contains("connection: close"), "after CONNECT the connection ends: {resp}");
     assert!(closed(&mut client).await);
 }
@@ -134,7 +134,7 @@ async fn h2_streams_run_through_the_same_handler() {
     let mut connect = http::Request::builder().method("CONNECT").uri("h.local:443").body(()).unwrap();
     connect.headers_mut().insert("authorization", "Bearer client-key".parse().unwrap());
     let (response, _) = send.send_request(connect, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 405);
+    assert_eq!(response.await.unwrap().status(), 501, "this driver cannot bridge a tunnel yet");
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod connect;
 mod failover;
 mod http1_edges;
 mod http1_framing;
