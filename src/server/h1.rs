@@ -80,8 +80,15 @@ pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdo
                 let req = ReqFacts::new(&head, &shutdown, &limits, default_port);
                 // Boxed: a request's state is large and lives only while it
                 // runs; inline, every idle connection would carry it.
-                if !Box::pin(exchange(&mut conn, &app, *head, req, &shutdown)).await {
-                    break;
+                match Box::pin(exchange(&mut conn, &app, *head, req, &shutdown)).await {
+                    After::Next(true) => {}
+                    After::Next(false) => break,
+                    // Boxed on its own, once the request's state is gone: a
+                    // tunnel may stay open for hours.
+                    After::Tunnel(upstream, log) => {
+                        Box::pin(tunnel(&mut conn, *upstream, log, &limits)).await;
+                        break;
+                    }
                 }
             }
         }
@@ -161,25 +168,31 @@ impl ReqFacts {
     }
 }
 
-/// Handles one request; returns whether the connection may carry another.
-async fn exchange<S: Split>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: ReqFacts, shutdown: &Shutdown) -> bool {
+/// Handles one request: what becomes of the connection after it.
+async fn exchange<S: Split>(
+    conn: &mut Conn<S>,
+    app: &App,
+    h1: H1Head,
+    mut req: ReqFacts,
+    shutdown: &Shutdown,
+) -> After {
     let head = match neutral_head(h1, req.default_port) {
         Ok(head) => head,
         Err(err) => {
             req.keep_alive = false;
-            return refuse(conn, &req, err.into_response(ErrorStyle::Plain)).await;
+            return After::Next(refuse(conn, &req, err.into_response(ErrorStyle::Plain)).await);
         }
     };
     let admitted = match proxy::admit(app, head) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refuse(conn, &req, *refusal).await,
+        Err(refusal) => return After::Next(refuse(conn, &req, *refusal).await),
     };
     let buffered = matches!(req.framing, BodyFraming::Length(n) if conn.reader.buf.len() as u64 >= n);
     if req.expect_continue && req.has_body() && !buffered {
         let mut out = BytesMut::new();
         http1::encode_continue(&mut out);
         if conn.wr.write_all(&out).await.is_err() {
-            return false;
+            return After::Next(false);
         }
     }
     let (body, tx) = match req.framing {
@@ -188,17 +201,16 @@ async fn exchange<S: Split>(conn: &mut Conn<S>, app: &App, h1: H1Head, mut req: 
         BodyFraming::Length(n) => split(Body::channel(BODY_CHANNEL, Some(n))),
         _ => split(Body::channel(BODY_CHANNEL, None)),
     };
-    match relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await {
-        After::Next(reusable) => reusable,
-        After::Tunnel(upstream, log) => {
-            let leftover = std::mem::take(&mut conn.reader.buf);
-            let idle = req.limits.tunnel_idle_timeout;
-            let carried = tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, *upstream, idle).await;
-            if let Some(log) = log {
-                log.tunnel_closed(carried.up, carried.down);
-            }
-            false
-        }
+    relay(conn, app, admitted, Upload { body, tx }, &req, shutdown).await
+}
+
+/// Carries the tunnel a `101` or a CONNECT's `200` opened, until it ends.
+async fn tunnel<S: Split>(conn: &mut Conn<S>, upstream: crate::net::Conn, log: Option<AccessLog>, limits: &Limits) {
+    let leftover = std::mem::take(&mut conn.reader.buf);
+    let idle = limits.tunnel_idle_timeout;
+    let carried = tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle).await;
+    if let Some(log) = log {
+        log.tunnel_closed(carried.up, carried.down);
     }
 }
 
