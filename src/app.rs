@@ -101,14 +101,15 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     let threads = snapshot.config.workers.unwrap_or_else(workers::count);
     let app = Arc::new(App::new(snapshot, health));
     let drain = Drain::new();
-    let workers =
-        match workers::bind(&bound, threads).and_then(|sockets| Workers::start(sockets, &app, &drain.handle())) {
-            Ok(workers) => workers,
-            Err(why) => {
-                eprintln!("{why}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let started = workers::bind(&bound, threads)
+        .and_then(|(sockets, locks)| Ok((Workers::start(sockets, &app, &drain.handle())?, locks)));
+    let (workers, address_locks) = match started {
+        Ok(started) => started,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _pid = match pid_file.map(PidFile::write).transpose() {
         Ok(pid) => pid,
         Err(e) => {
@@ -118,9 +119,13 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     };
     // Health checks run on this (control) thread with pools of their own.
     let health_task = tokio::spawn(crate::health::run(app.clone()));
+    let sweeper = tokio::spawn(workers::sweep(app.pools.clone()));
     tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
     signals.run(app.clone(), path.to_path_buf()).await;
+    // The listeners are closing: a successor may take the addresses now.
+    drop(address_locks);
     health_task.abort();
+    sweeper.abort();
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;
     if tokio::time::timeout(grace, drain.wait()).await.is_err() {
         tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
         Command::Start { config, pid_file } => {
+            raise_open_file_limit();
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -21,6 +22,21 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(openproxy::app::start(&config, pid_file.as_deref()))
+        }
+    }
+}
+
+/// A proxy holds two descriptors per proxied connection, and each worker
+/// thread a few of its own: take the hard limit (as nginx's
+/// `worker_rlimit_nofile` lets operators do), since the soft default is
+/// often 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::format::Writer;
@@ -21,16 +22,42 @@ pub fn init() {
         .try_init();
 }
 
-/// Stderr without the process-wide lock `std::io::Stderr` takes: the
-/// formatter hands over each finished line in one `write_all`, so a line is
-/// one `write(2)` (atomic for a pipe up to `PIPE_BUF`, and for an `O_APPEND`
-/// file), and worker threads logging at the same moment never wait on a
-/// futex for each other.
+/// Stderr without the exclusive lock `std::io::Stderr` takes for every line:
+/// the formatter hands over each finished event in one `write_all`, which is
+/// one `write(2)` — atomic for a pipe up to `PIPE_BUF`, so worker threads
+/// logging at once share [`LARGE_EVENT`] and never wait for each other. A
+/// larger event (a reload's list of errors) holds it alone, so no line lands
+/// inside it. A sink that is gone or full costs the line, never the request
+/// (an error here would make tracing-subscriber panic in `eprintln!`).
 struct LineWriter;
+
+/// Shared by events that fit in one atomic pipe write, exclusive above that.
+static LARGE_EVENT: RwLock<()> = RwLock::new(());
+/// POSIX's minimum for `PIPE_BUF` (Linux's value).
+const PIPE_BUF: usize = 4096;
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(nix::unistd::write(std::io::stderr().as_fd(), buf)?)
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let (_shared, _alone);
+        if buf.len() <= PIPE_BUF {
+            _shared = LARGE_EVENT.read().unwrap_or_else(|e| e.into_inner());
+        } else {
+            _alone = LARGE_EVENT.write().unwrap_or_else(|e| e.into_inner());
+        }
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match nix::unistd::write(std::io::stderr().as_fd(), rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -21,19 +21,42 @@ pub enum Scheme {
     Https,
 }
 
+/// Held while this process listens on an address: an abstract Unix socket
+/// named after it. Two OpenProxy processes started at the same moment could
+/// otherwise both pass the plain-bind probe below (nothing listens yet) and
+/// join one SO_REUSEPORT group, splitting the traffic between them.
+#[derive(Debug)]
+pub struct AddressLock(#[allow(dead_code)] std::os::unix::net::UnixDatagram);
+
+fn lock(addr: SocketAddr) -> std::io::Result<AddressLock> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("openproxy-listen-{addr}");
+    let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    match std::os::unix::net::UnixDatagram::bind_addr(&abstract_addr) {
+        Ok(socket) => Ok(AddressLock(socket)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "Address already in use (another OpenProxy is starting on it)",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// Binds `count` listening sockets to one address, one per worker thread,
 /// with SO_REUSEPORT so the kernel spreads new connections across them and
 /// no worker wakes for another's client. A plain bind comes first: it fails
 /// as usual if anything (another OpenProxy included, which would otherwise
 /// join the group and take a share of the traffic) holds the address, and it
-/// resolves port 0 so every socket of the group gets the same port.
-pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// resolves port 0 so every socket of the group gets the same port. The lock
+/// returned must be held for as long as the sockets accept.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, AddressLock)> {
+    let lock = lock(addr)?;
     let addr = {
         let probe = socket(addr, false)?;
         probe.bind(&addr.into())?;
         probe.local_addr()?.as_socket().unwrap_or(addr)
     };
-    (0..count.max(1))
+    let sockets = (0..count.max(1))
         .map(|_| {
             let socket = socket(addr, true)?;
             socket.bind(&addr.into())?;
@@ -41,7 +64,8 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
             socket.set_nonblocking(true)?;
             Ok(socket.into())
         })
-        .collect()
+        .collect::<std::io::Result<_>>()?;
+    Ok((sockets, lock))
 }
 
 /// SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::listener::{self, Scheme};
+use super::listener::{self, AddressLock, Scheme};
 use super::Shutdown;
 use crate::state::App;
+use crate::upstream::Pools;
 
 /// How often a worker closes its pooled upstream connections past their age.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -23,18 +24,24 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// One worker's listening sockets, one per port.
 type Sockets = Vec<(std::net::TcpListener, Scheme)>;
 
+/// Most workers chosen by default: past this, more threads mostly mean more
+/// upstream connections (each worker has its own pools) and file descriptors.
+const MAX_DEFAULT_WORKERS: usize = 32;
+
 /// How many workers when the config does not say: one per core the process
-/// may use (cgroup CPU limits included).
+/// may use (cgroup CPU limits included), at most [`MAX_DEFAULT_WORKERS`].
 pub fn count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_DEFAULT_WORKERS)
 }
 
-/// Binds every address once per worker; the result has one entry per worker.
-/// Errors name the address.
-pub fn bind(addrs: &[(SocketAddr, Scheme)], workers: usize) -> Result<Vec<Sockets>, String> {
+/// Binds every address once per worker; the sockets have one entry per
+/// worker, and the locks must be held while they accept. Errors name the address.
+pub fn bind(addrs: &[(SocketAddr, Scheme)], workers: usize) -> Result<(Vec<Sockets>, Vec<AddressLock>), String> {
     let mut per_worker: Vec<Sockets> = (0..workers).map(|_| Vec::new()).collect();
+    let mut locks = Vec::new();
     for &(addr, scheme) in addrs {
-        let group = listener::bind(addr, workers).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let (group, lock) = listener::bind(addr, workers).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        locks.push(lock);
         if let Some(local) = group.first().and_then(|l| l.local_addr().ok()) {
             tracing::info!(addr = %local, ?scheme, workers, "listening");
         }
@@ -42,7 +49,7 @@ pub fn bind(addrs: &[(SocketAddr, Scheme)], workers: usize) -> Result<Vec<Socket
             worker.push((socket, scheme));
         }
     }
-    Ok(per_worker)
+    Ok((per_worker, locks))
 }
 
 /// The running workers.
@@ -111,17 +118,19 @@ async fn run(
         drop(tokio::spawn(listener::serve(listener, scheme, app.clone(), shutdown.clone())));
     }
     let _ = ready.send(Ok(()));
-    // Only the accept loops and connections may keep the drain waiting.
+    drop(ready); // a worker that died later must not keep `start` waiting
+                 // Only the accept loops and connections may keep the drain waiting.
     drop(shutdown);
-    let pools = app.pools.clone();
-    let sweeper = async move {
-        loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            pools.sweep();
-        }
-    };
     tokio::select! {
         _ = exit.wait_for(|stop| *stop) => {}
-        _ = sweeper => {}
+        _ = sweep(app.pools.clone()) => {}
+    }
+}
+
+/// Closes `pools`' idle connections past their age, forever.
+pub async fn sweep(pools: Arc<Pools>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        pools.sweep();
     }
 }

@@ -198,3 +198,73 @@ async fn every_worker_accepts_its_share_of_connections() {
     }
     assert_eq!(statuses, vec![200; 30]);
 }
+
+/// A log sink that went away (the reader of a stderr pipe exited) must cost
+/// log lines, not requests.
+#[tokio::test]
+async fn requests_are_served_when_stderr_is_a_broken_pipe() {
+    let up = MockUpstream::start("u").await;
+    let port = free_port();
+    let config = one_provider("openai", "h.local", up.port(), "").replace("{port}", &port.to_string());
+    let (_dir, path) = write_config(&config);
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .args(["start", "-c", &path])
+        .stderr(std::process::Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(read); // the log reader exits
+    let headers = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    let request = tokio::spawn(async move {
+        let mut client = Client::connect(addr).await;
+        client.send("GET", "/v1/models", &headers, "").await.0
+    });
+    let status = tokio::time::timeout(Duration::from_secs(5), request).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status.ok().and_then(Result::ok),
+        Some(200),
+        "the request failed because a log line could not be written"
+    );
+}
+
+/// Two instances started at the same moment on one port: one must refuse,
+/// never both run and split the traffic of one SO_REUSEPORT group.
+#[test]
+fn two_instances_started_at_once_never_share_a_port() {
+    for _ in 0..8 {
+        let config = one_provider("openai", "h.local", 9, "").replace("{port}", &free_port().to_string());
+        let (_dir, path) = write_config(&config);
+        let start = || {
+            Command::new(env!("CARGO_BIN_EXE_openproxy"))
+                .args(["start", "-c", &path])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut both = [start(), start()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let exited = loop {
+            if let Some(i) = (0..2).find(|&i| both[i].try_wait().unwrap().is_some()) {
+                break Some(i);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let code = exited.map(|i| both[i].wait().unwrap().code());
+        for child in &mut both {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(code, Some(Some(1)), "both instances kept running on one port");
+    }
+}
