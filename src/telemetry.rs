@@ -3,7 +3,6 @@
 use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::format::Writer;
@@ -22,17 +21,16 @@ pub fn init() {
         .try_init();
 }
 
-/// Stderr without the exclusive lock `std::io::Stderr` takes for every line:
-/// the formatter hands over each finished event in one `write_all`, which is
-/// one `write(2)` — atomic for a pipe up to `PIPE_BUF`, so worker threads
-/// logging at once share [`LARGE_EVENT`] and never wait for each other. A
-/// larger event (a reload's list of errors) holds it alone, so no line lands
-/// inside it. A sink that is gone or full costs the line, never the request
-/// (an error here would make tracing-subscriber panic in `eprintln!`).
+/// Stderr without the lock `std::io::Stderr` takes for every line: the
+/// formatter hands over each finished event in one `write_all`, and each
+/// piece of up to `PIPE_BUF` bytes ending at a line end is one `write(2)`,
+/// which a pipe keeps whole. So worker threads logging at once never wait for
+/// each other, and no line is ever cut by another (a long multi-line event,
+/// a reload's list of errors, may have other lines between its own). A sink
+/// that is gone or full costs the line, never the request: an error here
+/// would make tracing-subscriber panic in `eprintln!`.
 struct LineWriter;
 
-/// Shared by events that fit in one atomic pipe write, exclusive above that.
-static LARGE_EVENT: RwLock<()> = RwLock::new(());
 /// POSIX's minimum for `PIPE_BUF` (Linux's value).
 const PIPE_BUF: usize = 4096;
 
@@ -42,15 +40,10 @@ impl Write for LineWriter {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let (_shared, _alone);
-        if buf.len() <= PIPE_BUF {
-            _shared = LARGE_EVENT.read().unwrap_or_else(|e| e.into_inner());
-        } else {
-            _alone = LARGE_EVENT.write().unwrap_or_else(|e| e.into_inner());
-        }
         let mut rest = buf;
         while !rest.is_empty() {
-            match nix::unistd::write(std::io::stderr().as_fd(), rest) {
+            let piece = atomic_piece(rest);
+            match nix::unistd::write(std::io::stderr().as_fd(), piece) {
                 Ok(0) => break,
                 Ok(n) => rest = &rest[n..],
                 Err(nix::errno::Errno::EINTR) => {}
@@ -62,6 +55,19 @@ impl Write for LineWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The longest front of `text` that one atomic pipe write can carry and that
+/// ends at a line end (all of it when short; a single line longer than
+/// `PIPE_BUF` goes as it is).
+fn atomic_piece(text: &[u8]) -> &[u8] {
+    if text.len() <= PIPE_BUF {
+        return text;
+    }
+    match text[..PIPE_BUF].iter().rposition(|&b| b == b'\n') {
+        Some(end) => &text[..=end],
+        None => text,
     }
 }
 
@@ -114,7 +120,19 @@ fn civil_time(secs: u64) -> [u8; 19] {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_time;
+    use super::{atomic_piece, civil_time, PIPE_BUF};
+
+    #[test]
+    fn long_events_are_written_in_whole_lines() {
+        let line = |c: u8| [vec![c; 999], vec![b'\n']].concat();
+        let event: Vec<u8> = (b'a'..b'h').flat_map(line).collect();
+        let first = atomic_piece(&event);
+        assert_eq!(first.len(), 4000, "four whole lines fit in {PIPE_BUF}");
+        assert_eq!(atomic_piece(&event[4000..]).len(), 3000);
+        let one_long_line = vec![b'x'; 10_000];
+        assert_eq!(atomic_piece(&one_long_line).len(), 10_000);
+        assert_eq!(atomic_piece(b"short\n"), b"short\n");
+    }
 
     #[test]
     fn civil_time_matches_known_instants() {
