@@ -97,11 +97,10 @@ impl FormatTime for UtcMicros {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` for seconds since the Unix epoch (UTC, proleptic
-/// Gregorian; Howard Hinnant's days-to-civil algorithm).
-fn civil_time(secs: u64) -> [u8; 19] {
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
+/// Year, month (1-12) and day of the month of a day counted from the Unix
+/// epoch (UTC, proleptic Gregorian; Howard Hinnant's days-to-civil algorithm).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -109,7 +108,13 @@ fn civil_time(secs: u64) -> [u8; 19] {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for seconds since the Unix epoch.
+fn civil_time(secs: u64) -> [u8; 19] {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
     let text = format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60);
     let mut out = [b'0'; 19];
     if text.len() == out.len() {

@@ -65,19 +65,7 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        if let Some((up, down)) = self.tunnel {
-            return tracing::info!(
-                target: "openproxy::access",
-                method = %self.method,
-                host = self.host.as_deref().unwrap_or(""),
-                path = %self.path,
-                status = self.status.unwrap_or(CLIENT_CLOSED),
-                provider = self.provider,
-                ms = %Millis(self.started.elapsed()),
-                bytes_up = up,
-                bytes_down = down,
-            );
-        }
+        // `None` fields are left out of the line: bytes appear for tunnels only.
         tracing::info!(
             target: "openproxy::access",
             method = %self.method,
@@ -86,6 +74,8 @@ impl Drop for AccessLog {
             status = self.status.unwrap_or(CLIENT_CLOSED),
             provider = self.provider,
             ms = %Millis(self.started.elapsed()),
+            bytes_up = self.tunnel.map(|(up, _)| up),
+            bytes_down = self.tunnel.map(|(_, down)| down),
         );
     }
 }

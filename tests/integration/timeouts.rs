@@ -181,13 +181,15 @@ async fn idle_and_slow_clients_are_let_go_as_configured() {
     let up = stalling_upstream(b"", false).await;
     let extra = "client_idle_timeout: 0.3\nclient_header_timeout: 0.3\n";
     let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), extra));
-    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    // Clocks start before connecting: the proxy's start no earlier than ours,
+    // so the lower bound holds however late this task runs.
     let started = Instant::now();
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
     assert_eq!(read_until_close(&mut idle, Duration::from_secs(10)).await, "");
     elapsed_within(started, 0.3, 5.0);
+    let started = Instant::now();
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
     slow.write_all(b"GET /v1/models HTTP/1.1\r\nHost: h.lo").await.unwrap();
-    let started = Instant::now();
     let resp = read_until_close(&mut slow, Duration::from_secs(10)).await;
     assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("not completed in time"), "{resp}");
     elapsed_within(started, 0.3, 5.0);
