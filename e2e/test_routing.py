@@ -77,10 +77,10 @@ def test_gemini_wrong_key_has_gemini_shape(proxy, mocks):
 # --- routing ------------------------------------------------------------
 
 
-def test_unknown_host_is_421_plain_json(proxy, mocks):
+def test_unknown_host_is_404_plain_json(proxy, mocks):
     with http(proxy) as c:
         r = c.post("/v1/chat/completions", headers={"Host": "nobody.example", "Authorization": f"Bearer {CLIENT_KEY}"}, json=CHAT)
-    assert r.status_code == 421
+    assert r.status_code == 404
     body = r.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"type", "message"}

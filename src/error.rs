@@ -106,7 +106,7 @@ impl ProxyError {
             ProxyError::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoHealthyProvider { .. } => StatusCode::SERVICE_UNAVAILABLE,

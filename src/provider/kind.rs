@@ -120,7 +120,7 @@ fn add_beta_flag(headers: &mut HeaderMap, flag: &str) {
     if !flags.iter().any(|f| f == flag) {
         flags.push(flag.to_string());
     }
-    if let Ok(value) = HeaderValue::from_str(&flags.join(",")) {
+    if let Ok(value) = HeaderValue::from_str(&flags.join(", ")) {
         headers.insert(ANTHROPIC_BETA, value);
     }
 }
@@ -132,7 +132,7 @@ fn remove_beta_flag(headers: &mut HeaderMap, flag: &str) {
         return;
     }
     let kept: Vec<&str> = flags.iter().map(String::as_str).filter(|f| *f != flag).collect();
-    match HeaderValue::from_str(&kept.join(",")) {
+    match HeaderValue::from_str(&kept.join(", ")) {
         Ok(value) if !kept.is_empty() => {
             headers.insert(ANTHROPIC_BETA, value);
         }
@@ -235,7 +235,7 @@ mod tests {
         let mut map = headers(&[("anthropic-beta", "tools-2024, files-1"), ("anthropic-beta", "x")]);
         inject_key(ProviderType::Anthropic, &HeaderValue::from_static("tok"), true, &mut map);
         assert_eq!(map["authorization"], "Bearer tok");
-        assert_eq!(map["anthropic-beta"], "tools-2024,files-1,x,oauth-2025-04-20");
+        assert_eq!(map["anthropic-beta"], "tools-2024, files-1, x, oauth-2025-04-20");
         assert!(map.get("x-api-key").is_none());
     }
 

@@ -107,7 +107,7 @@ async fn refusals_take_the_route_shape() {
     let app = App::from_yaml(&config("127.0.0.1:9"));
     let bearer = [("authorization", "Bearer client-key")];
     let cases = [
-        (head(Method::GET, "nowhere.local", "/v1/x", &bearer), 421, r#""error":"#, "unknown_host"),
+        (head(Method::GET, "nowhere.local", "/v1/x", &bearer), 404, r#""error":"#, "unknown_host"),
         (head(Method::GET, "h.local", "/other", &bearer), 404, r#""type":"no_route""#, "no provider"),
         (
             head(Method::GET, "h.local", "/openai/v1", &[("authorization", "Bearer nope")]),

@@ -127,7 +127,7 @@ async fn h2_streams_run_through_the_same_handler() {
     let mut send = send.ready().await.unwrap();
     let (response, _) = send.send_request(h2_request("unknown.local"), true).unwrap();
     let response = response.await.unwrap();
-    assert_eq!(response.status(), 421);
+    assert_eq!(response.status(), 404);
     let mut body = response.into_body();
     let data = body.data().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&data).contains("unknown_host"));
@@ -165,7 +165,7 @@ async fn h2_the_idle_clock_restarts_when_the_last_stream_ends() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut send = send.ready().await.unwrap();
     let (response, _) = send.send_request(h2_request("unknown.local"), true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 421);
+    assert_eq!(response.await.unwrap().status(), 404);
     served.await.unwrap();
     let _ = conn.await;
     let idle = started.elapsed().as_secs();

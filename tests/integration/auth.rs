@@ -145,7 +145,7 @@ async fn anthropic_oauth_command_token_is_bearer_and_refreshed_after_401() {
     assert_eq!(recs[0].header("authorization"), Some("Bearer token-1"));
     assert_eq!(recs[1].header("authorization"), Some("Bearer token-2"));
     for rec in &recs {
-        assert_eq!(rec.header("anthropic-beta"), Some("prompt-caching-2024-07-31,oauth-2025-04-20"));
+        assert_eq!(rec.header("anthropic-beta"), Some("prompt-caching-2024-07-31, oauth-2025-04-20"));
         assert_eq!(rec.header("x-api-key"), None);
         assert_no_client_key(rec);
     }

@@ -25,11 +25,11 @@ async fn prefix_routes_match_whole_segments_and_are_stripped() {
 }
 
 #[tokio::test]
-async fn unknown_host_is_421_and_reaches_no_upstream() {
+async fn unknown_host_is_404_and_reaches_no_upstream() {
     let up = MockUpstream::start("a").await;
     let proxy = TestProxy::start(&one_provider("openai", "a.local", up.port(), ""));
     let (status, headers, body) = send(proxy.addr, "GET", "/v1/models", &[("host", "b.local")], "").await;
-    assert_eq!(status, 421);
+    assert_eq!(status, 404);
     assert_eq!(headers["content-type"], "application/json");
     assert!(body.contains(r#""type":"unknown_host""#), "{body}");
     assert!(up.recorded().is_empty());
