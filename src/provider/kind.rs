@@ -55,12 +55,19 @@ pub const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta")
 /// The beta flag Anthropic requires next to an OAuth bearer token.
 pub const OAUTH_BETA_FLAG: &str = "oauth-2025-04-20";
 
-/// The client's key as presented, looked up where this type's SDKs send it.
-/// `Proxy-Authorization: Bearer` is accepted for every type and wins when present.
-pub fn client_key<'a>(kind: ProviderType, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, [u8]>> {
-    if let Some(key) = bearer(headers.get(PROXY_AUTHORIZATION)) {
-        return Some(Cow::Borrowed(key));
-    }
+/// The credentials a client presents: `Proxy-Authorization: Bearer` (every
+/// type), and the key where this type's SDKs send it. Either one opens a
+/// provider that accepts it.
+pub fn client_keys<'a>(
+    kind: ProviderType,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> [Option<Cow<'a, [u8]>>; 2] {
+    [bearer(headers.get(PROXY_AUTHORIZATION)).map(Cow::Borrowed), client_key(kind, headers, query)]
+}
+
+/// The client's key where this type's SDKs send it.
+fn client_key<'a>(kind: ProviderType, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, [u8]>> {
     let plain = |name: &HeaderName| headers.get(name).map(|v| Cow::Borrowed(v.as_bytes()));
     let from_bearer = || bearer(headers.get(AUTHORIZATION)).map(Cow::Borrowed);
     match kind {
@@ -212,7 +219,9 @@ mod tests {
     }
 
     fn key(kind: ProviderType, pairs: &[(&str, &str)], query: Option<&str>) -> Option<Vec<u8>> {
-        client_key(kind, &headers(pairs), query).map(|k| k.into_owned())
+        let headers = headers(pairs);
+        let [proxy, own] = client_keys(kind, &headers, query);
+        proxy.or(own).map(|k| k.into_owned())
     }
 
     #[test]

@@ -3,6 +3,16 @@
 
 use subtle::{Choice, ConstantTimeEq};
 
+/// Whether any of the `presented` credentials opens a provider that accepts
+/// the `global` keys plus its `own`. With no keys configured, access is open.
+pub fn accepts_any(presented: &[Option<&[u8]>], global: &[Box<[u8]>], own: &[Box<[u8]>]) -> bool {
+    if global.is_empty() && own.is_empty() {
+        return true;
+    }
+    // Every credential is compared, so timing does not tell which one matched.
+    presented.iter().fold(false, |found, key| accepts(*key, global, own) | found)
+}
+
 /// Whether `presented` opens a provider that accepts the `global` keys plus its
 /// `own`. With no keys configured at all, access is open.
 pub fn accepts(presented: Option<&[u8]>, global: &[Box<[u8]>], own: &[Box<[u8]>]) -> bool {

@@ -131,12 +131,12 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
     };
     let style = route.kind.error_style();
     let query = head.target.split_once('?').map(|(_, q)| q);
-    let presented = crate::provider::kind::client_key(route.kind, &head.headers, query);
-    let presented = presented.as_deref();
+    let presented = crate::provider::kind::client_keys(route.kind, &head.headers, query);
+    let presented = [presented[0].as_deref(), presented[1].as_deref()];
     let candidates: Vec<Arc<Provider>> = route
         .providers
         .iter()
-        .filter(|p| auth::accepts(presented, &snapshot.auth_keys, &p.auth_keys))
+        .filter(|p| auth::accepts_any(&presented, &snapshot.auth_keys, &p.auth_keys))
         .cloned()
         .collect();
     if candidates.is_empty() {

@@ -99,6 +99,28 @@ async fn proxy_authorization_works_for_every_type_and_is_not_forwarded() {
 }
 
 #[tokio::test]
+async fn either_presented_credential_may_open_the_route() {
+    let up = MockUpstream::start("o").await;
+    let proxy = TestProxy::start(&one_provider("openai", "o.local", up.port(), ""));
+    let cases = [
+        [("authorization", "Bearer client-key"), ("proxy-authorization", "Bearer something-else")],
+        [("authorization", "Bearer their-own"), ("proxy-authorization", "Bearer client-key")],
+    ];
+    for [first, second] in cases {
+        let headers = [("host", "o.local"), first, second];
+        let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &headers, "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for rec in up.recorded() {
+        assert_eq!(rec.header("authorization"), Some("Bearer real-key"));
+        assert_eq!(rec.header("proxy-authorization"), None);
+        assert_no_client_key(&rec);
+    }
+    let headers = [("host", "o.local"), ("authorization", "Bearer nope"), ("proxy-authorization", "Bearer nope2")];
+    assert_eq!(send(proxy.addr, "GET", "/v1/models", &headers, "").await.0, 401);
+}
+
+#[tokio::test]
 async fn provider_keys_open_only_their_provider() {
     let a = MockUpstream::start("a").await;
     let b = MockUpstream::start("b").await;
