@@ -253,9 +253,8 @@ mod tests {
     }
 
     #[test]
-    fn llm_types_need_exactly_one_key_source() {
-        let errs = errors(&one(OPENAI));
-        assert_error(&errs, "providers[0].api_key", &["api_key or api_keys is required for openai providers"]);
+    fn llm_types_take_at_most_one_key_source() {
+        assert!(ok(&one(OPENAI)).providers[0].api_keys.is_empty(), "no key: the client's own passes through");
         let errs = errors(&one(&format!("{OPENAI}api_key: a\napi_keys: [{{key: b}}]")));
         assert_error(&errs, "providers[0].api_keys", &["cannot be used together with api_key"]);
         let errs = errors(&one(&format!("{OPENAI}api_keys: []")));

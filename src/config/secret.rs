@@ -80,14 +80,15 @@ pub(super) fn api_keys(
         }
         // Unknown type: already reported; still check the keys themselves.
         None => {}
-        Some(kind) => {
+        Some(_) => {
             if api_key.is_some() && api_keys.is_some() {
                 ctx.report(scope, "api_keys", "cannot be used together with api_key; keep one of them");
             } else if api_keys.is_some_and(|list| list.is_empty()) {
-                ctx.report(scope, "api_keys", "is empty; list at least one key or use api_key");
-            } else if api_key.is_none() && api_keys.is_none() {
-                let problem = format!("or api_keys is required for {} providers", kind.as_str());
-                ctx.report(scope, "api_key", problem);
+                ctx.report(
+                    scope,
+                    "api_keys",
+                    "is empty; list at least one key, use api_key, or remove it to pass the client's own key through",
+                );
             }
         }
     }

@@ -161,7 +161,11 @@ fn beta_flags(headers: &HeaderMap) -> Vec<String> {
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1).
 fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
-    let raw = value?.as_bytes();
+    bearer_token(value?.as_bytes())
+}
+
+/// The token of a raw `Bearer <token>` value.
+pub fn bearer_token(raw: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = raw.split_at(raw.iter().position(|&b| b == b' ')?);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
@@ -171,7 +175,7 @@ fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
 }
 
 /// The decoded value of the first `key=` parameter in a query string.
-fn query_key(query: &str) -> Option<Vec<u8>> {
+pub fn query_key(query: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| pair.strip_prefix("key=")).map(percent_decode)
 }
 

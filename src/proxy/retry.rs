@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::choose::{self, Chosen};
 use super::log::AccessLog;
+use super::rewrite::Credentials;
 use super::{is_event_stream, may_replay, rewrite, send, upstream_error, verify, Plan, X_ACCEL_BUFFERING};
 use crate::body::{Body, Retained};
 use crate::config::RetrySettings;
@@ -39,11 +40,19 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
     let RequestHead { method, mut headers, .. } = head;
     let upgrade = crate::headers::is_websocket_upgrade(&method, &headers);
     let mut left = if replay.is_some() { rules.attempts } else { 0 };
+    // Each attempt rewrites `headers` in place. A provider without keys lets
+    // the client's credentials through, so after a failover it must see the
+    // client's headers, never the previous provider's key.
+    let keyless = |p: &Arc<Provider>| p.keys.is_empty() && crate::provider::kind::swaps_credentials(p.kind);
+    let original = (left > 0 && candidates.iter().any(keyless)).then(|| headers.clone());
     let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
     loop {
         log.provider(chosen.provider.index);
         let to = Target { snapshot: &snapshot, target: &target, method: &method, upgrade };
         let this_body = body.take().unwrap_or(Body::Empty);
+        if let Some(original) = original.as_ref().filter(|_| tried_providers.len() > 1 || !tried_keys.is_empty()) {
+            headers = original.clone();
+        }
         let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
         record_health(&mut chosen, &result, &snapshot.passive_health);
         let Some(key_specific) = (left > 0).then(|| wants_retry(&result, rules, &method)).flatten() else {
@@ -117,8 +126,14 @@ pub(super) async fn attempt(
     };
     let oauth = key.is_some_and(|(_, k)| k.secret.is_command());
     let host = &provider.endpoint.host_header;
-    rewrite::rewrite_request(headers, provider.kind, host, value.as_ref().map(|v| (v, oauth)), to.upgrade);
-    let rewritten = rewrite::rewrite_target(provider.kind, to.target);
+    let (global, own) = (&to.snapshot.auth_keys, &provider.auth_keys);
+    let is_client_key = |k: &[u8]| !(global.is_empty() && own.is_empty()) && super::auth::accepts(Some(k), global, own);
+    let credentials = match &value {
+        Some(value) => Credentials::Swap(value, oauth),
+        None => Credentials::PassThrough(&is_client_key),
+    };
+    rewrite::rewrite_request(headers, provider.kind, host, credentials, to.upgrade);
+    let rewritten = rewrite::rewrite_target(provider.kind, to.target, credentials);
     let target = rewritten.as_deref().unwrap_or(to.target);
     let request = UpstreamRequest { method: to.method, target, headers, upgrade: to.upgrade };
     let result = send(&app.pools, to.snapshot, provider, request, body).await.map_err(|e| upstream_error(e, provider));

@@ -49,7 +49,8 @@ async fn check(pools: &Arc<Pools>, snapshot: &Snapshot, provider: &Provider, ind
     for (name, value) in extra {
         headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
     }
-    rewrite::rewrite_request(&mut headers, provider.kind, &provider.endpoint.host_header, Some((value, false)), false);
+    let swap = rewrite::Credentials::Swap(value, false);
+    rewrite::rewrite_request(&mut headers, provider.kind, &provider.endpoint.host_header, swap, false);
     let request = UpstreamRequest { method: &Method::GET, target: path, headers: &headers, upgrade: false };
     match send(pools, snapshot, provider, request, Body::Empty).await.map(|r| r.status) {
         Ok(StatusCode::UNAUTHORIZED) => {

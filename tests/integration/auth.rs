@@ -187,3 +187,51 @@ async fn credentials_in_trailers_never_reach_the_upstream() {
     assert_eq!(trailers.len(), 1, "forbidden trailer fields were forwarded: {trailers:?}");
     assert_no_client_key(rec);
 }
+
+fn keyless(upstream: u16) -> String {
+    format!(
+        "  - type: openai\n    host: o.local\n    endpoint: \"127.0.0.1:{upstream}\"\n    tls: false\n    priority: 0\n"
+    )
+}
+
+#[tokio::test]
+async fn a_provider_without_keys_passes_the_clients_own_key_but_never_a_proxy_key() {
+    let up = MockUpstream::start("o").await;
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\nproviders:\n{}",
+        keyless(up.port())
+    );
+    let proxy = TestProxy::start(&yaml);
+    let own = [("host", "o.local"), ("proxy-authorization", "Bearer client-key"), ("authorization", "Bearer sk-own")];
+    assert_eq!(send(proxy.addr, "GET", "/v1/models", &own, "").await.0, 200);
+    let proxy_key_only = [("host", "o.local"), ("authorization", "Bearer client-key")];
+    assert_eq!(send(proxy.addr, "GET", "/v1/models", &proxy_key_only, "").await.0, 200);
+    let recs = up.recorded();
+    assert_eq!(recs[0].header("authorization"), Some("Bearer sk-own"), "the client's own key travels");
+    assert_eq!(recs[1].header("authorization"), None, "the proxy's client key never leaves");
+    for rec in &recs {
+        assert_eq!(rec.header("proxy-authorization"), None);
+        assert_no_client_key(rec);
+    }
+}
+
+#[tokio::test]
+async fn after_failover_a_keyless_provider_never_sees_the_previous_providers_key() {
+    let failing = MockUpstream::with(|_| Reply::json(503, r#"{"error":"busy"}"#)).await;
+    let up = MockUpstream::start("o").await;
+    let keyed = format!(
+        "  - type: openai\n    host: o.local\n    endpoint: \"127.0.0.1:{}\"\n    tls: false\n    api_key: real-key\n    priority: 1\n",
+        failing.port()
+    );
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\nproviders:\n{keyed}{}",
+        keyless(up.port())
+    );
+    let proxy = TestProxy::start(&yaml);
+    let headers =
+        [("host", "o.local"), ("proxy-authorization", "Bearer client-key"), ("authorization", "Bearer sk-own")];
+    let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &headers, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(failing.recorded()[0].header("authorization"), Some("Bearer real-key"));
+    assert_eq!(up.recorded()[0].header("authorization"), Some("Bearer sk-own"), "not real-key");
+}
