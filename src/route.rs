@@ -1,7 +1,8 @@
 //! The routing table: `Host` (or `:authority`) plus an optional path prefix
-//! picks the group of providers that may serve a request. Built once per
-//! snapshot from providers; the authority syntax is `authority`'s, the same
-//! one the config was validated with.
+//! pick the groups of providers that may serve a request, most specific
+//! first; which of them does is the client key's to decide (see `proxy`).
+//! Built once per snapshot from providers; the authority syntax is
+//! `authority`'s, the same one the config was validated with.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use crate::authority;
 use crate::provider::{Provider, ProviderType};
 
-/// Providers that share one `host` value (name, port and prefix).
+/// Providers that share one `host` value (name, port and prefix) and a type.
 #[derive(Debug)]
 pub struct Route {
     pub port: Option<u16>,
@@ -31,13 +32,13 @@ pub struct Router {
 }
 
 impl Router {
-    /// `entries` are (host name, host port, prefix, provider); validation already
-    /// made sure providers sharing a route share a type.
+    /// `entries` are (host name, host port, prefix, provider).
     pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Option<u16>, Option<&'a str>, Arc<Provider>)>) -> Self {
         let mut by_host: HashMap<String, Vec<Route>> = HashMap::new();
         for (host, port, prefix, provider) in entries {
             let routes = by_host.entry(host.to_string()).or_default();
-            match routes.iter_mut().find(|r| r.port == port && r.prefix.as_deref() == prefix) {
+            let same = |r: &&mut Route| r.port == port && r.prefix.as_deref() == prefix && r.kind == provider.kind;
+            match routes.iter_mut().find(same) {
                 Some(route) => route.providers.push(provider),
                 None => routes.push(Route {
                     port,
@@ -54,21 +55,38 @@ impl Router {
         Router { by_host }
     }
 
-    /// The route for `authority` (a `Host` value) and `path`, with the path the
+    /// Every route for `authority` (a `Host` value) and `path`, most specific
+    /// first (longer prefix, then an explicit port), each with the path its
     /// upstream should see (prefix removed). `default_port` is the listener's
     /// scheme port, used when the authority names none.
-    pub fn find<'p>(&self, authority: &str, default_port: u16, path: &'p str) -> Result<(&Route, Cow<'p, str>), Miss> {
+    pub fn matching<'r, 'p>(
+        &'r self,
+        authority: &str,
+        default_port: u16,
+        path: &'p str,
+    ) -> Result<impl Iterator<Item = (&'r Route, Cow<'p, str>)>, Miss> {
         let (name, port) = authority::split(authority).map_err(|_| Miss::UnknownHost)?;
         let port = port.unwrap_or(default_port);
         let routes = self.by_host.get(name.as_ref()).ok_or(Miss::UnknownHost)?;
-        let mut port_matched = false;
-        for route in routes.iter().filter(|r| r.port.is_none_or(|p| p == port)) {
-            port_matched = true;
-            if let Some(rest) = strip_prefix(path, route.prefix.as_deref()) {
-                return Ok((route, rest));
-            }
+        let on_port = move |r: &&Route| r.port.is_none_or(|p| p == port);
+        let port_matched = routes.iter().any(|r| on_port(&r));
+        let mut found = routes
+            .iter()
+            .filter(on_port)
+            .filter_map(move |route| strip_prefix(path, route.prefix.as_deref()).map(|rest| (route, rest)))
+            .peekable();
+        match (found.peek().is_some(), port_matched) {
+            (true, _) => Ok(found),
+            (false, true) => Err(Miss::NoPrefix),
+            (false, false) => Err(Miss::UnknownHost),
         }
-        Err(if port_matched { Miss::NoPrefix } else { Miss::UnknownHost })
+    }
+}
+
+impl Route {
+    /// How specific the route is; routes of one level compete on equal terms.
+    pub fn level(&self) -> (usize, bool) {
+        (self.prefix.as_ref().map_or(0, String::len), self.port.is_some())
     }
 }
 

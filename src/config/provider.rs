@@ -17,10 +17,7 @@ pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawPr
     if raw.is_empty() {
         ctx.report(&Scope::top(), "providers", "must list at least one provider");
     }
-    let providers: Vec<ProviderConfig> =
-        raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect();
-    route_conflicts(ctx, &providers);
-    providers
+    raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect()
 }
 
 /// One provider. Returns `None` only when type, host or endpoint is unusable
@@ -122,27 +119,6 @@ fn endpoint(ctx: &mut Ctx<'_>, scope: &Scope, raw: &RawProvider, tls: bool) -> O
     }
     let default = if tls { 443 } else { 80 };
     Some((name, endpoint_port.or(port).unwrap_or(default)))
-}
-
-/// Providers with the same route share one client-key convention, which
-/// depends on the type; so a route must not mix types. Each provider that
-/// differs is reported against the first provider of the route.
-fn route_conflicts(ctx: &mut Ctx<'_>, providers: &[ProviderConfig]) {
-    for (i, p) in providers.iter().enumerate() {
-        let first = providers[..i]
-            .iter()
-            .find(|q| q.host == p.host && q.host_port == p.host_port && q.path_prefix == p.path_prefix);
-        let Some(first) = first else { continue };
-        if first.kind != p.kind {
-            let problem = format!(
-                "{:?} conflicts with {}, which has the same host and path prefix but type {:?}; providers sharing a route must have the same type",
-                p.kind.as_str(),
-                first.label(),
-                first.kind.as_str(),
-            );
-            ctx.report(&Scope::provider(p.index, Some(&p.host)), "type", problem);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -309,24 +285,11 @@ mod tests {
     }
 
     #[test]
-    fn shared_route_must_share_type() {
+    fn one_route_may_mix_types() {
         let text = "http_port: 80\nproviders:\n\
             \x20 - {type: openai, host: a.local, endpoint: e, api_key: k}\n\
-            \x20 - {type: openai, host: A.local, endpoint: e2, api_key: k, is_fallback: true}\n\
             \x20 - {type: gemini, host: a.local, endpoint: e, api_key: k}\n\
-            \x20 - {type: gemini, host: a.local/v1, endpoint: e, api_key: k}\n\
-            \x20 - {type: gemini, host: \"a.local:81\", endpoint: e, api_key: k}\n\
             \x20 - {type: forward, host: a.local, endpoint: e}\n";
-        let errs = errors(text);
-        assert_error(
-            &errs,
-            "providers[2].type",
-            &[
-                "providers[2] (host \"a.local\"): type \"gemini\" conflicts with providers[0] (host \"a.local\")",
-                "type \"openai\"",
-            ],
-        );
-        assert_error(&errs, "providers[5].type", &["\"forward\" conflicts with providers[0]"]);
-        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(ok(text).providers.len(), 3, "each request goes to the providers whose own auth accepts it");
     }
 }

@@ -18,6 +18,7 @@ mod retry;
 pub mod rewrite;
 mod verify;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
@@ -27,7 +28,7 @@ use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
 use crate::message::{RequestHead, Response};
 use crate::provider::Provider;
-use crate::route::Miss;
+use crate::route::{Miss, Route};
 use crate::state::{App, Snapshot};
 use crate::upstream::{self, Checkout, Pools, Purpose, Replay, Settings, UpstreamError, UpstreamRequest};
 use log::AccessLog;
@@ -124,27 +125,60 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
     }
     let authority =
         head.authority.as_deref().ok_or_else(|| plain(ProxyError::BadRequest("missing Host header".into())))?;
-    let (route, target) = match snapshot.router.find(authority, head.default_port, &head.target) {
-        Ok(found) => found,
+    let routes = match snapshot.router.matching(authority, head.default_port, &head.target) {
+        Ok(routes) => routes,
         Err(Miss::UnknownHost) => return Err(plain(ProxyError::UnknownHost(printable(authority)))),
         Err(Miss::NoPrefix) => return Err(plain(ProxyError::NoRoute(printable(authority)))),
     };
-    let style = route.kind.error_style();
-    let query = head.target.split_once('?').map(|(_, q)| q);
-    let presented = crate::provider::kind::client_keys(route.kind, &head.headers, query);
-    let presented = [presented[0].as_deref(), presented[1].as_deref()];
-    let candidates: Vec<Arc<Provider>> = route
-        .providers
-        .iter()
-        .filter(|p| auth::accepts_any(&presented, &snapshot.auth_keys, &p.auth_keys))
-        .cloned()
-        .collect();
-    if candidates.is_empty() {
-        return Err((ProxyError::Unauthorized, style));
-    }
+    let Accepted { candidates, target, refused_style } = accepted(snapshot, head, routes);
+    let Some(target) = target else {
+        return Err((ProxyError::Unauthorized, refused_style));
+    };
+    let style = candidates[0].kind.error_style();
     let now = Instant::now();
     let chosen = choose::choose(&candidates, &[], now).ok_or_else(|| (choose::unavailable(&candidates, now), style))?;
     Ok(Plan { snapshot: snapshot.clone(), chosen, candidates, target: target.into_owned(), style })
+}
+
+/// The providers a request may go to, and the path they see.
+struct Accepted<'p> {
+    candidates: Vec<Arc<Provider>>,
+    /// `None` when no provider accepted the client's credentials.
+    target: Option<Cow<'p, str>>,
+    /// The error shape of a refusal: the most specific route's.
+    refused_style: ErrorStyle,
+}
+
+/// Key-scoped routing: of the routes that match, the most specific one whose
+/// providers accept a credential the client presents (each provider judging
+/// by its own type's rules) wins, together with the other routes of the same
+/// level (another type on the same prefix).
+fn accepted<'r, 'p>(
+    snapshot: &Snapshot,
+    head: &RequestHead,
+    routes: impl Iterator<Item = (&'r Route, Cow<'p, str>)>,
+) -> Accepted<'p> {
+    let query = head.target.split_once('?').map(|(_, q)| q);
+    let mut found = Accepted { candidates: Vec::new(), target: None, refused_style: ErrorStyle::Plain };
+    let mut level = None;
+    for (i, (route, target)) in routes.enumerate() {
+        if i == 0 {
+            found.refused_style = route.kind.error_style();
+        }
+        if level.is_some_and(|level| level != route.level()) {
+            break;
+        }
+        let presented = crate::provider::kind::client_keys(route.kind, &head.headers, query);
+        let presented = [presented[0].as_deref(), presented[1].as_deref()];
+        let before = found.candidates.len();
+        let opens = |p: &&Arc<Provider>| auth::accepts_any(&presented, &snapshot.auth_keys, &p.auth_keys);
+        found.candidates.extend(route.providers.iter().filter(opens).cloned());
+        if found.candidates.len() > before {
+            level = Some(route.level());
+            found.target.get_or_insert(target);
+        }
+    }
+    found
 }
 
 /// One attempt at the planned provider, without failover (the active health
