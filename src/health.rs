@@ -1,7 +1,8 @@
 //! Active health checks: every `health_check.interval`, each provider with a
 //! `health_check` block gets its request, sent through the same pipeline as
 //! client traffic (so the real key and Host are used); a 2xx marks it healthy,
-//! anything else unhealthy. Transitions are logged.
+//! anything else unhealthy. A provider without the block is checked by
+//! opening a connection to its endpoint. Transitions are logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::message::RequestHead;
 use crate::provider::Provider;
 use crate::proxy::{self, Chosen, Plan};
 use crate::state::{App, Snapshot};
+use crate::upstream::Purpose;
 
 /// A check slower than this counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,7 +40,7 @@ pub async fn run(app: Arc<App>) {
 
 async fn check_all(app: &Arc<App>, snapshot: &Arc<Snapshot>) {
     let mut checks = JoinSet::new();
-    for provider in snapshot.providers.iter().filter(|p| p.health_check.is_some()) {
+    for provider in &snapshot.providers {
         let (app, snapshot, provider) = (app.clone(), snapshot.clone(), provider.clone());
         checks.spawn(async move {
             let outcome = tokio::time::timeout(CHECK_TIMEOUT, check(&app, snapshot, provider.clone())).await;
@@ -63,9 +65,16 @@ fn record(provider: &Provider, outcome: Result<(), String>) {
     }
 }
 
+/// The check of a provider without a `health_check` block: a connection
+/// (TCP, and the TLS handshake where the endpoint speaks TLS) opens.
+async fn connects(app: &App, provider: &Provider) -> Result<(), String> {
+    let single = app.pools.checkout_single(&provider.endpoint, provider.timeouts.connect, Purpose::Requests);
+    single.await.map(drop).map_err(|e| crate::error::ProxyError::from(e).message())
+}
+
 async fn check(app: &App, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> Result<(), String> {
     let Some(spec) = provider.health_check.clone() else {
-        return Ok(());
+        return connects(app, &provider).await;
     };
     let method = Method::from_bytes(spec.method.as_bytes()).map_err(|_| "invalid method".to_string())?;
     let mut headers = HeaderMap::new();
