@@ -45,7 +45,14 @@ pub fn websocket_protocol_key(headers: &HeaderMap) -> Option<&[u8]> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .find_map(|item| item.strip_prefix(WEBSOCKET_KEY_PREFIX.as_bytes()))
+        .find_map(strip_key_prefix)
+}
+
+/// The key of an `openai-insecure-api-key.<key>` item (prefix in any case).
+fn strip_key_prefix(item: &[u8]) -> Option<&[u8]> {
+    let prefix = WEBSOCKET_KEY_PREFIX.as_bytes();
+    let head = item.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &item[prefix.len()..])
 }
 
 /// Removes the key item from `Sec-WebSocket-Protocol`, keeping the others
@@ -59,7 +66,7 @@ pub fn strip_websocket_protocol_key(headers: &mut HeaderMap) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty() && !item.starts_with(WEBSOCKET_KEY_PREFIX.as_bytes()))
+        .filter(|item| !item.is_empty() && strip_key_prefix(item).is_none())
         .map(<[u8]>::to_vec)
         .collect();
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);

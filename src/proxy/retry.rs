@@ -144,7 +144,7 @@ pub(super) async fn attempt(
                 tracing::info!(provider = provider.index, seconds = rest.as_secs_f64(), "key rate limited; resting it");
             }
             StatusCode::UNAUTHORIZED => verify::refused(&app.pools, to.snapshot, provider, index, value),
-            status if status.is_success() => key.accepted(),
+            status if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS => key.accepted(),
             _ => {}
         }
     }

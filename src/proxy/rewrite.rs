@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(h["sec-websocket-protocol"], "realtime, openai-beta.realtime-v1");
         assert_eq!(h["authorization"], "Bearer real");
-        let mut only_key = map(&[("sec-websocket-protocol", "openai-insecure-api-key.client")]);
+        let mut only_key = map(&[("sec-websocket-protocol", "OpenAI-Insecure-API-Key.client")]);
         let swap = Credentials::Swap(&key, false);
         rewrite_request(&mut only_key, ProviderType::OpenAi, &HeaderValue::from_static("api.up"), swap, true);
         assert!(!only_key.contains_key("sec-websocket-protocol"));

@@ -59,7 +59,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         body
     };
     let close = close || framing == BodyFraming::CloseDelimited;
-    if version == Version::HTTP_10 && !close {
+    if version == Version::HTTP_10 && !close && upgraded.is_none() {
         // HTTP/1.0 persistence is opt-in on both sides (RFC 9112 §C.2.2).
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }

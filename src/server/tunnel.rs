@@ -53,8 +53,8 @@ where
         let mut buf = client_buf;
         loop {
             if !buf.is_empty() {
-                touch(&up, buf.len());
                 up_wr.write_all(&buf).await?;
+                touch(&up, buf.len());
             }
             buf = BytesMut::new(); // held only while a piece is on its way
             if client_rd.read_into(&mut buf, PIECE).await? == 0 {
@@ -66,9 +66,9 @@ where
         let mut buf = upstream_buf;
         loop {
             if !buf.is_empty() {
-                touch(&down, buf.len());
                 client_wr.write_all(&buf).await?;
                 client_wr.flush().await?;
+                touch(&down, buf.len());
             }
             buf = BytesMut::new();
             if read_upstream(&mut up_rd, &mut buf).await? == 0 {

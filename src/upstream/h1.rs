@@ -153,10 +153,13 @@ async fn read_head<R: AsyncRead + Unpin>(
             match http1::take_response_head(buf, max_head, method) {
                 Ok(Some(head)) => {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        if upgrade {
-                            return Ok(head);
-                        }
-                        return Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols"));
+                        return match upgrade {
+                            true if switches_to_websocket(&head.headers) => Ok(head),
+                            true => {
+                                Err(UpstreamError::BadResponse("101 to a protocol other than the websocket asked for"))
+                            }
+                            false => Err(UpstreamError::BadResponse("unsolicited 101 Switching Protocols")),
+                        };
                     }
                     if head.status.is_informational() {
                         continue;
@@ -181,6 +184,11 @@ async fn read_head<R: AsyncRead + Unpin>(
             });
         }
     }
+}
+
+/// A 101 that names `websocket` as the protocol it switches to (RFC 6455 §4.1).
+fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().any(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 fn has_other_transfer_coding(headers: &HeaderMap) -> bool {

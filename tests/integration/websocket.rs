@@ -176,3 +176,17 @@ async fn a_quiet_tunnel_is_closed_after_the_idle_timeout() {
     assert!(ended.is_ok(), "the idle tunnel was not closed");
     wait_for_log(&proxy, "tunnel idle", Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_101_to_another_protocol_is_a_bad_gateway() {
+    let up = RawUpstream::start(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        let answer =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI * HTTP/2.0\r\n";
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&config(up.port(), "retry: {attempts: 0}\n"));
+    let resp = answer_head(&proxy, &format!("{HANDSHAKE}Authorization: Bearer client-key\r\n\r\n")).await;
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+}
