@@ -52,6 +52,16 @@ impl Drop for Chosen {
 
 /// A provider for the next attempt, skipping the candidates in `tried`.
 pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Option<Chosen> {
+    choose_among(candidates, tried, now, true)
+}
+
+/// The same, for a CONNECT tunnel, which sends no provider key: resting keys
+/// do not rule a provider out.
+pub fn choose_for_tunnel(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Option<Chosen> {
+    choose_among(candidates, tried, now, false)
+}
+
+fn choose_among(candidates: &[Arc<Provider>], tried: &[usize], now: Instant, needs_key: bool) -> Option<Chosen> {
     // A provider whose probe another request just claimed is passed over.
     let mut lost_probes: Vec<usize> = Vec::new();
     loop {
@@ -61,7 +71,7 @@ pub fn choose(candidates: &[Arc<Provider>], tried: &[usize], now: Instant) -> Op
                 usable: !tried.contains(&i)
                     && !lost_probes.contains(&i)
                     && !matches!(p.health.availability(now), Availability::Out(_))
-                    && p.has_key_for(now),
+                    && (!needs_key || p.has_key_for(now)),
                 fallback: p.is_fallback,
                 priority: p.priority,
                 weight: p.weight,

@@ -14,7 +14,7 @@ use http::header::PROXY_AUTHORIZATION;
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
-use super::{auth, choose, Plan};
+use super::{auth, choose, retry, Plan};
 use crate::authority;
 use crate::body::Body;
 use crate::error::{ErrorStyle, ProxyError};
@@ -40,6 +40,12 @@ pub(super) fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan,
     if served.is_empty() {
         return Err(unserved());
     }
+    // A routing host may front unrelated APIs (by path prefix) or several
+    // endpoints; a tunnel has no path to tell them apart, so it must be one.
+    if served.iter().any(|p| p.endpoint.peer != served[0].endpoint.peer) {
+        let why = "this CONNECT target leads to more than one endpoint; CONNECT to the endpoint itself";
+        return Err(refuse(ProxyError::Forbidden(why.into())));
+    }
     let presented = proxy_credential(&head.headers);
     let candidates: Vec<Arc<Provider>> = served
         .into_iter()
@@ -50,18 +56,36 @@ pub(super) fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan,
         return Err(refuse(ProxyError::ProxyAuthRequired));
     }
     let now = Instant::now();
-    let chosen = choose::choose(&candidates, &[], now).ok_or_else(|| refuse(choose::unavailable(&candidates, now)))?;
+    let chosen = choose::choose_for_tunnel(&candidates, &[], now)
+        .ok_or_else(|| refuse(choose::unavailable(&candidates, now)))?;
     Ok(Plan { snapshot: snapshot.clone(), chosen, candidates, target: String::new(), style: ErrorStyle::Plain })
 }
 
-/// Opens the tunnel to the planned provider: `200` with the connection, or
-/// why not.
-pub(super) async fn open(app: &App, plan: &Plan) -> Result<Response, ProxyError> {
-    let provider = &plan.chosen.provider;
-    let timeout = provider.timeouts.connect;
-    let single = app.pools.checkout_single(&provider.endpoint, timeout, Purpose::Tunnel);
-    let conn = Box::pin(single).await.map_err(|e| super::upstream_error(e, provider))?;
-    Ok(Response { status: StatusCode::OK, headers: HeaderMap::new(), body: Body::Upgraded(Box::new(conn)) })
+/// Opens the tunnel: `200` with the connection, or why not. A provider that
+/// cannot be reached counts against its health, and the next candidate is
+/// tried (up to `retry.attempts` more), as for any request.
+pub(super) async fn open(app: &App, plan: Plan) -> Result<Response, ProxyError> {
+    let Plan { snapshot, mut chosen, candidates, .. } = plan;
+    let mut left = snapshot.config.retry.attempts;
+    let mut tried = vec![chosen.index];
+    loop {
+        let provider = chosen.provider.clone();
+        let single = app.pools.checkout_single(&provider.endpoint, provider.timeouts.connect, Purpose::Tunnel);
+        let outcome = Box::pin(single).await.map_err(|e| super::upstream_error(e, &provider)).map(|conn| Response {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Body::Upgraded(Box::new(conn)),
+        });
+        retry::record_health(&mut chosen, &outcome, &snapshot.passive_health);
+        let next = match &outcome {
+            Err(_) if left > 0 => choose::choose_for_tunnel(&candidates, &tried, Instant::now()),
+            _ => None,
+        };
+        let Some(next) = next else { return outcome };
+        tracing::debug!(from = provider.index, to = next.provider.index, "CONNECT failing over");
+        tried.push(next.index);
+        (left, chosen) = (left - 1, next);
+    }
 }
 
 /// Whether `provider` serves `host:port` (names compared without case).

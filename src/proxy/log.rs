@@ -2,6 +2,8 @@
 //! line is a guard's drop, so a request whose handler is dropped unfinished
 //! (the client hung up, or reset its stream) is still logged, as 499.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::Method;
@@ -24,8 +26,18 @@ pub struct AccessLog {
     started: Instant,
     provider: Option<usize>,
     status: Option<u16>,
-    /// Bytes client → upstream and back through a tunnel (WebSocket, CONNECT).
-    tunnel: Option<(u64, u64)>,
+    /// Bytes through a tunnel (WebSocket, CONNECT), read when the line is
+    /// written: a tunnel cut at shutdown still reports what it carried.
+    tunnel: Option<Arc<Transferred>>,
+}
+
+/// What a tunnel carried so far, counted as it goes.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    /// Client → upstream.
+    pub up: AtomicU64,
+    /// Upstream → client.
+    pub down: AtomicU64,
 }
 
 impl AccessLog {
@@ -56,10 +68,10 @@ impl AccessLog {
         self.status = Some(status);
     }
 
-    /// A tunnel ended after carrying `up` bytes from the client and `down`
-    /// back; the line is written now, with the tunnel's whole duration.
-    pub fn tunnel_closed(mut self, up: u64, down: u64) {
-        self.tunnel = Some((up, down));
+    /// The counters of the tunnel this request opened; the line, written
+    /// when the log is dropped (the tunnel's end), reports them.
+    pub fn tunnel_counters(&mut self) -> Arc<Transferred> {
+        self.tunnel.get_or_insert_with(Arc::default).clone()
     }
 }
 
@@ -74,8 +86,8 @@ impl Drop for AccessLog {
             status = self.status.unwrap_or(CLIENT_CLOSED),
             provider = self.provider,
             ms = %Millis(self.started.elapsed()),
-            bytes_up = self.tunnel.map(|(up, _)| up),
-            bytes_down = self.tunnel.map(|(_, down)| down),
+            bytes_up = self.tunnel.as_ref().map(|t| t.up.load(Ordering::Relaxed)),
+            bytes_down = self.tunnel.as_ref().map(|t| t.down.load(Ordering::Relaxed)),
         );
     }
 }

@@ -176,7 +176,7 @@ fn finish(mut response: Response) -> Response {
 /// Feeds the attempt's outcome to the provider's passive health: 5xx and
 /// upstream errors are failures, other answers successes; a 429 or a failure
 /// of the client's own tells nothing.
-fn record_health(chosen: &mut Chosen, result: &Outcome, rules: &PassiveHealth) {
+pub(super) fn record_health(chosen: &mut Chosen, result: &Outcome, rules: &PassiveHealth) {
     let failed = match result {
         Ok(response) if response.status == StatusCode::TOO_MANY_REQUESTS => return,
         Ok(response) => response.status.is_server_error(),

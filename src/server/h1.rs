@@ -205,13 +205,13 @@ async fn exchange<S: Split>(
 }
 
 /// Carries the tunnel a `101` or a CONNECT's `200` opened, until it ends.
-async fn tunnel<S: Split>(conn: &mut Conn<S>, upstream: crate::net::Conn, log: Option<AccessLog>, limits: &Limits) {
+async fn tunnel<S: Split>(conn: &mut Conn<S>, upstream: crate::net::Conn, mut log: Option<AccessLog>, limits: &Limits) {
     let leftover = std::mem::take(&mut conn.reader.buf);
     let idle = limits.tunnel_idle_timeout;
-    let carried = tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle).await;
-    if let Some(log) = log {
-        log.tunnel_closed(carried.up, carried.down);
-    }
+    // The log holds the counters: if this is dropped (shutdown), its line still has them.
+    let carried = log.as_mut().map(AccessLog::tunnel_counters).unwrap_or_default();
+    tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle, &carried).await;
+    drop(log);
 }
 
 fn split((tx, body): (FrameSender, Body)) -> (Body, Option<FrameSender>) {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::Shutdown;
 use crate::body::h2::send_body;
 use crate::body::{Body, CopyError, H2Body};
-use crate::error::{ErrorStyle, ProxyError};
+use crate::error::ProxyError;
 use crate::http1::{self, BodyFraming};
 use crate::message::{RequestHead, Response};
 use crate::proxy;
@@ -168,10 +168,20 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
         let stall = app.snapshot.load().limits.client_body_timeout;
         Body::H2(Box::new(H2Body::new(recv, &head.headers).with_idle(stall)))
     };
+    if is_connect {
+        // Admitted (or refused: 403, 407) like any request, but this driver
+        // cannot bridge a tunnel yet (RFC 8441 and HTTP/2 CONNECT).
+        let response = match proxy::admit(&app, head) {
+            Ok(admitted) => admitted.decline(tunnels_unsupported()),
+            Err(refusal) => *refusal,
+        };
+        if let Err(e) = send_response(&mut respond, response, false).await {
+            tracing::debug!(error = %e, "HTTP/2 response not completed");
+        }
+        return;
+    }
     let response = tokio::select! {
-        // This driver cannot bridge a tunnel yet (RFC 8441 and HTTP/2 CONNECT).
-        response = proxy::handle(&app, head, body), if !is_connect => response,
-        response = std::future::ready(tunnels_unsupported()), if is_connect => response,
+        response = proxy::handle(&app, head, body) => response,
         // The client reset the stream (cancelled, or a rapid-reset flood): drop
         // the handler, which stops the upstream request and logs 499.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
@@ -181,9 +191,8 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     }
 }
 
-fn tunnels_unsupported() -> Response {
-    let why = "CONNECT over HTTP/2 is not supported yet; use HTTP/1.1";
-    ProxyError::NotImplemented(why.into()).into_response(ErrorStyle::Plain)
+fn tunnels_unsupported() -> ProxyError {
+    ProxyError::NotImplemented("CONNECT over HTTP/2 is not supported yet; use HTTP/1.1".into())
 }
 
 /// The neutral head: `:authority` is the routing host, `Host` when absent

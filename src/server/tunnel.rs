@@ -15,28 +15,23 @@ use tokio::time::Instant;
 
 use super::halves::ReadSide;
 use crate::net::{Conn, ReadPart};
+use crate::proxy::log::Transferred;
 
 /// Largest piece read at once.
 const PIECE: usize = 16 * 1024;
 
-/// How a tunnel went: bytes from the client to the upstream, and back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Carried {
-    pub up: u64,
-    pub down: u64,
-}
-
 /// Copies until both directions ended, one failed, or both were quiet for
-/// `idle`. `client_buf` holds bytes the client sent after its request head;
-/// `upstream.buf` bytes the upstream sent after its response head.
+/// `idle`, counting bytes in `carried` as they are written. `client_buf`
+/// holds bytes the client sent after its request head; `upstream.buf` bytes
+/// the upstream sent after its response head.
 pub async fn bridge<R, W>(
     client_rd: &mut R,
     client_buf: BytesMut,
     client_wr: &mut W,
     upstream: Conn,
     idle: Duration,
-) -> Carried
-where
+    carried: &Transferred,
+) where
     R: ReadSide,
     W: AsyncWrite + Unpin,
 {
@@ -44,7 +39,7 @@ where
     let (mut up_rd, mut up_wr) = stream.split();
     let started = Instant::now();
     let last = AtomicU64::new(0);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (up, down) = (&carried.up, &carried.down);
     let touch = |count: &AtomicU64, n: usize| {
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(millis(started.elapsed()), Ordering::Relaxed);
@@ -54,7 +49,7 @@ where
         loop {
             if !buf.is_empty() {
                 up_wr.write_all(&buf).await?;
-                touch(&up, buf.len());
+                touch(up, buf.len());
             }
             buf = BytesMut::new(); // held only while a piece is on its way
             if client_rd.read_into(&mut buf, PIECE).await? == 0 {
@@ -68,7 +63,7 @@ where
             if !buf.is_empty() {
                 client_wr.write_all(&buf).await?;
                 client_wr.flush().await?;
-                touch(&down, buf.len());
+                touch(down, buf.len());
             }
             buf = BytesMut::new();
             if read_upstream(&mut up_rd, &mut buf).await? == 0 {
@@ -104,7 +99,6 @@ where
             }
         }
     }
-    Carried { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed) }
 }
 
 /// Reads the upstream side; over plain TCP without a buffer until bytes are there.

@@ -119,3 +119,35 @@ async fn an_idle_tunnel_is_closed() {
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the idle tunnel was not closed");
 }
+
+#[tokio::test]
+async fn a_routing_host_in_front_of_several_endpoints_is_refused() {
+    let ((a, a_count), (b, b_count)) = (echo().await, echo().await);
+    let provider = |port: u16| {
+        format!("  - type: openai\n    host: \"h.local:4443\"\n    endpoint: \"127.0.0.1:{port}\"\n    tls: false\n    api_key: k\n")
+    };
+    let yaml = format!(
+        "connect_tunnel_enabled: true\nhttp_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\nproviders:\n{}{}",
+        provider(a.port()),
+        provider(b.port())
+    );
+    let proxy = TestProxy::start(&yaml);
+    // Which of the two would the tunnel reach? Neither: refused.
+    let (_, head) = connect(&proxy, "h.local:4443", Some("Bearer client-key")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let (mut stream, head) = connect(&proxy, &format!("127.0.0.1:{}", b.port()), Some("Bearer client-key")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "an endpoint itself is unambiguous: {head}");
+    echoes(&mut stream, b"b").await;
+    assert_eq!((a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst)), (0, 1));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_counts_against_the_providers_health() {
+    let dead = free_port();
+    let extra = "passive_health: {failures: 1, cooldown: 30}\n";
+    let proxy = TestProxy::start(&config(dead, true, extra));
+    let (_, head) = connect(&proxy, &format!("127.0.0.1:{dead}"), Some("Bearer client-key")).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let (_, head) = connect(&proxy, &format!("127.0.0.1:{dead}"), Some("Bearer client-key")).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "ejected after the failed connect: {head}");
+}

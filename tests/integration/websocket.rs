@@ -190,3 +190,17 @@ async fn a_101_to_another_protocol_is_a_bad_gateway() {
     let resp = answer_head(&proxy, &format!("{HANDSHAKE}Authorization: Bearer client-key\r\n\r\n")).await;
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
 }
+
+#[tokio::test]
+async fn a_tunnel_cut_at_shutdown_still_logs_what_it_carried() {
+    let (port, _, _) = echo_upstream().await;
+    let mut proxy = TestProxy::start(&config(port, "graceful_shutdown_timeout: 0.3\n"));
+    let mut ws = connect(&proxy, "/v1/realtime", &[("authorization", "Bearer client-key")]).await;
+    ws.send(Message::text("kept open")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("kept open"));
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    let logs = proxy.logs();
+    let line = logs.lines().find(|l| l.contains("status=101")).unwrap_or_else(|| panic!("no tunnel line:\n{logs}"));
+    assert!(line.contains("bytes_up=") && !line.contains("bytes_up=0"), "{line}");
+}
