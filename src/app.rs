@@ -24,6 +24,9 @@ fn load(path: &Path) -> Option<(Snapshot, HealthRegistry)> {
             return None;
         }
     };
+    for advice in &config.deprecations {
+        eprintln!("{}: warning: {advice}", path.display());
+    }
     let health = HealthRegistry::default();
     match Snapshot::build(config, &health) {
         Ok(snapshot) => Some((snapshot, health)),

@@ -24,6 +24,9 @@ pub enum Command {
         /// Write the process id here (removed again on exit).
         #[arg(short = 'p', long = "pid-file", value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Deprecated: turns on active health checks (use `health_check.enabled`).
+        #[arg(long = "enable-health-check", hide = true)]
+        enable_health_check: bool,
     },
     /// Validate a configuration file and print what it sets up; exit 1 on any error.
     Check {

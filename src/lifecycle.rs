@@ -80,6 +80,9 @@ pub async fn reload(app: &App, config_path: &Path) {
             return;
         }
     };
+    for advice in &config.deprecations {
+        tracing::warn!("{advice}");
+    }
     let current = app.snapshot.load();
     if config.http != current.config.http
         || config.https.as_ref().map(|h| h.addr) != current.config.https.as_ref().map(|h| h.addr)

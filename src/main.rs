@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     openproxy::telemetry::init();
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
-        Command::Start { config, pid_file } => {
+        Command::Start { config, pid_file, enable_health_check } => {
+            if enable_health_check {
+                openproxy::config::force_health_checks();
+            }
             raise_open_file_limit();
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,

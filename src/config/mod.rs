@@ -37,6 +37,9 @@ pub struct Config {
     pub retry: RetrySettings,
     pub passive_health: PassiveHealthSettings,
     pub providers: Vec<ProviderConfig>,
+    /// Forms that still work but should be written another way: printed by
+    /// `check` and logged at start and on reload.
+    pub deprecations: Vec<String>,
 }
 
 /// Timeouts from the top level of the file, in seconds there.
@@ -171,4 +174,4 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use validate::{from_yaml_str, load_file, ConfigError, ConfigErrors};
+pub use validate::{force_health_checks, from_yaml_str, load_file, ConfigError, ConfigErrors};

@@ -29,7 +29,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     let tls = raw.tls.unwrap_or(true);
     let upstream = endpoint(ctx, &scope, &raw, tls);
     let weight = secret::weight(ctx, &scope, "weight", raw.weight);
-    let api_keys = secret::api_keys(ctx, &scope, kind, raw.api_key.as_deref(), raw.api_keys.as_deref());
+    let api_keys = secret::api_keys(ctx, &scope, kind, raw.api_key.as_ref(), raw.api_keys.as_deref());
     let auth_keys = secret::client_keys(ctx, &scope, "auth_keys", raw.auth_keys.as_deref());
     let health_check = raw.health_check.as_ref().and_then(|h| health_check(ctx, &scope, h));
     let ca_file = ctx.path(&scope, "ca_file", raw.ca_file.as_deref());
@@ -231,8 +231,12 @@ mod tests {
     #[test]
     fn llm_types_take_at_most_one_key_source() {
         assert!(ok(&one(OPENAI)).providers[0].api_keys.is_empty(), "no key: the client's own passes through");
-        let errs = errors(&one(&format!("{OPENAI}api_key: a\napi_keys: [{{key: b}}]")));
-        assert_error(&errs, "providers[0].api_keys", &["cannot be used together with api_key"]);
+        let both = ok(&one(&format!("{OPENAI}api_key: a\napi_keys: [{{key: b}}]")));
+        assert_eq!(both.providers[0].api_keys.len(), 2, "merged (a deprecated form)");
+        assert!(both.deprecations[0].contains("together with api_key is deprecated"), "{:?}", both.deprecations);
+        let list = ok(&one(&format!("{OPENAI}api_key: [a, b, c]")));
+        assert_eq!(list.providers[0].api_keys.len(), 3);
+        assert!(list.deprecations[0].contains("api_key as a list is deprecated"), "{:?}", list.deprecations);
         let errs = errors(&one(&format!("{OPENAI}api_keys: []")));
         assert_error(&errs, "providers[0].api_keys", &["api_keys is empty"]);
     }

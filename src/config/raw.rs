@@ -30,6 +30,8 @@ pub(crate) struct RawConfig {
     pub http_bind_address: Option<String>,
     pub auth_keys: Option<Vec<String>>,
     pub health_check: Option<RawHealthCheck>,
+    /// Deprecated spelling of `health_check.interval` (seconds).
+    pub health_check_interval: Option<f64>,
     pub http_max_header_size: Option<i64>,
     pub connect_tunnel_enabled: Option<bool>,
     pub workers: Option<i64>,
@@ -89,7 +91,7 @@ pub(crate) struct RawProvider {
     pub weight: Option<f64>,
     pub priority: Option<i64>,
     pub is_fallback: Option<bool>,
-    pub api_key: Option<String>,
+    pub api_key: Option<OneOrMore>,
     pub api_keys: Option<Vec<RawApiKey>>,
     pub auth_keys: Option<Vec<String>>,
     pub health_check: Option<RawProviderHealthCheck>,
@@ -98,6 +100,14 @@ pub(crate) struct RawProvider {
     pub connect_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,
     pub stream_idle_timeout: Option<f64>,
+}
+
+/// `api_key` as one key or (a deprecated form) a list of keys.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a key, or a list of keys")]
+pub(crate) enum OneOrMore {
+    One(String),
+    More(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +447,6 @@ providers:
             Err(e) => panic!("{e:?}"),
         };
         let providers = raw.providers.unwrap_or_default();
-        assert_eq!(providers[0].0.api_key.as_deref(), Some("sk-1"));
+        assert!(matches!(&providers[0].0.api_key, Some(OneOrMore::One(k)) if k == "sk-1"));
     }
 }

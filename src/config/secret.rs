@@ -1,7 +1,7 @@
 //! Keys: provider `api_key`/`api_keys` (a literal or a `$(command)`) and client
 //! `auth_keys`. Messages about them name the key's position, never its value.
 
-use super::raw::RawApiKey;
+use super::raw::{OneOrMore, RawApiKey};
 use super::validate::{Ctx, Scope};
 use super::{ApiKeyConfig, ProviderType, SecretSource};
 
@@ -66,9 +66,18 @@ pub(super) fn api_keys(
     ctx: &mut Ctx<'_>,
     scope: &Scope,
     kind: Option<ProviderType>,
-    api_key: Option<&str>,
+    api_key: Option<&OneOrMore>,
     api_keys: Option<&[RawApiKey]>,
 ) -> Vec<ApiKeyConfig> {
+    let single: Vec<&str> = match api_key {
+        None => Vec::new(),
+        Some(OneOrMore::One(key)) => vec![key.as_str()],
+        Some(OneOrMore::More(keys)) => {
+            ctx.deprecated(scope, "api_key", "as a list is deprecated; list the keys under api_keys: [{key: ...}]");
+            keys.iter().map(String::as_str).collect()
+        }
+    };
+    let api_key = (!single.is_empty()).then_some(());
     let has_list = api_keys.is_some_and(|list| !list.is_empty());
     match kind {
         Some(ProviderType::Forward) => {
@@ -82,7 +91,7 @@ pub(super) fn api_keys(
         None => {}
         Some(_) => {
             if api_key.is_some() && api_keys.is_some() {
-                ctx.report(scope, "api_keys", "cannot be used together with api_key; keep one of them");
+                ctx.deprecated(scope, "api_keys", "together with api_key is deprecated; list every key under api_keys");
             } else if api_keys.is_some_and(|list| list.is_empty()) {
                 ctx.report(
                     scope,
@@ -93,7 +102,7 @@ pub(super) fn api_keys(
         }
     }
     let mut keys = Vec::new();
-    if let Some(raw) = api_key {
+    for raw in single {
         if let Some(source) = source(ctx, scope, "api_key", raw) {
             keys.push(ApiKeyConfig { source, weight: 1.0 });
         }

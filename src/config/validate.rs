@@ -8,6 +8,7 @@
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::env::expand;
@@ -28,18 +29,34 @@ pub fn from_yaml_str(text: &str) -> Result<Config, ConfigErrors> {
     from_yaml_str_with(text, &|name| std::env::var(name).ok())
 }
 
+/// Set by the deprecated `--enable-health-check` flag: every config this
+/// process loads (reloads included) runs active health checks.
+static FORCE_HEALTH_CHECKS: AtomicBool = AtomicBool::new(false);
+
+/// Turns active health checks on for every config loaded from now on.
+pub fn force_health_checks() {
+    FORCE_HEALTH_CHECKS.store(true, Ordering::Relaxed);
+}
+
 /// Reads the file (an error names the path and the OS error), then [`from_yaml_str`].
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("(file)", format!("cannot read config file {}: {e}", path.display())))?;
-    from_yaml_str(&text)
+    let mut config = from_yaml_str(&text)?;
+    if FORCE_HEALTH_CHECKS.load(Ordering::Relaxed) {
+        config.health_check.enabled = true;
+        let advice = "--enable-health-check is deprecated; set health_check.enabled: true in the config";
+        config.deprecations.push(advice.into());
+    }
+    Ok(config)
 }
 
 /// [`from_yaml_str`] with the environment given as a function, for tests.
 pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let raw = raw::parse(text)?;
-    let mut ctx = Ctx { env, errors: Vec::new() };
-    let config = validate(&mut ctx, raw);
+    let mut ctx = Ctx { env, errors: Vec::new(), deprecations: Vec::new() };
+    let mut config = validate(&mut ctx, raw);
+    config.deprecations = std::mem::take(&mut ctx.deprecations);
     if ctx.errors.is_empty() {
         Ok(config)
     } else {
@@ -85,9 +102,15 @@ impl Scope {
 pub(super) struct Ctx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<ConfigError>,
+    deprecations: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// Records a form that still works but should be written another way.
+    pub(super) fn deprecated(&mut self, scope: &Scope, field: &str, advice: impl Display) {
+        self.deprecations.push(format!("{}{field} {advice}", scope.lead()));
+    }
+
     /// Records `<label>: <field> <problem>`, e.g. `... : weight must be > 0`.
     pub(super) fn report(&mut self, scope: &Scope, field: &str, problem: impl Display) {
         let message = format!("{}{field} {problem}", scope.lead());
@@ -134,7 +157,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let top = Scope::top();
     let (http, https) = listeners(ctx, &raw);
     let auth_keys = secret::client_keys(ctx, &top, "auth_keys", raw.auth_keys.as_deref());
-    let health_check = health_check(ctx, raw.health_check.as_ref());
+    let health_check = health_check(ctx, raw.health_check.as_ref(), raw.health_check_interval);
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
     let workers = workers(ctx, raw.workers);
@@ -160,6 +183,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         retry,
         passive_health,
         providers,
+        deprecations: Vec::new(),
     }
 }
 
@@ -224,9 +248,12 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn health_check(ctx: &mut Ctx<'_>, raw: Option<&RawHealthCheck>) -> HealthCheckSettings {
+fn health_check(ctx: &mut Ctx<'_>, raw: Option<&RawHealthCheck>, legacy: Option<f64>) -> HealthCheckSettings {
     let enabled = raw.and_then(|h| h.enabled).unwrap_or(false);
-    let interval = raw.and_then(|h| h.interval);
+    if legacy.is_some() {
+        ctx.deprecated(&Scope::top(), "health_check_interval", "is deprecated; use health_check.interval");
+    }
+    let interval = raw.and_then(|h| h.interval).or(legacy);
     let interval = timeouts::seconds(ctx, &Scope::top(), "health_check.interval", interval, Bound::Positive)
         .unwrap_or(Duration::from_secs(60));
     HealthCheckSettings { enabled, interval }

@@ -263,3 +263,38 @@ fn two_instances_started_at_once_never_share_a_port() {
         assert_eq!(code, Some(Some(1)), "both instances kept running on one port");
     }
 }
+
+#[test]
+fn legacy_forms_still_load_with_a_deprecation_warning() {
+    let (_dir, path) = write_config(
+        "http_port: 8080\nhealth_check_interval: 5\nproviders:\n  - type: openai\n    host: a.local\n    endpoint: e\n    api_key: [\"sk-1\", \"sk-2\"]\n",
+    );
+    let (code, stdout, stderr) = openproxy(&["check", "-c", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("keys=2"), "{stdout}");
+    assert!(stderr.contains("warning: health_check_interval is deprecated"), "{stderr}");
+    assert!(stderr.contains("api_key as a list is deprecated"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_hidden_enable_health_check_flag_turns_checks_on_with_a_warning() {
+    let up = MockUpstream::start("u").await;
+    let config = one_provider("openai", "h.local", up.port(), "").replace("{port}", &free_port().to_string());
+    let (dir, path) = write_config(&format!("health_check: {{interval: 0.1}}\n{config}"));
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .args(["start", "-c", &path, "--enable-health-check"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // With checks on, a provider without a health_check block is checked by connecting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while *up.connections.lock().unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no check connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("--enable-health-check is deprecated"), "{logs}");
+}
