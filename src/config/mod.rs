@@ -147,6 +147,8 @@ pub struct ProviderConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// The provider's own client keys, accepted in addition to the global ones.
     pub auth_keys: Vec<String>,
+    /// `client_auth`, default true; false (forward only) serves without a client key.
+    pub client_auth: bool,
     pub health_check: Option<ProviderHealthCheck>,
     /// Per-provider `ca_file`; overrides the top-level one.
     pub ca_file: Option<PathBuf>,

@@ -31,6 +31,15 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     let weight = secret::weight(ctx, &scope, "weight", raw.weight);
     let api_keys = secret::api_keys(ctx, &scope, kind, raw.api_key.as_ref(), raw.api_keys.as_deref());
     let auth_keys = secret::client_keys(ctx, &scope, "auth_keys", raw.auth_keys.as_deref());
+    let client_auth = raw.client_auth.unwrap_or(true);
+    if !client_auth && kind.is_some_and(|k| k != ProviderType::Forward) {
+        // Anyone could spend the provider's key.
+        ctx.report(
+            &scope,
+            "client_auth",
+            "can be false only for forward providers: anyone could use this provider's key",
+        );
+    }
     let health_check = raw.health_check.as_ref().and_then(|h| health_check(ctx, &scope, h));
     let ca_file = ctx.path(&scope, "ca_file", raw.ca_file.as_deref());
     let timeouts = timeouts::provider(ctx, &scope, &raw);
@@ -49,6 +58,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
         is_fallback: raw.is_fallback.unwrap_or(false),
         api_keys,
         auth_keys,
+        client_auth,
         health_check,
         ca_file,
         timeouts,

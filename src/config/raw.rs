@@ -94,6 +94,7 @@ pub(crate) struct RawProvider {
     pub api_key: Option<OneOrMore>,
     pub api_keys: Option<Vec<RawApiKey>>,
     pub auth_keys: Option<Vec<String>>,
+    pub client_auth: Option<bool>,
     pub health_check: Option<RawProviderHealthCheck>,
     pub ca_file: Option<String>,
     /// Overrides of the top-level upstream timeouts, in seconds.

@@ -45,6 +45,8 @@ pub struct Provider {
     pub keys: Vec<ApiKey>,
     /// The provider's own client keys; the global ones live in the snapshot.
     pub auth_keys: Vec<Box<[u8]>>,
+    /// False: served without a client key (a `forward` behind another auth layer).
+    pub client_auth: bool,
     pub health_check: Option<ProviderHealthCheck>,
     pub health: Arc<Health>,
     /// The upstream timeouts: the provider's own, else the top level's.

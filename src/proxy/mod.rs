@@ -180,7 +180,8 @@ fn accepted<'r, 'p>(
         let presented = crate::provider::kind::client_keys(route.kind, &head.headers, query);
         let presented = [presented[0].as_deref(), presented[1].as_deref()];
         let before = found.candidates.len();
-        let opens = |p: &&Arc<Provider>| auth::accepts_any(&presented, &snapshot.auth_keys, &p.auth_keys);
+        let opens =
+            |p: &&Arc<Provider>| !p.client_auth || auth::accepts_any(&presented, &snapshot.auth_keys, &p.auth_keys);
         found.candidates.extend(route.providers.iter().filter(opens).cloned());
         if found.candidates.len() > before {
             level = Some(route.level());

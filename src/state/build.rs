@@ -107,6 +107,7 @@ fn provider(
         is_fallback: cfg.is_fallback,
         keys,
         auth_keys: cfg.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
+        client_auth: cfg.client_auth,
         health_check: cfg.health_check.clone(),
         health: health.flag_for(identity(cfg)),
         timeouts: Timeouts {

@@ -235,3 +235,29 @@ async fn after_failover_a_keyless_provider_never_sees_the_previous_providers_key
     assert_eq!(failing.recorded()[0].header("authorization"), Some("Bearer real-key"));
     assert_eq!(up.recorded()[0].header("authorization"), Some("Bearer sk-own"), "not real-key");
 }
+
+#[tokio::test]
+async fn a_forward_provider_with_client_auth_off_serves_without_a_client_key() {
+    let (open, guarded) = (MockUpstream::start("open").await, MockUpstream::start("guarded").await);
+    let forward = |host: &str, port: u16, extra: &str| {
+        format!("  - type: forward\n    host: {host}\n    endpoint: \"127.0.0.1:{port}\"\n    tls: false\n{extra}")
+    };
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\nproviders:\n{}{}",
+        forward("open.local", open.port(), "    client_auth: false\n"),
+        forward("guarded.local", guarded.port(), "")
+    );
+    let proxy = TestProxy::start(&yaml);
+    assert_eq!(send(proxy.addr, "GET", "/status", &[("host", "open.local")], "").await.0, 200);
+    assert_eq!(send(proxy.addr, "GET", "/status", &[("host", "guarded.local")], "").await.0, 401);
+    let path = proxy.config_path();
+    let bad = "http_port: 1\nproviders:\n  - {type: openai, host: a, endpoint: e, api_key: k, client_auth: false}\n";
+    std::fs::write(&path, bad).unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_openproxy")).args(["check", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("client_auth can be false only for forward providers"),
+        "{stderr}"
+    );
+}
