@@ -65,6 +65,9 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     }
     let mut out = head_buffer(&body);
     http1::encode_response_head(status, &headers, framing, close, &mut out);
+    // Field values share the upstream's read buffer: let it go before a
+    // long body (an SSE stream) instead of holding it to the end.
+    drop(headers);
     let body = inline_small(&mut out, body);
     write_body(wr, body, framing == BodyFraming::Chunked, out).await?;
     Ok(match upgraded {
