@@ -40,33 +40,42 @@ pub fn restore_upgrade(headers: &mut HeaderMap) {
 
 /// The key a browser put in `Sec-WebSocket-Protocol`, if any.
 pub fn websocket_protocol_key(headers: &HeaderMap) -> Option<&[u8]> {
+    websocket_protocol_keys(headers).next()
+}
+
+/// Every key item of `Sec-WebSocket-Protocol`.
+pub fn websocket_protocol_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .find_map(strip_key_prefix)
+        .filter_map(strip_key_prefix)
 }
 
 /// The key of an `openai-insecure-api-key.<key>` item (prefix in any case).
-fn strip_key_prefix(item: &[u8]) -> Option<&[u8]> {
+pub fn strip_key_prefix(item: &[u8]) -> Option<&[u8]> {
     let prefix = WEBSOCKET_KEY_PREFIX.as_bytes();
     let head = item.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix).then(|| &item[prefix.len()..])
 }
 
-/// Removes the key item from `Sec-WebSocket-Protocol`, keeping the others
+/// Removes the key items from `Sec-WebSocket-Protocol`, keeping the others
 /// (the field goes when none is left).
 pub fn strip_websocket_protocol_key(headers: &mut HeaderMap) {
-    if websocket_protocol_key(headers).is_none() {
-        return;
+    if websocket_protocol_key(headers).is_some() {
+        keep_websocket_protocol_items(headers, |item| strip_key_prefix(item).is_none());
     }
+}
+
+/// Keeps only the `Sec-WebSocket-Protocol` items `keep` accepts.
+pub fn keep_websocket_protocol_items(headers: &mut HeaderMap, keep: impl Fn(&[u8]) -> bool) {
     let kept: Vec<Vec<u8>> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty() && strip_key_prefix(item).is_none())
+        .filter(|item| !item.is_empty() && keep(item))
         .map(<[u8]>::to_vec)
         .collect();
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);

@@ -72,6 +72,14 @@ pub(super) fn api_keys(
     let single: Vec<&str> = match api_key {
         None => Vec::new(),
         Some(OneOrMore::One(key)) => vec![key.as_str()],
+        Some(OneOrMore::More(keys)) if keys.is_empty() => {
+            ctx.report(
+                scope,
+                "api_key",
+                "is an empty list; give a key, or remove it to pass the client's own key through",
+            );
+            Vec::new()
+        }
         Some(OneOrMore::More(keys)) => {
             ctx.deprecated(scope, "api_key", "as a list is deprecated; list the keys under api_keys: [{key: ...}]");
             keys.iter().map(String::as_str).collect()

@@ -250,12 +250,22 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn health_check(ctx: &mut Ctx<'_>, raw: Option<&RawHealthCheck>, legacy: Option<f64>) -> HealthCheckSettings {
     let enabled = raw.and_then(|h| h.enabled).unwrap_or(false);
-    if legacy.is_some() {
-        ctx.deprecated(&Scope::top(), "health_check_interval", "is deprecated; use health_check.interval");
+    let current = raw.and_then(|h| h.interval);
+    match (legacy, current) {
+        (Some(_), Some(_)) => ctx.deprecated(
+            &Scope::top(),
+            "health_check_interval",
+            "is deprecated and ignored here: health_check.interval is set and used; remove health_check_interval",
+        ),
+        (Some(_), None) => {
+            ctx.deprecated(&Scope::top(), "health_check_interval", "is deprecated; use health_check.interval")
+        }
+        _ => {}
     }
-    let interval = raw.and_then(|h| h.interval).or(legacy);
-    let interval = timeouts::seconds(ctx, &Scope::top(), "health_check.interval", interval, Bound::Positive)
-        .unwrap_or(Duration::from_secs(60));
+    let field = if current.is_none() && legacy.is_some() { "health_check_interval" } else { "health_check.interval" };
+    let interval = current.or(legacy);
+    let interval =
+        timeouts::seconds(ctx, &Scope::top(), field, interval, Bound::Positive).unwrap_or(Duration::from_secs(60));
     HealthCheckSettings { enabled, interval }
 }
 

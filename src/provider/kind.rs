@@ -164,9 +164,9 @@ fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
     bearer_token(value?.as_bytes())
 }
 
-/// The token of a raw `Bearer <token>` value.
+/// The token of a raw `Bearer <token>` value (any whitespace after the scheme).
 pub fn bearer_token(raw: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = raw.split_at(raw.iter().position(|&b| b == b' ')?);
+    let (scheme, rest) = raw.split_at(raw.iter().position(|b| b.is_ascii_whitespace())?);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
     }
@@ -186,7 +186,7 @@ pub fn strip_query_key(query: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-fn percent_decode(text: &str) -> Vec<u8> {
+pub fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -49,7 +49,7 @@ pub(super) fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan,
     let presented = proxy_credential(&head.headers);
     let candidates: Vec<Arc<Provider>> = served
         .into_iter()
-        .filter(|p| auth::accepts(presented.as_deref(), &snapshot.auth_keys, &p.auth_keys))
+        .filter(|p| !p.client_auth || auth::accepts(presented.as_deref(), &snapshot.auth_keys, &p.auth_keys))
         .cloned()
         .collect();
     if candidates.is_empty() {

@@ -40,11 +40,14 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
     let RequestHead { method, mut headers, .. } = head;
     let upgrade = crate::headers::is_websocket_upgrade(&method, &headers);
     let mut left = if replay.is_some() { rules.attempts } else { 0 };
-    // Each attempt rewrites `headers` in place. A provider without keys lets
-    // the client's credentials through, so after a failover it must see the
-    // client's headers, never the previous provider's key.
-    let keyless = |p: &Arc<Provider>| p.keys.is_empty() && crate::provider::kind::swaps_credentials(p.kind);
-    let original = (left > 0 && candidates.iter().any(keyless)).then(|| headers.clone());
+    // Each attempt rewrites `headers` in place. A provider without keys
+    // (`forward` or pass-through) lets the client's credentials through, so
+    // after a failover from one that swaps them in it must see the client's
+    // headers, never the previous provider's key. A pool of one kind needs
+    // no copy.
+    let passes = |p: &Arc<Provider>| p.keys.is_empty();
+    let mixed = candidates.iter().any(passes) && !candidates.iter().all(passes);
+    let original = (left > 0 && mixed).then(|| headers.clone());
     let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
     loop {
         log.provider(chosen.provider.index);
@@ -126,8 +129,8 @@ pub(super) async fn attempt(
     };
     let oauth = key.is_some_and(|(_, k)| k.secret.is_command());
     let host = &provider.endpoint.host_header;
-    let (global, own) = (&to.snapshot.auth_keys, &provider.auth_keys);
-    let is_client_key = |k: &[u8]| !(global.is_empty() && own.is_empty()) && super::auth::accepts(Some(k), global, own);
+    let every = &to.snapshot.every_client_key;
+    let is_client_key = |k: &[u8]| !every.is_empty() && super::auth::accepts(Some(k), every, &[]);
     let credentials = match &value {
         Some(value) => Credentials::Swap(value, oauth),
         None => Credentials::PassThrough(&is_client_key),

@@ -8,7 +8,8 @@ use http::header;
 use http::{HeaderMap, HeaderValue};
 
 use crate::headers::{
-    restore_upgrade, strip_hop_by_hop, strip_websocket_protocol_key, websocket_protocol_key, CLIENT_CREDENTIAL_HEADERS,
+    keep_websocket_protocol_items, restore_upgrade, strip_hop_by_hop, strip_key_prefix, strip_websocket_protocol_key,
+    websocket_protocol_keys, CLIENT_CREDENTIAL_HEADERS,
 };
 use crate::provider::kind::{self, ProviderType};
 
@@ -39,29 +40,40 @@ pub fn rewrite_request(
     }
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::HOST, host.clone());
-    if !kind::swaps_credentials(kind_) {
-        return;
-    }
     match credentials {
-        Credentials::Swap(value, oauth) => {
+        Credentials::Swap(value, oauth) if kind::swaps_credentials(kind_) => {
             for name in &CLIENT_CREDENTIAL_HEADERS {
                 headers.remove(name);
             }
             strip_websocket_protocol_key(headers);
             kind::inject_key(kind_, value, oauth, headers);
         }
-        Credentials::PassThrough(is_client_key) => {
-            for name in &CLIENT_CREDENTIAL_HEADERS {
-                let value = headers.get(name).map(HeaderValue::as_bytes).unwrap_or_default();
-                let token = kind::bearer_token(value).unwrap_or(value);
-                if !token.is_empty() && is_client_key(token) {
-                    headers.remove(name);
-                }
-            }
-            if websocket_protocol_key(headers).is_some_and(is_client_key) {
-                strip_websocket_protocol_key(headers);
-            }
+        // `forward` and keyless providers pass the client's credentials on,
+        // but never one that is a proxy client key.
+        Credentials::Swap(..) => {}
+        Credentials::PassThrough(is_client_key) => strip_client_keys(headers, is_client_key),
+    }
+}
+
+/// Removes every credential value (each repeat of each field, each
+/// subprotocol item) that `is_client_key` says is a proxy client key.
+fn strip_client_keys(headers: &mut HeaderMap, is_client_key: &dyn Fn(&[u8]) -> bool) {
+    for name in &CLIENT_CREDENTIAL_HEADERS {
+        let is_key = |v: &HeaderValue| {
+            let token = kind::bearer_token(v.as_bytes()).unwrap_or(v.as_bytes());
+            !token.is_empty() && is_client_key(token)
+        };
+        if !headers.get_all(name).iter().any(is_key) {
+            continue;
         }
+        let kept: Vec<HeaderValue> = headers.get_all(name).iter().filter(|v| !is_key(v)).cloned().collect();
+        headers.remove(name);
+        for value in kept {
+            headers.append(name, value);
+        }
+    }
+    if websocket_protocol_keys(headers).any(is_client_key) {
+        keep_websocket_protocol_items(headers, |item| strip_key_prefix(item).is_none_or(|key| !is_client_key(key)));
     }
 }
 
@@ -77,9 +89,19 @@ pub fn rewrite_target(kind_: ProviderType, target: &str, credentials: Credential
         return None;
     }
     if let Credentials::PassThrough(is_client_key) = credentials {
-        if !kind::query_key(query).is_some_and(|key| is_client_key(&key)) {
+        // Only `key=` parameters that are proxy client keys go; the client's own stay.
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.strip_prefix("key=").is_some_and(|v| is_client_key(&kind::percent_decode(v))))
+            .collect();
+        if kept.len() == query.split('&').count() {
             return None;
         }
+        return Some(if kept.iter().all(|p| p.is_empty()) {
+            path.to_string()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        });
     }
     Some(match kind::strip_query_key(query) {
         Some(rest) => format!("{path}?{rest}"),
@@ -117,6 +139,15 @@ mod tests {
             Some("/m?alt=sse")
         );
         assert_eq!(rewrite_target(ProviderType::Gemini, "/m?key=own", pass), None);
+        let target = rewrite_target(ProviderType::Gemini, "/m?key=own&key=proxy%2Dkey", pass);
+        assert_eq!(target.as_deref(), Some("/m?key=own"), "every repeat is looked at, decoded");
+        let items = "openai-insecure-api-key.sk-own, OpenAI-Insecure-API-Key.proxy-key, realtime";
+        let mut h = map(&[("sec-websocket-protocol", items)]);
+        rewrite_request(&mut h, ProviderType::OpenAi, &host, pass, true);
+        assert_eq!(h["sec-websocket-protocol"], "openai-insecure-api-key.sk-own, realtime");
+        let mut h = map(&[("authorization", "Bearer proxy-key")]);
+        rewrite_request(&mut h, ProviderType::Forward, &host, pass, false);
+        assert!(!h.contains_key("authorization"), "forward passes credentials, never a proxy key");
     }
 
     #[test]

@@ -53,6 +53,12 @@ impl Snapshot {
         Ok(Snapshot {
             router,
             auth_keys: config.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
+            every_client_key: config
+                .auth_keys
+                .iter()
+                .chain(config.providers.iter().flat_map(|p| &p.auth_keys))
+                .map(|k| k.as_bytes().into())
+                .collect(),
             limits: Limits::from_config(&config),
             health_check: config.health_check.clone(),
             passive_health: PassiveHealth {

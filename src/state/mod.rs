@@ -65,6 +65,9 @@ pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     /// Global client keys.
     pub auth_keys: Vec<Box<[u8]>>,
+    /// Every client key of the config (global and each provider's): none of
+    /// them may leave the proxy, whichever provider a request goes to.
+    pub every_client_key: Vec<Box<[u8]>>,
     pub limits: Limits,
     pub health_check: HealthCheckSettings,
     /// When live failures eject a provider.

@@ -261,3 +261,72 @@ async fn a_forward_provider_with_client_auth_off_serves_without_a_client_key() {
         "{stderr}"
     );
 }
+
+fn provider_yaml(kind: &str, host: &str, port: u16, extra: &str) -> String {
+    format!("  - type: {kind}\n    host: {host}\n    endpoint: \"127.0.0.1:{port}\"\n    tls: false\n{extra}")
+}
+
+#[tokio::test]
+async fn after_failover_a_forward_provider_gets_the_clients_headers_not_a_provider_key() {
+    let failing = MockUpstream::with(|_| Reply::json(503, r#"{"error":"busy"}"#)).await;
+    let forward = MockUpstream::start("forward").await;
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [team-key]\nproviders:\n{}{}",
+        provider_yaml("openai", "h.local", failing.port(), "    api_key: sk-REAL\n"),
+        provider_yaml("forward", "h.local", forward.port(), "    is_fallback: true\n")
+    );
+    let proxy = TestProxy::start(&yaml);
+    let headers =
+        [("host", "h.local"), ("proxy-authorization", "Bearer team-key"), ("authorization", "Bearer backend")];
+    let (status, _, body) = send(proxy.addr, "GET", "/v1/models", &headers, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(failing.recorded()[0].header("authorization"), Some("Bearer sk-REAL"));
+    assert_eq!(forward.recorded()[0].header("authorization"), Some("Bearer backend"), "the client's own, restored");
+}
+
+#[tokio::test]
+async fn no_client_key_of_any_provider_reaches_a_pass_through_or_open_forward_upstream() {
+    let (keyed, keyless, open) =
+        (MockUpstream::start("keyed").await, MockUpstream::start("keyless").await, MockUpstream::start("open").await);
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nproviders:\n{}{}{}",
+        provider_yaml("openai", "h.local", keyed.port(), "    api_key: sk-REAL\n    auth_keys: [key-a]\n"),
+        provider_yaml("openai", "h.local", keyless.port(), ""),
+        provider_yaml("forward", "h.local", open.port(), "    client_auth: false\n    auth_keys: [key-f]\n")
+    );
+    let proxy = TestProxy::start(&yaml);
+    for value in ["Bearer key-a", "Bearer\tkey-a", "Bearer key-f"] {
+        for _ in 0..6 {
+            let headers = [("host", "h.local"), ("authorization", value), ("x-api-key", "key-a")];
+            assert_eq!(send(proxy.addr, "GET", "/v1/models", &headers, "").await.0, 200);
+        }
+    }
+    for rec in keyless.recorded().iter().chain(open.recorded().iter()) {
+        for (name, value) in &rec.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(!value.contains("key-a") && !value.contains("key-f"), "{name}: {value}");
+        }
+    }
+    assert!(keyless.recorded().len() + open.recorded().len() > 0, "the open providers served some");
+}
+
+#[tokio::test]
+async fn every_repeat_of_a_proxy_key_is_stripped_and_the_clients_own_kept() {
+    let up = MockUpstream::start("o").await;
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [team-key]\nproviders:\n{}",
+        provider_yaml("openai", "o.local", up.port(), "")
+    );
+    let proxy = TestProxy::start(&yaml);
+    let headers = [
+        ("host", "o.local"),
+        ("proxy-authorization", "Bearer team-key"),
+        ("authorization", "Bearer sk-own"),
+        ("authorization", "Bearer team-key"),
+    ];
+    assert_eq!(send(proxy.addr, "GET", "/v1/models", &headers, "").await.0, 200);
+    let rec = &up.recorded()[0];
+    let values: Vec<String> =
+        rec.headers.get_all("authorization").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(values, ["Bearer sk-own"]);
+}
