@@ -244,6 +244,8 @@ mod tests {
         let both = ok(&one(&format!("{OPENAI}api_key: a\napi_keys: [{{key: b}}]")));
         assert_eq!(both.providers[0].api_keys.len(), 2, "merged (a deprecated form)");
         assert!(both.deprecations[0].contains("together with api_key is deprecated"), "{:?}", both.deprecations);
+        let errs = errors(&one(&format!("{OPENAI}api_key: []")));
+        assert_error(&errs, "providers[0].api_key", &["is an empty list"]);
         let list = ok(&one(&format!("{OPENAI}api_key: [a, b, c]")));
         assert_eq!(list.providers[0].api_keys.len(), 3);
         assert!(list.deprecations[0].contains("api_key as a list is deprecated"), "{:?}", list.deprecations);

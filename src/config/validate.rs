@@ -387,6 +387,18 @@ mod tests {
     }
 
     #[test]
+    fn the_legacy_interval_gives_way_to_the_current_one_and_says_so() {
+        let legacy = ok(&with_provider("http_port: 80\nhealth_check_interval: 5"));
+        assert_eq!(legacy.health_check.interval, Duration::from_secs(5));
+        assert!(legacy.deprecations[0].contains("use health_check.interval"), "{:?}", legacy.deprecations);
+        let both = ok(&with_provider("http_port: 80\nhealth_check_interval: 5\nhealth_check: {interval: 600}"));
+        assert_eq!(both.health_check.interval, Duration::from_secs(600));
+        assert!(both.deprecations[0].contains("health_check.interval is set and used"), "{:?}", both.deprecations);
+        let errs = errors(&with_provider("http_port: 80\nhealth_check_interval: 0"));
+        assert_error(&errs, "health_check_interval", &["health_check_interval must be"]);
+    }
+
+    #[test]
     fn workers_are_a_small_positive_count() {
         assert_eq!(ok(&with_provider("http_port: 80")).workers, None);
         assert_eq!(ok(&with_provider("http_port: 80\nworkers: 3")).workers, Some(3));

@@ -151,3 +151,17 @@ async fn an_unreachable_endpoint_counts_against_the_providers_health() {
     let (_, head) = connect(&proxy, &format!("127.0.0.1:{dead}"), Some("Bearer client-key")).await;
     assert!(head.starts_with("HTTP/1.1 503"), "ejected after the failed connect: {head}");
 }
+
+#[tokio::test]
+async fn a_forward_provider_with_client_auth_off_takes_a_connect_without_a_key() {
+    let (up, count) = echo().await;
+    let yaml = format!(
+        "connect_tunnel_enabled: true\nhttp_port: {{port}}\nhttp_bind_address: 127.0.0.1\nauth_keys: [client-key]\nproviders:\n  - type: forward\n    host: f.local\n    endpoint: \"127.0.0.1:{}\"\n    tls: false\n    client_auth: false\n",
+        up.port()
+    );
+    let proxy = TestProxy::start(&yaml);
+    let (mut stream, head) = connect(&proxy, &format!("127.0.0.1:{}", up.port()), None).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echoes(&mut stream, b"open").await;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
