@@ -3,6 +3,9 @@
 //! One request's way through the modules:
 //!
 //! ```text
+//! server::workers: one single-threaded runtime per core, each with its own
+//! SO_REUSEPORT socket and upstream pools; a connection stays on its thread.
+//!
 //! server::listener ──accept──► (TLS + ALPN) ──► server::h1 (http1 codec)  ─┐
 //!                                               server::h2 (h2 crate)     ─┤ message::RequestHead
 //!                                                                          │ + body::Body
@@ -16,7 +19,9 @@
 //!                 connection per endpoint; exchange returns message::Response
 //!        │        as soon as its head arrives
 //!        ▼
-//! server::h1_write / server::h2 stream the body back frame by frame
+//! server::h1_write / server::h2 stream the body back frame by frame; after a
+//! 101 (WebSocket) or a CONNECT's 200 the body is the upstream connection
+//! itself, and server::tunnel bridges bytes both ways
 //! ```
 //!
 //! Dependencies point one way (no module imports one above it):
@@ -29,7 +34,8 @@
 //!
 //! - `config`: YAML → validated `Config` (no I/O beyond reading the file).
 //! - `state`: the immutable `Snapshot` (routes, providers, keys, `Limits`) and
-//!   `App`, the snapshot plus pools and health that outlive reloads.
+//!   `App`, the snapshot plus health (shared) and pools (per worker) that
+//!   outlive reloads.
 //! - `route`, `select`, `authority`: the routing table, weighted selection,
 //!   the one authority syntax.
 //! - `provider`: one provider, its type's rules (`kind`) and keys (`secret`).

@@ -53,15 +53,32 @@ impl ReadSide for OwnedReadHalf {
             buf.reserve(room);
             return self.read_buf(buf).await;
         }
-        loop {
-            self.readable().await?;
-            buf.reserve(room);
-            match self.try_read_buf(buf) {
-                // Readiness can be stale (a new socket starts out "ready"):
-                // give back what this wait allocated before waiting again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
-                read => return read,
-            }
+        read_when_ready(|| self.readable(), |buf| self.try_read_buf(buf), buf, room).await
+    }
+}
+
+/// Waits for a TCP read side to be readable, and only then reserves `room`
+/// in the unallocated `buf` and reads.
+///
+/// # Cancel safety
+/// Cancel safe: the wait reads nothing, and the read does not wait.
+pub(super) async fn read_when_ready<F>(
+    readable: impl Fn() -> F,
+    try_read: impl Fn(&mut BytesMut) -> io::Result<usize>,
+    buf: &mut BytesMut,
+    room: usize,
+) -> io::Result<usize>
+where
+    F: Future<Output = io::Result<()>>,
+{
+    loop {
+        readable().await?;
+        buf.reserve(room);
+        match try_read(buf) {
+            // Readiness can be stale (a new socket starts out "ready"):
+            // give back what this wait allocated before waiting again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
+            read => return read,
         }
     }
 }

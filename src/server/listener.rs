@@ -26,14 +26,16 @@ pub enum Scheme {
 /// otherwise both pass the plain-bind probe below (nothing listens yet) and
 /// join one SO_REUSEPORT group, splitting the traffic between them.
 #[derive(Debug)]
-pub struct AddressLock(#[allow(dead_code)] std::os::unix::net::UnixDatagram);
+pub struct AddressLock {
+    _bound: std::os::unix::net::UnixDatagram,
+}
 
 fn lock(addr: SocketAddr) -> std::io::Result<AddressLock> {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("openproxy-listen-{addr}");
     let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
     match std::os::unix::net::UnixDatagram::bind_addr(&abstract_addr) {
-        Ok(socket) => Ok(AddressLock(socket)),
+        Ok(socket) => Ok(AddressLock { _bound: socket }),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             "Address already in use (another OpenProxy is starting on it)",

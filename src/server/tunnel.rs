@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::halves::ReadSide;
+use super::halves::{read_when_ready, ReadSide};
 use crate::net::{Conn, ReadPart};
 use crate::proxy::log::Transferred;
 
@@ -105,14 +105,7 @@ pub async fn bridge<R, W>(
 async fn read_upstream(rd: &mut ReadPart<'_>, buf: &mut BytesMut) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     if let ReadPart::Plain(tcp) = rd {
-        loop {
-            tcp.readable().await?;
-            buf.reserve(PIECE);
-            match tcp.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
-                read => return read,
-            }
-        }
+        return read_when_ready(|| tcp.readable(), |buf| tcp.try_read_buf(buf), buf, PIECE).await;
     }
     buf.reserve(PIECE);
     rd.read_buf(buf).await
