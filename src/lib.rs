@@ -21,7 +21,8 @@
 //!        ▼
 //! server::h1_write / server::h2 stream the body back frame by frame; after a
 //! 101 (WebSocket) or a CONNECT's 200 the body is the upstream connection
-//! itself, and server::tunnel bridges bytes both ways
+//! itself, and server::tunnel bridges bytes both ways (server::h2_tunnel
+//! turns an HTTP/2 stream into those bytes, RFC 8441 into an Upgrade)
 //! ```
 //!
 //! Dependencies point one way (no module imports one above it):

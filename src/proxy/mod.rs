@@ -95,15 +95,6 @@ pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
 }
 
 impl Admitted {
-    /// Answers with `error` instead of forwarding: for a driver that cannot
-    /// carry what was admitted (a tunnel over HTTP/2). Logged like any answer.
-    pub fn decline(self, error: ProxyError) -> Response {
-        let Admitted { plan, log, .. } = self;
-        let response = error.into_response(plan.style);
-        log.finish(response.status.as_u16());
-        response
-    }
-
     /// Forwards the request with `body` and returns the upstream's response as
     /// soon as its head arrives (the body streams on demand), or the error the
     /// client should see. Dropping the future cancels the upstream request

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use super::Shutdown;
 use crate::body::h2::send_body;
 use crate::body::{Body, CopyError, H2Body};
-use crate::error::ProxyError;
 use crate::http1::{self, BodyFraming};
 use crate::message::{RequestHead, Response};
 use crate::proxy;
@@ -120,6 +119,8 @@ where
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         // Bound what a slow reader can make us buffer per stream.
         .max_send_buffer_size(SEND_BUFFER)
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
         .handshake::<_, Bytes>(io)
 }
 
@@ -156,10 +157,13 @@ impl Drop for OpenStream {
 }
 
 async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, app: Arc<App>) {
-    let (parts, recv) = request.into_parts();
+    let (mut parts, recv) = request.into_parts();
+    if parts.method == Method::CONNECT {
+        let protocol = parts.extensions.remove::<h2::ext::Protocol>();
+        return super::h2_tunnel::serve(parts, protocol, recv, respond, app).await;
+    }
     let head = neutral_head(parts.method, &parts.uri, parts.headers);
     let is_head = head.method == Method::HEAD;
-    let is_connect = head.method == Method::CONNECT;
     // A request whose stream already ended has nothing to stream: an empty
     // body keeps it eligible for a replay on a fresh upstream connection.
     let body = if recv.is_end_stream() {
@@ -168,18 +172,6 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
         let stall = app.snapshot.load().limits.client_body_timeout;
         Body::H2(Box::new(H2Body::new(recv, &head.headers).with_idle(stall)))
     };
-    if is_connect {
-        // Admitted (or refused: 403, 407) like any request, but this driver
-        // cannot bridge a tunnel yet (RFC 8441 and HTTP/2 CONNECT).
-        let response = match proxy::admit(&app, head) {
-            Ok(admitted) => admitted.decline(tunnels_unsupported()),
-            Err(refusal) => *refusal,
-        };
-        if let Err(e) = send_response(&mut respond, response, false).await {
-            tracing::debug!(error = %e, "HTTP/2 response not completed");
-        }
-        return;
-    }
     let response = tokio::select! {
         response = proxy::handle(&app, head, body) => response,
         // The client reset the stream (cancelled, or a rapid-reset flood): drop
@@ -191,13 +183,9 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
     }
 }
 
-fn tunnels_unsupported() -> ProxyError {
-    ProxyError::NotImplemented("CONNECT over HTTP/2 is not supported yet; use HTTP/1.1".into())
-}
-
 /// The neutral head: `:authority` is the routing host, `Host` when absent
 /// (RFC 9113 §8.3.1); split `cookie` fields are joined for HTTP/1.1 (§8.2.3).
-fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> RequestHead {
+pub(super) fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> RequestHead {
     let authority = match uri.authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => headers.get(HOST).and_then(|v| v.to_str().ok()).map(String::from),
@@ -214,7 +202,11 @@ fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> Requ
 
 /// Sends the head, then the body; a body that breaks after the head left
 /// resets the stream, so the client never takes a cut body for a whole one.
-async fn send_response(respond: &mut SendResponse<Bytes>, resp: Response, is_head: bool) -> Result<(), CopyError> {
+pub(super) async fn send_response(
+    respond: &mut SendResponse<Bytes>,
+    resp: Response,
+    is_head: bool,
+) -> Result<(), CopyError> {
     let Response { status, mut headers, body } = resp;
     let method = if is_head { Method::HEAD } else { Method::GET };
     let framing = http1::response_body_framing(&method, status, body.exact_len(), true);

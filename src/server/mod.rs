@@ -6,6 +6,7 @@
 pub mod h1;
 mod h1_write;
 pub mod h2;
+mod h2_tunnel;
 mod halves;
 pub mod listener;
 mod tunnel;

@@ -298,3 +298,26 @@ async fn the_hidden_enable_health_check_flag_turns_checks_on_with_a_warning() {
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("--enable-health-check is deprecated"), "{logs}");
 }
+
+#[test]
+fn every_yaml_example_of_the_spec_passes_check() {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spec");
+    let certs = tempfile::tempdir().unwrap();
+    let (_, cert, key) = crate::support::tls::TestCa::new().write(certs.path());
+    std::fs::rename(cert, certs.path().join("certificate.pem")).unwrap();
+    std::fs::rename(key, certs.path().join("private-key.pem")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&spec).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_dir, config) = write_config(&text.replace("\"/certs/", &format!("\"{}/", certs.path().display())));
+        let (code, stdout, stderr) = openproxy(&["check", "-c", &config]);
+        assert_eq!(code, 0, "{}: {stdout}{stderr}", path.display());
+        assert!(!stderr.contains("warning"), "{}: the spec's own forms are current: {stderr}", path.display());
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "both examples of the spec");
+}

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// A TCP echo server that counts its connections.
-async fn echo() -> (RawUpstream, Arc<AtomicUsize>) {
+pub(crate) async fn echo() -> (RawUpstream, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let up = RawUpstream::start(move |mut stream| {

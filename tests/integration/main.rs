@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod connect;
 mod failover;
+mod h2_tunnels;
 mod http1_edges;
 mod http1_framing;
 mod http1_strict;

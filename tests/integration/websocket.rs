@@ -20,7 +20,7 @@ use crate::support::*;
 type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
 
 /// A WebSocket echo server; it picks the `realtime` subprotocol when offered.
-async fn echo_upstream() -> (u16, Seen, Arc<Mutex<usize>>) {
+pub(crate) async fn echo_upstream() -> (u16, Seen, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (seen, conns): (Seen, _) = (Arc::default(), Arc::new(Mutex::new(0)));

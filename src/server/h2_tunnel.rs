@@ -1,0 +1,236 @@
+//! Tunnels over HTTP/2 streams: a CONNECT (RFC 9113 §8.5) and a WebSocket
+//! opened by extended CONNECT (RFC 8441, `:protocol: websocket`). Both are
+//! admitted by the one request handler like any request. A WebSocket becomes
+//! the HTTP/1.1 Upgrade the upstream understands (its own key, version 13);
+//! the upstream's `101` becomes the `200` an HTTP/2 client expects. Then the
+//! stream's DATA frames and the upstream connection are bridged, with flow
+//! control: capacity is released only as frames are taken, and nothing is
+//! sent beyond the window the client grants.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use base64::Engine;
+use bytes::{Buf, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderValue, Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::h2::{neutral_head, send_response};
+use super::halves::ReadSide;
+use super::tunnel;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::message::{RequestHead, Response};
+use crate::proxy::{self, Reply};
+use crate::state::App;
+
+/// Largest piece sent in one DATA frame call.
+const PIECE: usize = 16 * 1024;
+
+/// Serves a CONNECT stream: `protocol` is its `:protocol`, if any.
+pub async fn serve(
+    parts: http::request::Parts,
+    protocol: Option<h2::ext::Protocol>,
+    recv: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    app: Arc<App>,
+) {
+    let mut head = neutral_head(parts.method, &parts.uri, parts.headers);
+    let websocket = match protocol.as_ref().map(|p| p.as_str()) {
+        None => false,
+        Some(p) if p.eq_ignore_ascii_case("websocket") => true,
+        Some(_) => {
+            let unknown =
+                ProxyError::NotImplemented("only the websocket protocol is supported for extended CONNECT".into());
+            return finish(&mut respond, unknown.into_response(crate::error::ErrorStyle::Plain)).await;
+        }
+    };
+    if websocket {
+        as_upgrade(&mut head);
+    }
+    let admitted = match proxy::admit(&app, head) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return finish(&mut respond, *refusal).await,
+    };
+    let reply = tokio::select! {
+        reply = admitted.respond(&app, Body::Empty) => reply,
+        // Given up before the upstream answered: the handler is dropped (499).
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let Reply { response: Response { status, mut headers, body }, mut tunnel_log, .. } = reply;
+    let Body::Upgraded(upstream) = body else {
+        // A refusal (401, 426, an error of ours): an ordinary answer.
+        return finish(&mut respond, Response { status, headers, body }).await;
+    };
+    crate::headers::strip_hop_by_hop(&mut headers);
+    headers.remove(UPGRADE);
+    headers.remove(SEC_WEBSOCKET_ACCEPT);
+    if let Some(log) = tunnel_log.as_mut() {
+        log.set_status(StatusCode::OK.as_u16());
+    }
+    let mut head = http::Response::new(());
+    *head.status_mut() = StatusCode::OK;
+    *head.headers_mut() = headers;
+    let send = match respond.send_response(head, false) {
+        Ok(send) => send,
+        Err(e) => return tracing::debug!(error = %e, "HTTP/2 tunnel not opened"),
+    };
+    let idle = app.snapshot.load().limits.tunnel_idle_timeout;
+    let carried = tunnel_log.as_mut().map(proxy::log::AccessLog::tunnel_counters).unwrap_or_default();
+    let (mut rd, mut wr) = (StreamReader::new(recv), StreamWriter::new(send));
+    tunnel::bridge(&mut rd, BytesMut::new(), &mut wr, *upstream, idle, &carried).await;
+    if !wr.ended {
+        // Ended by an error or the idle timeout: the client must not take it for a clean end.
+        wr.send.send_reset(h2::Reason::CANCEL);
+    }
+    drop(tunnel_log);
+}
+
+async fn finish(respond: &mut SendResponse<Bytes>, response: Response) {
+    if let Err(e) = send_response(respond, response, false).await {
+        tracing::debug!(error = %e, "HTTP/2 response not completed");
+    }
+}
+
+/// Turns an RFC 8441 WebSocket request into the HTTP/1.1 opening handshake
+/// (RFC 6455 §4.1) the upstream will see: GET, the upgrade fields, a fresh
+/// key. The client's `Sec-WebSocket-Protocol` and `-Extensions` go as sent.
+fn as_upgrade(head: &mut RequestHead) {
+    head.method = Method::GET;
+    let headers = &mut head.headers;
+    crate::headers::restore_upgrade(headers);
+    let nonce: [u8; 16] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+}
+
+/// The client's DATA frames as a byte stream.
+struct StreamReader {
+    recv: RecvStream,
+    /// The rest of the frame last taken.
+    pending: Bytes,
+}
+
+impl StreamReader {
+    fn new(recv: RecvStream) -> Self {
+        StreamReader { recv, pending: Bytes::new() }
+    }
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(out.remaining());
+                out.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The frame is ours now: the client may send the next one.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl ReadSide for StreamReader {
+    async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        buf.reserve(room);
+        self.read_buf(buf).await
+    }
+}
+
+/// DATA frames to the client, as the window allows.
+struct StreamWriter {
+    send: SendStream<Bytes>,
+    /// END_STREAM sent.
+    ended: bool,
+}
+
+impl StreamWriter {
+    fn new(send: SendStream<Bytes>) -> Self {
+        StreamWriter { send, ended: false }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "HTTP/2 stream closed")
+}
+
+impl AsyncWrite for StreamWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let send = &mut self.send;
+        send.reserve_capacity(buf.len().min(PIECE));
+        loop {
+            let granted = send.capacity();
+            if granted > 0 {
+                let n = granted.min(buf.len());
+                send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(io::Error::other)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                None => return Poll::Ready(Err(gone())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection's driver writes frames out as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.send_data(Bytes::new(), true).map_err(io::Error::other)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    #[test]
+    fn a_websocket_request_becomes_an_upgrade_with_a_fresh_key() {
+        let mut head = RequestHead {
+            method: Method::CONNECT,
+            authority: Some("h".into()),
+            target: "/v1/realtime".into(),
+            headers: HeaderMap::new(),
+            default_port: 443,
+        };
+        as_upgrade(&mut head);
+        assert!(crate::headers::is_websocket_upgrade(&head.method, &head.headers));
+        let key = head.headers[SEC_WEBSOCKET_KEY].to_str().unwrap().to_string();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&key).unwrap().len(), 16);
+        assert_eq!(head.headers[SEC_WEBSOCKET_VERSION], "13");
+        as_upgrade(&mut head);
+        assert_ne!(head.headers[SEC_WEBSOCKET_KEY].to_str().unwrap(), key, "a new key each time");
+    }
+}
