@@ -102,12 +102,19 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
+        let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
         let outcome = if head.method == Method::CONNECT {
             connect::open(app, plan).await
         } else {
             retry::run(app, plan, head, body, &mut log).await
         };
         let (response, from_upstream) = match outcome {
+            // A success that is no switch would reach an RFC 8441 client as
+            // an open WebSocket (over HTTP/2 a 2xx is the switch).
+            Ok(response) if upgrade && response.status.is_success() && !matches!(response.body, Body::Upgraded(_)) => {
+                let why = UpstreamError::BadResponse("a success that does not switch to the WebSocket protocol");
+                (ProxyError::Upstream(why).into_response(style), false)
+            }
             Ok(response) => (response, true),
             Err(err) => (err.into_response(style), false),
         };

@@ -210,7 +210,9 @@ async fn tunnel<S: Split>(conn: &mut Conn<S>, upstream: crate::net::Conn, mut lo
     let idle = limits.tunnel_idle_timeout;
     // The log holds the counters: if this is dropped (shutdown), its line still has them.
     let carried = log.as_mut().map(AccessLog::tunnel_counters).unwrap_or_default();
-    tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle, &carried).await;
+    // Over TCP the read side sees the client go: nothing else to watch.
+    let gone = std::future::pending();
+    tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle, &carried, gone).await;
     drop(log);
 }
 

@@ -10,14 +10,14 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -25,10 +25,11 @@ use super::h2::{neutral_head, send_response};
 use super::halves::ReadSide;
 use super::tunnel;
 use crate::body::Body;
-use crate::error::ProxyError;
+use crate::error::{ErrorStyle, ProxyError};
 use crate::message::{RequestHead, Response};
 use crate::proxy::{self, Reply};
 use crate::state::App;
+use crate::upstream::UpstreamError;
 
 /// Largest piece sent in one DATA frame call.
 const PIECE: usize = 16 * 1024;
@@ -48,12 +49,10 @@ pub async fn serve(
         Some(_) => {
             let unknown =
                 ProxyError::NotImplemented("only the websocket protocol is supported for extended CONNECT".into());
-            return finish(&mut respond, unknown.into_response(crate::error::ErrorStyle::Plain)).await;
+            return finish(&mut respond, unknown.into_response(ErrorStyle::Plain)).await;
         }
     };
-    if websocket {
-        as_upgrade(&mut head);
-    }
+    let accept = websocket.then(|| as_upgrade(&mut head));
     let admitted = match proxy::admit(&app, head) {
         Ok(admitted) => admitted,
         Err(refusal) => return finish(&mut respond, *refusal).await,
@@ -68,9 +67,21 @@ pub async fn serve(
         // A refusal (401, 426, an error of ours): an ordinary answer.
         return finish(&mut respond, Response { status, headers, body }).await;
     };
+    // We made the key, so we check the answer to it (RFC 6455 §4.1).
+    if accept.is_some_and(|accept| headers.get(SEC_WEBSOCKET_ACCEPT).is_none_or(|v| v.as_bytes() != accept.as_bytes()))
+    {
+        let error = ProxyError::Upstream(UpstreamError::BadResponse("a wrong Sec-WebSocket-Accept in the 101"));
+        let response = error.into_response(ErrorStyle::Plain);
+        if let Some(log) = tunnel_log.as_mut() {
+            log.set_status(response.status.as_u16());
+        }
+        return finish(&mut respond, response).await;
+    }
     crate::headers::strip_hop_by_hop(&mut headers);
     headers.remove(UPGRADE);
     headers.remove(SEC_WEBSOCKET_ACCEPT);
+    // No body framing on a 2xx to CONNECT (RFC 9110 §8.6).
+    headers.remove(CONTENT_LENGTH);
     if let Some(log) = tunnel_log.as_mut() {
         log.set_status(StatusCode::OK.as_u16());
     }
@@ -83,13 +94,24 @@ pub async fn serve(
     };
     let idle = app.snapshot.load().limits.tunnel_idle_timeout;
     let carried = tunnel_log.as_mut().map(proxy::log::AccessLog::tunnel_counters).unwrap_or_default();
-    let (mut rd, mut wr) = (StreamReader::new(recv), StreamWriter::new(send));
-    tunnel::bridge(&mut rd, BytesMut::new(), &mut wr, *upstream, idle, &carried).await;
+    // Shared with a watch for a reset: after the client's END_STREAM no read
+    // would see one, and a reset stream must not keep its upstream connection.
+    let send = Arc::new(Mutex::new(send));
+    let (mut rd, mut wr) = (StreamReader::new(recv), StreamWriter { send: send.clone(), ended: false });
+    let gone = poll_fn(|cx| lock(&send).poll_reset(cx).map(drop));
+    tunnel::bridge(&mut rd, BytesMut::new(), &mut wr, *upstream, idle, &carried, gone).await;
     if !wr.ended {
         // Ended by an error or the idle timeout: the client must not take it for a clean end.
-        wr.send.send_reset(h2::Reason::CANCEL);
+        lock(&send).send_reset(h2::Reason::CANCEL);
     }
     drop(tunnel_log);
+}
+
+/// The stream's sending half. Only this stream's task ever takes the lock,
+/// so it is never contended; a panic while holding it cannot leave the
+/// stream inconsistent in a way that matters to the ending tunnel.
+fn lock(send: &Mutex<SendStream<Bytes>>) -> std::sync::MutexGuard<'_, SendStream<Bytes>> {
+    send.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn finish(respond: &mut SendResponse<Bytes>, response: Response) {
@@ -101,7 +123,8 @@ async fn finish(respond: &mut SendResponse<Bytes>, response: Response) {
 /// Turns an RFC 8441 WebSocket request into the HTTP/1.1 opening handshake
 /// (RFC 6455 §4.1) the upstream will see: GET, the upgrade fields, a fresh
 /// key. The client's `Sec-WebSocket-Protocol` and `-Extensions` go as sent.
-fn as_upgrade(head: &mut RequestHead) {
+/// Returns the `Sec-WebSocket-Accept` the upstream must answer with.
+fn as_upgrade(head: &mut RequestHead) -> String {
     head.method = Method::GET;
     let headers = &mut head.headers;
     crate::headers::restore_upgrade(headers);
@@ -113,6 +136,16 @@ fn as_upgrade(head: &mut RequestHead) {
     if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
         headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     }
+    accept_for(&key)
+}
+
+/// RFC 6455 §4.2.2: base64 of the SHA-1 of the key and the protocol's GUID.
+fn accept_for(key: &str) -> String {
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut context = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key.as_bytes());
+    context.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(context.finish())
 }
 
 /// The client's DATA frames as a byte stream.
@@ -160,15 +193,9 @@ impl ReadSide for StreamReader {
 
 /// DATA frames to the client, as the window allows.
 struct StreamWriter {
-    send: SendStream<Bytes>,
+    send: Arc<Mutex<SendStream<Bytes>>>,
     /// END_STREAM sent.
     ended: bool,
-}
-
-impl StreamWriter {
-    fn new(send: SendStream<Bytes>) -> Self {
-        StreamWriter { send, ended: false }
-    }
 }
 
 fn gone() -> io::Error {
@@ -176,11 +203,11 @@ fn gone() -> io::Error {
 }
 
 impl AsyncWrite for StreamWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = &mut self.send;
+        let mut send = lock(&self.send);
         send.reserve_capacity(buf.len().min(PIECE));
         loop {
             let granted = send.capacity();
@@ -205,7 +232,7 @@ impl AsyncWrite for StreamWriter {
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.ended {
             self.ended = true;
-            self.send.send_data(Bytes::new(), true).map_err(io::Error::other)?;
+            lock(&self.send).send_data(Bytes::new(), true).map_err(io::Error::other)?;
         }
         Poll::Ready(Ok(()))
     }
@@ -225,12 +252,19 @@ mod tests {
             headers: HeaderMap::new(),
             default_port: 443,
         };
-        as_upgrade(&mut head);
+        let accept = as_upgrade(&mut head);
         assert!(crate::headers::is_websocket_upgrade(&head.method, &head.headers));
         let key = head.headers[SEC_WEBSOCKET_KEY].to_str().unwrap().to_string();
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(&key).unwrap().len(), 16);
         assert_eq!(head.headers[SEC_WEBSOCKET_VERSION], "13");
+        assert_eq!(accept, accept_for(&key));
         as_upgrade(&mut head);
         assert_ne!(head.headers[SEC_WEBSOCKET_KEY].to_str().unwrap(), key, "a new key each time");
+    }
+
+    #[test]
+    fn the_accept_value_is_rfc_6455s() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(accept_for("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }

@@ -20,8 +20,10 @@ use crate::proxy::log::Transferred;
 /// Largest piece read at once.
 const PIECE: usize = 16 * 1024;
 
-/// Copies until both directions ended, one failed, or both were quiet for
-/// `idle`, counting bytes in `carried` as they are written. `client_buf`
+/// Copies until both directions ended, one failed, both were quiet for
+/// `idle`, or `client_gone` resolves (a client whose end of input says
+/// nothing of its going away: an HTTP/2 stream reset after its END_STREAM),
+/// counting bytes in `carried` as they are written. `client_buf`
 /// holds bytes the client sent after its request head; `upstream.buf` bytes
 /// the upstream sent after its response head.
 pub async fn bridge<R, W>(
@@ -31,6 +33,7 @@ pub async fn bridge<R, W>(
     upstream: Conn,
     idle: Duration,
     carried: &Transferred,
+    client_gone: impl std::future::Future<Output = ()>,
 ) where
     R: ReadSide,
     W: AsyncWrite + Unpin,
@@ -71,7 +74,7 @@ pub async fn bridge<R, W>(
             }
         }
     };
-    tokio::pin!(to_upstream, to_client);
+    tokio::pin!(to_upstream, to_client, client_gone);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
         let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
@@ -90,6 +93,10 @@ pub async fn bridge<R, W>(
                     break;
                 }
             },
+            _ = &mut client_gone => {
+                tracing::debug!("tunnel ended: the client is gone");
+                break;
+            }
             _ = tokio::time::sleep_until(quiet_since + idle) => {
                 let now_quiet = started + Duration::from_millis(last.load(Ordering::Relaxed));
                 if now_quiet == quiet_since {

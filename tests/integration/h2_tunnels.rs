@@ -239,3 +239,139 @@ async fn an_idle_h2_tunnel_is_reset_and_its_upstream_closed() {
     let reason = end.expect("a reset, not a clean end").unwrap_err().reason();
     assert_eq!(reason, Some(h2::Reason::CANCEL), "a cut tunnel is never mistaken for a clean end");
 }
+
+fn connect_request(port: u16) -> Request<()> {
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("127.0.0.1:{port}"))
+        .header("proxy-authorization", "Bearer client-key")
+        .body(())
+        .unwrap()
+}
+
+fn tunnel_lines(proxy: &TestProxy) -> usize {
+    proxy.logs().lines().filter(|l| l.contains("openproxy::access") && l.contains("CONNECT")).count()
+}
+
+/// An upstream that reads what it is sent, then holds the connection, silent.
+async fn silent_upstream() -> RawUpstream {
+    RawUpstream::start(|mut s| async move {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1024];
+        while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await
+}
+
+/// An upstream that answers a WebSocket handshake with `answer(accept)`.
+async fn scripted_websocket(answer: fn(&str) -> String) -> RawUpstream {
+    RawUpstream::start(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let head = read_head(&mut s).await;
+        let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap_or("").trim().to_string();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        sha.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+        let accept = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sha.finish());
+        let _ = s.write_all(answer(&accept).as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_reset_after_the_clients_end_of_stream_ends_the_tunnel() {
+    let up = silent_upstream().await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&format!("tunnel_idle_timeout: 30\n{}", config(dir.path(), &ca, up.port())));
+    let mut client = client(&proxy, &ca).await;
+    let (head, _recv, mut send) = open(&mut client, connect_request(up.port())).await;
+    assert_eq!(head.status, StatusCode::OK);
+    send_all(&mut send, Bytes::from_static(b"abc")).await;
+    send.send_data(Bytes::new(), true).unwrap();
+    send.send_reset(h2::Reason::CANCEL);
+    wait_for_log(&proxy, "method=CONNECT", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_lost_client_connection_after_its_end_of_stream_ends_the_tunnel() {
+    let up = silent_upstream().await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&format!("tunnel_idle_timeout: 30\n{}", config(dir.path(), &ca, up.port())));
+    let tls = tls_connect(proxy.addr, ca.client_config(&[b"h2"])).await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn_task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let (answer, _send) = client.send_request(connect_request(up.port()), true).unwrap();
+    let answer = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    conn_task.abort(); // the client's TCP connection closes
+    drop((client, answer));
+    wait_for_log(&proxy, "method=CONNECT", WAIT).await;
+}
+
+#[tokio::test]
+async fn reset_tunnels_do_not_escape_the_stream_limit() {
+    let up = silent_upstream().await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&config(dir.path(), &ca, up.port()));
+    let mut client = client(&proxy, &ca).await;
+    const TUNNELS: usize = 400; // past the 256 streams one connection may have open
+    for i in 0..TUNNELS {
+        client = client.ready().await.unwrap();
+        let (answer, mut send) = client.send_request(connect_request(up.port()), true).unwrap();
+        let answer = tokio::time::timeout(WAIT, answer).await.unwrap_or_else(|_| panic!("stream {i}")).unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "stream {i}");
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tunnel_lines(&proxy) < TUNNELS {
+        assert!(tokio::time::Instant::now() < deadline, "{} of {TUNNELS} reset tunnels ended", tunnel_lines(&proxy));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_success_that_is_no_switch_is_not_an_open_websocket() {
+    let up = scripted_websocket(|_| "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".into()).await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&config(dir.path(), &ca, up.port()));
+    let mut client = client(&proxy, &ca).await;
+    let (head, ..) = open(&mut client, websocket_request("client-key")).await;
+    assert_eq!(head.status, StatusCode::BAD_GATEWAY, "over HTTP/2 a 2xx would mean the WebSocket is open");
+    wait_for_log(&proxy, "status=502", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_101_with_a_content_length_opens_a_usable_websocket() {
+    let up = scripted_websocket(|accept| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\nContent-Length: 0\r\n\r\n\x01\x02hi"
+        )
+    })
+    .await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&config(dir.path(), &ca, up.port()));
+    let mut client = client(&proxy, &ca).await;
+    let (head, mut recv, _send) = open(&mut client, websocket_request("client-key")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.headers.get("content-length").is_none(), "no framing on a 2xx to CONNECT");
+    let got = tokio::time::timeout(WAIT, recv.data()).await.unwrap();
+    assert!(matches!(got, Some(Ok(ref d)) if &d[..] == b"\x01\x02hi"), "the first frame did not arrive: {got:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_accept_value_from_the_upstream_is_a_bad_gateway() {
+    let up = scripted_websocket(|_| {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n".into()
+    })
+    .await;
+    let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
+    let proxy = TestProxy::start(&config(dir.path(), &ca, up.port()));
+    let mut client = client(&proxy, &ca).await;
+    let (head, ..) = open(&mut client, websocket_request("client-key")).await;
+    assert_eq!(head.status, StatusCode::BAD_GATEWAY);
+}
