@@ -8,12 +8,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::config::{self, Config};
-use crate::lifecycle::{self, PidFile};
+use crate::lifecycle::{self, Control, Exit, PidFile};
 use crate::provider::HealthRegistry;
-use crate::server::listener::Scheme;
+use crate::reload;
+use crate::server::sockets::Sockets;
 use crate::server::workers::{self, Workers};
 use crate::server::Drain;
 use crate::state::{App, Snapshot};
+use crate::upgrade::Handover;
 
 /// Loads, validates and builds; on failure prints every problem to stderr.
 fn load(path: &Path) -> Option<(Snapshot, HealthRegistry)> {
@@ -59,11 +61,7 @@ pub fn describe(config: &Config) -> String {
     }
     let _ = writeln!(out, "routes:");
     for p in &config.providers {
-        let mut route = p.host.clone();
-        if let Some(port) = p.host_port {
-            let _ = write!(route, ":{port}");
-        }
-        route.push_str(p.path_prefix.as_deref().unwrap_or(""));
+        let route = p.route();
         let scheme = if p.tls { "https" } else { "http" };
         let _ = writeln!(
             out,
@@ -82,17 +80,13 @@ pub fn describe(config: &Config) -> String {
     out
 }
 
-pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
+/// Serves until SIGTERM/SIGINT, or until a hot upgrade's new process took
+/// over, then drains. `handover` holds what a predecessor passed on.
+pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover) -> ExitCode {
     let Some((snapshot, health)) = load(path) else {
         return ExitCode::FAILURE;
     };
-    let mut bound = Vec::new();
-    if let Some(addr) = snapshot.config.http {
-        bound.push((addr, Scheme::Http));
-    }
-    if let Some(https) = &snapshot.config.https {
-        bound.push((https.addr, Scheme::Https));
-    }
+    let wanted = reload::listeners(&snapshot.config);
     // Before anything can announce the process (listeners, pid file, log).
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,
@@ -104,29 +98,40 @@ pub async fn start(path: &Path, pid_file: Option<&Path>) -> ExitCode {
     let threads = snapshot.config.workers.unwrap_or_else(workers::count);
     let app = Arc::new(App::new(snapshot, health));
     let drain = Drain::new();
-    let started = workers::bind(&bound, threads)
-        .and_then(|(sockets, locks)| Ok((Workers::start(sockets, &app, &drain.handle())?, locks)));
-    let (workers, address_locks) = match started {
-        Ok(started) => started,
+    let workers = match Workers::start(threads, &app, &drain.handle()) {
+        Ok(workers) => workers,
         Err(why) => {
             eprintln!("{why}");
             return ExitCode::FAILURE;
         }
     };
-    let _pid = match pid_file.map(PidFile::write).transpose() {
-        Ok(pid) => pid,
-        Err(e) => {
-            eprintln!("cannot write pid file: {e}");
+    let opened = Sockets::open(&wanted, &workers, &mut handover.sockets).await;
+    for (addr, ..) in handover.sockets.drain(..) {
+        tracing::info!(%addr, "closing an inherited listener the config no longer has");
+    }
+    let pid = opened.and_then(|sockets| Ok((sockets, pid_file.map(PidFile::write).transpose()?)));
+    let (mut sockets, pid) = match pid {
+        Ok(opened) => opened,
+        Err(why) => {
+            eprintln!("{why}");
+            workers.stop();
             return ExitCode::FAILURE;
         }
     };
+    handover.report_ready();
+    lifecycle::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
     // Health checks run on this (control) thread with pools of their own.
     let health_task = tokio::spawn(crate::health::run(app.clone()));
     let sweeper = tokio::spawn(workers::sweep(app.pools.clone()));
     tracing::info!("openproxy {} started", env!("CARGO_PKG_VERSION"));
-    signals.run(app.clone(), path.to_path_buf()).await;
-    // The listeners are closing: a successor may take the addresses now.
-    drop(address_locks);
+    let control =
+        Control { app: &app, config_path: path, sockets: &mut sockets, workers: &workers, pid_file: pid.as_ref() };
+    if signals.run(control).await == Exit::Stop {
+        lifecycle::notify_systemd("STOPPING=1");
+    }
+    // Our copies of the listening sockets close (a successor keeps its own),
+    // and with them the address locks: a new process may bind now.
+    drop(sockets);
     health_task.abort();
     sweeper.abort();
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;

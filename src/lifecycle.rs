@@ -1,23 +1,36 @@
-//! Process lifecycle: the pid file, and the signal loop — SIGHUP reloads the
-//! configuration (the old snapshot stays if the new one fails), SIGTERM and
-//! SIGINT end the loop so the caller can drain.
+//! Process lifecycle: the pid file, systemd notifications, and the signal
+//! loop — SIGHUP reloads (`reload`), SIGUSR2 starts a hot upgrade
+//! (`upgrade`), SIGTERM and SIGINT end the loop so the caller can drain.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config;
-use crate::state::{App, Snapshot};
+use crate::reload::reload;
+use crate::server::sockets::Sockets;
+use crate::server::workers::Workers;
+use crate::state::App;
+use crate::upgrade;
 
 /// Removes the pid file when dropped.
 #[derive(Debug)]
 pub struct PidFile(PathBuf);
 
 impl PidFile {
-    pub fn write(path: &Path) -> std::io::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id()))?;
-        Ok(PidFile(path.to_path_buf()))
+    /// Writes this process's pid; the error names the path.
+    pub fn write(path: &Path) -> Result<PidFile, String> {
+        let pid_file = PidFile(path.to_path_buf());
+        pid_file.rewrite()?;
+        Ok(pid_file)
+    }
+
+    /// Names this process again (after an upgrade that failed late).
+    fn rewrite(&self) -> Result<(), String> {
+        std::fs::write(&self.0, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", self.0.display()))
     }
 }
 
@@ -51,54 +64,96 @@ impl Signals {
         })
     }
 
-    /// Waits for signals until one asks the process to stop.
-    pub async fn run(mut self, app: Arc<App>, config_path: PathBuf) {
+    /// Waits for signals until one asks the process to stop, or a hot
+    /// upgrade's new process is ready: either way, the caller drains.
+    pub async fn run(mut self, ctl: Control<'_>) -> Exit {
+        let Control { app, config_path, sockets, workers, pid_file } = ctl;
+        let mut upgrading: Option<Upgrading> = None;
         loop {
             tokio::select! {
-                _ = self.hup.recv() => reload(&app, &config_path).await,
-                _ = self.term.recv() => return tracing::info!("SIGTERM: shutting down gracefully"),
-                _ = self.int.recv() => return tracing::info!("SIGINT: shutting down gracefully"),
-                _ = self.usr2.recv() => tracing::warn!("SIGUSR2: hot upgrade is not available in this build; ignoring"),
+                _ = self.hup.recv() => reload(app, config_path, sockets, workers).await,
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down gracefully");
+                    return Exit::Stop;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT: shutting down gracefully");
+                    return Exit::Stop;
+                }
+                _ = self.usr2.recv() => {
+                    if upgrading.is_some() {
+                        tracing::warn!("SIGUSR2: a hot upgrade is already under way; ignoring this one");
+                        continue;
+                    }
+                    match upgrade::spawn(&sockets.handover()) {
+                        Ok(successor) => upgrading = Some(Box::pin(successor.wait_ready())),
+                        Err(why) => tracing::error!("hot upgrade failed, this process keeps serving: {why}"),
+                    }
+                }
+                result = finished(&mut upgrading) => {
+                    upgrading = None;
+                    match result {
+                        Ok(pid) => {
+                            tracing::info!(pid, "hot upgrade: the new process is serving; this one stops accepting and drains");
+                            return Exit::Upgraded;
+                        }
+                        Err(why) => {
+                            tracing::error!("hot upgrade failed, this process keeps serving: {why}");
+                            // The new process may have written the pid file before it failed.
+                            if let Some(Err(e)) = pid_file.map(PidFile::rewrite) {
+                                tracing::error!("{e}");
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// Loads, validates and builds the new configuration off the request path and
-/// swaps it in only if every step succeeded.
-pub async fn reload(app: &App, config_path: &Path) {
-    let path = config_path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
-    let config = match loaded {
-        Ok(Ok(config)) => config,
-        Ok(Err(errors)) => {
-            tracing::error!("reload failed, keeping the running configuration:\n{errors}");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reload failed, keeping the running configuration");
-            return;
-        }
+/// Why the signal loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// A new process took over the listeners.
+    Upgraded,
+}
+
+/// What the signal loop acts on.
+pub struct Control<'a> {
+    pub app: &'a Arc<App>,
+    pub config_path: &'a Path,
+    pub sockets: &'a mut Sockets,
+    pub workers: &'a Workers,
+    pub pid_file: Option<&'a PidFile>,
+}
+
+/// A hot upgrade under way: the new process's pid once it is ready.
+type Upgrading = Pin<Box<dyn Future<Output = Result<u32, String>>>>;
+
+/// The upgrade's outcome, once there is one (never, when none is under way).
+async fn finished(upgrading: &mut Option<Upgrading>) -> Result<u32, String> {
+    match upgrading {
+        Some(upgrade) => upgrade.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing, when it asked
+/// (`NOTIFY_SOCKET`); `MAINPID` lets it follow a hot upgrade's new process
+/// (which needs `NotifyAccess=all`). Best effort: a failure is only logged.
+pub fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&path)),
     };
-    for advice in &config.deprecations {
-        tracing::warn!("{advice}");
-    }
-    let current = app.snapshot.load();
-    if config.http != current.config.http
-        || config.https.as_ref().map(|h| h.addr) != current.config.https.as_ref().map(|h| h.addr)
-    {
-        tracing::warn!("listener addresses changed; they take effect only after a restart");
-    }
-    if config.workers != current.config.workers {
-        tracing::warn!("workers changed; it takes effect only after a restart");
-    }
-    match Snapshot::build(config, &app.health) {
-        Ok(snapshot) => {
-            let routes = snapshot.providers.len();
-            app.snapshot.store(Arc::new(snapshot));
-            app.health.retain_used();
-            tracing::info!(providers = routes, "configuration reloaded");
-        }
-        Err(errors) => tracing::error!("reload failed, keeping the running configuration:\n{}", errors.join("\n")),
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }

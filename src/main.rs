@@ -9,6 +9,17 @@ use openproxy::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First, while this is the only thread: descriptors a predecessor handed over.
+    let handover = match &cli.command {
+        Command::Start { .. } => match openproxy::upgrade::Handover::take_from_env() {
+            Ok(handover) => handover,
+            Err(why) => {
+                eprintln!("cannot take over from the previous process: {why}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Check { .. } => Default::default(),
+    };
     openproxy::telemetry::init();
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
@@ -24,7 +35,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(openproxy::app::start(&config, pid_file.as_deref()))
+            runtime.block_on(openproxy::app::start(&config, pid_file.as_deref(), handover))
         }
     }
 }

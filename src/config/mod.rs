@@ -156,6 +156,12 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The route as written in `host`: name, optional port, optional prefix.
+    pub fn route(&self) -> String {
+        let port = self.host_port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}{port}{}", self.host, self.path_prefix.as_deref().unwrap_or(""))
+    }
+
     /// `providers[3] (host "x.local")` — the prefix of every message about this provider.
     pub fn label(&self) -> String {
         format!("providers[{}] (host \"{}\")", self.index, self.host)

@@ -35,6 +35,11 @@ const HEAD_READ: usize = 4 * 1024;
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
 /// What an idle connection reserves to read with after that.
 const IDLE_READ: usize = 1024;
+/// How long an idle connection stays open once shutdown began, for a
+/// request already on its way: it is answered (with `Connection: close`)
+/// instead of being cut off by the close. Only a request sent exactly as
+/// this ends can still meet a closed connection, as with any idle close.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// Pipelined bytes we buffer while a request is in flight.
 const PIPELINE_LIMIT: usize = 64 * 1024;
 
@@ -99,6 +104,8 @@ pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdo
 /// Waits for and parses the next request head.
 async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdown: &mut Shutdown) -> Next {
     let started = Instant::now();
+    // Set once shutdown began while the connection was idle: it closes then.
+    let mut closing_at: Option<Instant> = None;
     loop {
         if !reader.buf.is_empty() {
             match http1::take_request_head(&mut reader.buf, limits.max_header_size) {
@@ -121,16 +128,22 @@ async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdow
         if shrink && reader.buf.capacity() > 0 {
             reader.buf = BytesMut::new();
         }
-        let wait = if idle && !shrink { limit.min(IDLE_SHRINK) } else { limit };
+        let mut wait = if idle && !shrink { limit.min(IDLE_SHRINK) } else { limit };
+        if let (Some(at), true) = (closing_at, idle) {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         let room = if shrink { IDLE_READ } else { HEAD_READ };
         let read = tokio::select! {
             read = tokio::time::timeout(wait, reader.rd.read_into(&mut reader.buf, room)) => read,
-            // Between requests a shutdown closes the connection at once.
-            _ = shutdown.signalled(), if idle => return Next::Closed,
+            _ = shutdown.signalled(), if idle && closing_at.is_none() => {
+                closing_at = Some(Instant::now() + DRAIN_LINGER);
+                continue;
+            }
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
             Ok(Ok(_)) => {}
+            Err(_) if idle && closing_at.is_some_and(|at| at <= Instant::now()) => return Next::Closed,
             Err(_) if idle && wait < limit => {} // time to shrink the buffer
             Err(_) if idle => return Next::Closed,
             Err(_) => return Next::Bad(HeadError::Malformed("request head not completed in time".into())),

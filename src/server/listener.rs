@@ -58,16 +58,18 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::Tc
         probe.bind(&addr.into())?;
         probe.local_addr()?.as_socket().unwrap_or(addr)
     };
-    let sockets = (0..count.max(1))
-        .map(|_| {
-            let socket = socket(addr, true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(1024)?;
-            socket.set_nonblocking(true)?;
-            Ok(socket.into())
-        })
-        .collect::<std::io::Result<_>>()?;
+    let sockets = (0..count.max(1)).map(|_| join(addr)).collect::<std::io::Result<_>>()?;
     Ok((sockets, lock))
+}
+
+/// One more socket in the SO_REUSEPORT group already listening on `addr`
+/// (a resolved address, no port 0): for a worker that inherited none.
+pub fn join(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket(addr, true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
@@ -82,12 +84,20 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket
     Ok(socket)
 }
 
-/// Accepts clients until shutdown is signalled.
-pub async fn serve(listener: TcpListener, scheme: Scheme, app: Arc<App>, mut shutdown: Shutdown) {
+/// Accepts clients until shutdown is signalled or `stop` (this listener
+/// removed by a reload) is set.
+pub async fn serve(
+    listener: TcpListener,
+    scheme: Scheme,
+    app: Arc<App>,
+    mut shutdown: Shutdown,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.signalled() => break,
+            _ = stop.wait_for(|stop| *stop) => break,
         };
         match accepted {
             Ok((stream, peer)) => spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone()),

@@ -9,6 +9,7 @@ pub mod h2;
 mod h2_tunnel;
 mod halves;
 pub mod listener;
+pub mod sockets;
 mod tunnel;
 pub mod workers;
 

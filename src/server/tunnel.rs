@@ -42,7 +42,6 @@ pub async fn bridge<R, W>(
     let (mut up_rd, mut up_wr) = stream.split();
     let started = Instant::now();
     let last = AtomicU64::new(0);
-    let (up, down) = (&carried.up, &carried.down);
     let touch = |count: &AtomicU64, n: usize| {
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(millis(started.elapsed()), Ordering::Relaxed);
@@ -52,7 +51,7 @@ pub async fn bridge<R, W>(
         loop {
             if !buf.is_empty() {
                 up_wr.write_all(&buf).await?;
-                touch(up, buf.len());
+                touch(&carried.up, buf.len());
             }
             buf = BytesMut::new(); // held only while a piece is on its way
             if client_rd.read_into(&mut buf, PIECE).await? == 0 {
@@ -66,7 +65,7 @@ pub async fn bridge<R, W>(
             if !buf.is_empty() {
                 client_wr.write_all(&buf).await?;
                 client_wr.flush().await?;
-                touch(down, buf.len());
+                touch(&carried.down, buf.len());
             }
             buf = BytesMut::new();
             if read_upstream(&mut up_rd, &mut buf).await? == 0 {

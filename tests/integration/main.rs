@@ -20,3 +20,4 @@ mod streaming;
 mod timeouts;
 mod upstream_reuse;
 mod websocket;
+mod zero_downtime;

@@ -2,6 +2,7 @@
 //! mock upstreams (hyper for ordinary answers, raw TCP for byte-exact scripts),
 //! and a raw client for what no well-behaved client would send.
 
+pub mod load;
 pub mod tls;
 pub mod wire;
 

@@ -1,0 +1,309 @@
+//! Nothing a client sends fails because of a reload, a hot upgrade or a
+//! shutdown: a steady mixed load (`support::load`) runs through SIGHUPs that
+//! change an endpoint, the client keys and the listeners, a broken config,
+//! two SIGUSR2 upgrades (the second after the binary file was replaced), an
+//! upgrade whose new process cannot start, and a SIGTERM; every answer and
+//! every stream must arrive whole.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::load::{sse_text, Load, Target};
+use crate::support::tls::TestCa;
+use crate::support::*;
+use crate::websocket::echo_upstream;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An upstream that echoes request bodies and names itself in `x-upstream`.
+async fn echo(name: &'static str) -> MockUpstream {
+    MockUpstream::with(move |r| Reply {
+        status: 200,
+        headers: vec![("x-upstream".into(), name.into())],
+        body: r.body.clone(),
+    })
+    .await
+}
+
+/// An SSE upstream: `SSE_EVENTS` events 20 ms apart, chunked, then close.
+async fn sse_upstream() -> RawUpstream {
+    RawUpstream::start(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for event in sse_text().split_inclusive("\n\n") {
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if stream.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+    })
+    .await
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    config: PathBuf,
+    pid_file: PathBuf,
+    log: PathBuf,
+    http: u16,
+    https: u16,
+    ca: Arc<TestCa>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("openproxy");
+        std::fs::copy(env!("CARGO_BIN_EXE_openproxy"), &binary).unwrap();
+        let ca = Arc::new(TestCa::new());
+        ca.write(dir.path());
+        Setup {
+            config: dir.path().join("config.yml"),
+            pid_file: dir.path().join("openproxy.pid"),
+            log: dir.path().join("proxy.log"),
+            binary,
+            http: free_port(),
+            https: free_port(),
+            ca,
+            dir,
+        }
+    }
+
+    /// Writes the config: `echo` serves `localhost`, with these client keys;
+    /// the HTTPS listener only when `https`.
+    fn write(&self, echo: u16, sse: u16, ws: u16, keys: &str, https: bool) {
+        let d = self.dir.path().display();
+        let provider = |host: &str, port: u16| {
+            format!(
+                "  - {{type: openai, host: {host}, endpoint: \"127.0.0.1:{port}\", tls: false, api_key: real-key}}\n"
+            )
+        };
+        let https = match https {
+            true => format!("https_port: {}\nhttps_bind_address: 127.0.0.1\n", self.https),
+            false => String::new(),
+        };
+        let yaml = format!(
+            "http_port: {}\nhttp_bind_address: 127.0.0.1\n{https}\
+             cert_file: {d}/cert.pem\nprivate_key_file: {d}/key.pem\nworkers: 2\ngraceful_shutdown_timeout: 15\n\
+             auth_keys: [{keys}]\nproviders:\n{}{}{}",
+            self.http,
+            provider("localhost", echo),
+            provider("sse.local", sse),
+            provider("ws.local", ws),
+        );
+        std::fs::write(&self.config, yaml).unwrap();
+    }
+
+    fn spawn(&self) -> Child {
+        let child = Command::new(&self.binary)
+            .args(["start", "-c"])
+            .arg(&self.config)
+            .arg("-p")
+            .arg(&self.pid_file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while self.pid() != Some(child.id()) {
+            assert!(Instant::now() < deadline, "the proxy did not start:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a pid file").to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+    }
+
+    async fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.logs().matches(needle).count() < count {
+            assert!(Instant::now() < deadline, "no {count}× {needle:?} in the log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Signals SIGUSR2 and waits until the pid file names a new process.
+    async fn upgrade(&self) -> u32 {
+        let old = self.pid().unwrap();
+        self.signal("USR2");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(new) = self.pid().filter(|p| *p != old) {
+                return new;
+            }
+            assert!(Instant::now() < deadline, "no new process:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Processes running our copy of the binary.
+    fn running(&self) -> Vec<u32> {
+        let ours = self.binary.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+            if exe.to_string_lossy().starts_with(&ours) && !zombie {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    async fn wait_until_only(&self, pid: u32) {
+        let deadline = Instant::now() + WAIT;
+        while self.running() != vec![pid] {
+            assert!(Instant::now() < deadline, "processes {:?}, expected only {pid}:\n{}", self.running(), self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A request with `key` on `port`: (status, x-upstream).
+async fn probe(port: u16, key: &str) -> (u16, String) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let auth = format!("Bearer {key}");
+    let (status, headers, _) =
+        send(addr, "POST", "/v1/echo", &[("host", "localhost"), ("authorization", &auth)], "x").await;
+    (status, headers.get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default())
+}
+
+/// Replaces the binary file the way package managers do: a copy renamed over it.
+fn replace_binary(binary: &Path) {
+    let fresh = binary.with_extension("new");
+    std::fs::copy(env!("CARGO_BIN_EXE_openproxy"), &fresh).unwrap();
+    std::fs::rename(&fresh, binary).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_sees_a_failure_through_reloads_and_upgrades() {
+    let (a, b, sse, (ws, ..)) = (echo("a").await, echo("b").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let mut first = setup.spawn();
+    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
+    let mut load = Load::start(Target {
+        http: target(setup.http),
+        https: target(setup.https),
+        ca: setup.ca.clone(),
+        key: "key-1".into(),
+    });
+    load.progress(3).await;
+
+    // SIGHUP that adds a listener: the HTTPS one, then HTTP/2 clients join.
+    setup.write(a.port(), sse.port(), ws, "key-1", true);
+    setup.signal("HUP");
+    setup.wait_for_log_count("configuration reloaded", 1).await;
+    load.start_h2();
+    load.progress(3).await;
+
+    // SIGHUP: another endpoint, another client key.
+    assert_eq!(probe(setup.http, "key-2").await.0, 401);
+    setup.write(b.port(), sse.port(), ws, "key-1, key-2", true);
+    setup.signal("HUP");
+    setup.wait_for_log_count("configuration reloaded", 2).await;
+    assert_eq!(probe(setup.http, "key-2").await, (200, "b".into()));
+    load.progress(3).await;
+
+    // SIGHUP with a broken file: nothing changes.
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, "providers: [").unwrap();
+    setup.signal("HUP");
+    setup.wait_for_log_count("reload failed", 1).await;
+    assert_eq!(probe(setup.http, "key-2").await, (200, "b".into()));
+    std::fs::write(&setup.config, &good).unwrap();
+    load.progress(3).await;
+
+    // Two upgrades; before the second, the binary file is replaced.
+    let second = setup.upgrade().await;
+    setup.wait_until_only(second).await;
+    let _ = first.wait();
+    assert_eq!(probe(setup.http, "key-2").await, (200, "b".into()), "the new process has the latest config");
+    load.progress(3).await;
+    replace_binary(&setup.binary);
+    let exe = std::fs::read_link(format!("/proc/{second}/exe")).unwrap();
+    assert!(exe.to_string_lossy().ends_with(" (deleted)"), "{exe:?}");
+    let third = setup.upgrade().await;
+    setup.wait_until_only(third).await;
+    load.progress(3).await;
+
+    // An upgrade whose new process cannot load its config: the running one stays.
+    std::fs::write(&setup.config, "providers: [").unwrap();
+    setup.signal("USR2");
+    setup.wait_for_log_count("hot upgrade failed", 1).await;
+    assert_eq!(setup.pid(), Some(third));
+    std::fs::write(&setup.config, &good).unwrap();
+    setup.wait_until_only(third).await;
+    load.progress(3).await;
+
+    let counts = load.stop().await;
+    let failures = counts.failures.lock().unwrap().clone();
+    eprintln!("load: {}", counts.summary());
+    assert!(failures.is_empty(), "{} failures: {failures:#?}\n{}", failures.len(), counts.summary());
+    setup.signal("TERM");
+    let deadline = Instant::now() + WAIT;
+    while !setup.running().is_empty() {
+        assert!(Instant::now() < deadline, "still running: {:?}", setup.running());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_what_is_in_flight_and_exits_0() {
+    let (a, sse, (ws, ..)) = (echo("a").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", true);
+    let mut proxy = setup.spawn();
+    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
+    let mut load = Load::start(Target {
+        http: target(setup.http),
+        https: target(setup.https),
+        ca: setup.ca.clone(),
+        key: "key-1".into(),
+    });
+    load.start_h2();
+    load.progress(3).await;
+    // Two SSE clients stream without pause: both streams are mid-way now.
+    let streams_before = load.counts.sse.load(std::sync::atomic::Ordering::SeqCst);
+    load.stop_starting();
+    setup.signal("TERM");
+    let counts = load.stop().await;
+    let failures = counts.failures.lock().unwrap().clone();
+    eprintln!("load: {}", counts.summary());
+    assert!(failures.is_empty(), "{} failures: {failures:#?}\n{}", failures.len(), counts.summary());
+    let finished = counts.sse.load(std::sync::atomic::Ordering::SeqCst) - streams_before;
+    assert!(finished >= 2, "the streams in flight at SIGTERM finished whole ({finished})");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = proxy.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", setup.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", setup.logs());
+    assert!(setup.pid().is_none(), "the pid file is removed");
+}
