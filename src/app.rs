@@ -118,8 +118,9 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
             return ExitCode::FAILURE;
         }
     };
-    handover.report_ready();
+    // systemd first: it must follow this process before the old one exits.
     lifecycle::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    handover.report_ready();
     // Health checks run on this (control) thread with pools of their own.
     let health_task = tokio::spawn(crate::health::run(app.clone()));
     let sweeper = tokio::spawn(workers::sweep(app.pools.clone()));

@@ -28,7 +28,7 @@
 //! Dependencies point one way (no module imports one above it):
 //!
 //! ```text
-//! main, app → lifecycle, health → server → proxy → state → route → provider
+//! main, app → lifecycle → reload, upgrade, health → server → proxy → state → route → provider
 //!   → upstream → message, body → http1, net, headers, tls; error sits beside
 //!   proxy; config feeds state; select and authority are leaves.
 //! ```
@@ -48,7 +48,9 @@
 //! - `tls`: server and client TLS settings from PEM files.
 //! - `upstream`: endpoints, connecting, pooling, one exchange over h1 or h2.
 //! - `error`: every proxy-made answer, shaped like the route's provider API.
-//! - `health`: active checks; `lifecycle`: signals, reload, pid file.
+//! - `health`: active checks; `lifecycle`: the signal loop, pid file and
+//!   systemd notifications; `reload`: SIGHUP; `upgrade`: SIGUSR2, handing
+//!   the listening sockets (`server::sockets`) to a new process.
 
 pub mod app;
 pub mod authority;

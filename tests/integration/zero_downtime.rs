@@ -105,7 +105,12 @@ impl Setup {
     }
 
     fn spawn(&self) -> Child {
+        self.spawn_with(&[])
+    }
+
+    fn spawn_with(&self, env: &[(&str, &Path)]) -> Child {
         let child = Command::new(&self.binary)
+            .envs(env.iter().copied())
             .args(["start", "-c"])
             .arg(&self.config)
             .arg("-p")
@@ -306,4 +311,43 @@ async fn sigterm_under_load_finishes_what_is_in_flight_and_exits_0() {
     };
     assert_eq!(status.code(), Some(0), "{}", setup.logs());
     assert!(setup.pid().is_none(), "the pid file is removed");
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_and_the_new_main_pid_and_a_second_usr2_waits() {
+    let (a, sse, (ws, ..)) = (echo("a").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    let socket_path = setup.dir.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(WAIT)).unwrap();
+    let heard = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut first_child = setup.spawn_with(&[("NOTIFY_SOCKET", &socket_path)]);
+    let first = setup.pid().unwrap();
+    assert_eq!(heard(), format!("MAINPID={first}\nREADY=1"));
+
+    // The config becomes a FIFO: the new process blocks reading it, so the
+    // upgrade is still under way when the second SIGUSR2 comes.
+    std::fs::remove_file(&setup.config).unwrap();
+    nix::unistd::mkfifo(&setup.config, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    setup.signal("USR2");
+    setup.wait_for_log_count("hot upgrade: started the new process", 1).await;
+    setup.signal("USR2");
+    setup.wait_for_log_count("already under way", 1).await;
+    let config = setup.config.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(config, good)).await.unwrap().unwrap();
+    let second = heard();
+    let pid: u32 = second.strip_prefix("MAINPID=").and_then(|r| r.strip_suffix("\nREADY=1")).unwrap().parse().unwrap();
+    assert_ne!(pid, first);
+    setup.wait_until_only(pid).await;
+    assert!(first_child.wait().unwrap().success(), "the old process drained and exited 0");
+    assert_eq!(setup.pid(), Some(pid));
+    assert_eq!(setup.logs().matches("hot upgrade: started the new process").count(), 1, "only one upgrade ran");
+    setup.signal("TERM");
+    assert_eq!(heard(), "STOPPING=1");
 }
