@@ -1,13 +1,20 @@
 # Build: docker build -t openproxy .
-# Run:   docker run -p 8080:8080 -v $PWD/config.yml:/config.yml openproxy
+# Run:   docker run -p 8080:8080 -e OPENAI_API_KEY openproxy
+# With your own config and certificates (the paths config.container.yml uses):
+#   docker run -p 8080:8080 -p 8443:8443 \
+#     -v $PWD/config.yml:/etc/openproxy/config.yml:ro -v $PWD/certs:/certs:ro openproxy
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin openproxy
 
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/openproxy /usr/local/bin/openproxy
-USER nobody
+COPY config.container.yml /etc/openproxy/config.yml
+# An unprivileged user; the listeners use ports above 1024.
+USER 65534:65534
+EXPOSE 8080 8443
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/openproxy"]
-CMD ["start", "-c", "/config.yml"]
+CMD ["start", "-c", "/etc/openproxy/config.yml"]

@@ -162,9 +162,9 @@ impl ProviderConfig {
         format!("{}{port}{}", self.host, self.path_prefix.as_deref().unwrap_or(""))
     }
 
-    /// `providers[3] (host "x.local")` — the prefix of every message about this provider.
+    /// `providers[3] (host "x.local/v1")` — the prefix of every message about this provider.
     pub fn label(&self) -> String {
-        format!("providers[{}] (host \"{}\")", self.index, self.host)
+        format!("providers[{}] (host \"{}\")", self.index, self.route())
     }
 }
 

@@ -76,7 +76,11 @@ fn host(ctx: &mut Ctx<'_>, index: usize, raw: Option<&str>) -> (Scope, Option<Ho
         return (unnamed, None);
     };
     match parse_host(&text) {
-        Ok(route) => (Scope::provider(index, Some(&route.name)), Some(route)),
+        Ok(route) => {
+            let port = route.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let label = format!("{}{port}{}", route.name, route.prefix.as_deref().unwrap_or(""));
+            (Scope::provider(index, Some(&label)), Some(route))
+        }
         Err(problem) => {
             let scope = Scope::provider(index, Some(text.trim()));
             ctx.report(&scope, "host", problem);
@@ -160,7 +164,7 @@ mod tests {
         assert_eq!(p.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
         let hc = p.health_check.clone().unwrap_or_else(|| panic!("no health check"));
         assert_eq!((hc.method.as_str(), hc.path.as_str(), hc.body.as_deref()), ("POST", "/health", Some("{}")));
-        assert_eq!(p.label(), "providers[0] (host \"api.local\")");
+        assert_eq!(p.label(), "providers[0] (host \"api.local:8443/v1\")");
     }
 
     #[test]

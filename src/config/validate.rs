@@ -42,7 +42,10 @@ pub fn force_health_checks() {
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("(file)", format!("cannot read config file {}: {e}", path.display())))?;
-    let mut config = from_yaml_str(&text)?;
+    // Relative paths in the file mean "next to the config", wherever the
+    // process runs from (as nginx resolves them against its prefix).
+    let base = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let mut config = parse(&text, &|name| std::env::var(name).ok(), base.as_deref())?;
     if FORCE_HEALTH_CHECKS.load(Ordering::Relaxed) {
         config.health_check.enabled = true;
         let advice = "--enable-health-check is deprecated; set health_check.enabled: true in the config";
@@ -53,8 +56,13 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// [`from_yaml_str`] with the environment given as a function, for tests.
 pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    parse(text, env, None)
+}
+
+/// Parses and validates; relative file paths are joined to `base` when given.
+fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) -> Result<Config, ConfigErrors> {
     let raw = raw::parse(text)?;
-    let mut ctx = Ctx { env, errors: Vec::new(), deprecations: Vec::new() };
+    let mut ctx = Ctx { env, base, errors: Vec::new(), deprecations: Vec::new() };
     let mut config = validate(&mut ctx, raw);
     config.deprecations = std::mem::take(&mut ctx.deprecations);
     if ctx.errors.is_empty() {
@@ -101,6 +109,8 @@ impl Scope {
 /// Validation state: the environment lookup and the problems found so far.
 pub(super) struct Ctx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// The config file's directory: relative paths are taken from there.
+    base: Option<&'a Path>,
     errors: Vec<ConfigError>,
     deprecations: Vec<String>,
 }
@@ -130,14 +140,18 @@ impl Ctx<'_> {
         }
     }
 
-    /// An optional path value: expanded, must not be empty.
+    /// An optional path value: expanded, must not be empty; a relative one
+    /// is taken from the config file's directory.
     pub(super) fn path(&mut self, scope: &Scope, field: &str, raw: Option<&str>) -> Option<PathBuf> {
         let value = self.expand(scope, field, raw?)?;
         if value.trim().is_empty() {
             self.report(scope, field, "is empty; remove the key or give a file path");
             return None;
         }
-        Some(PathBuf::from(value))
+        Some(match self.base {
+            Some(base) => base.join(value),
+            None => PathBuf::from(value),
+        })
     }
 
     /// A port number in 1..=65535.

@@ -321,3 +321,76 @@ fn every_yaml_example_of_the_spec_passes_check() {
     }
     assert_eq!(checked, 2, "both examples of the spec");
 }
+
+/// The unit file as shipped: `systemd-analyze verify` accepts it (with the
+/// binary path pointed at this build), and every path it writes is one its
+/// sandbox (`ProtectSystem=strict`) leaves writable.
+#[test]
+fn the_systemd_unit_verifies_and_writes_only_where_it_may() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openproxy.service")).unwrap();
+    let value = |key: &str| unit.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string);
+    let runtime = format!("/run/{}/", value("RuntimeDirectory").expect("a RuntimeDirectory"));
+    let start = value("ExecStart").unwrap();
+    let pid_arg = start.split_whitespace().skip_while(|a| *a != "-p").nth(1).expect("a pid file");
+    assert!(value("ProtectSystem").as_deref() == Some("strict"));
+    for written in [pid_arg.to_string(), value("PIDFile").unwrap()] {
+        assert!(written.starts_with(&runtime), "{written} is outside {runtime}, read-only under ProtectSystem=strict");
+    }
+    assert_eq!(value("PIDFile").as_deref(), Some(pid_arg));
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("openproxy.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/openproxy", env!("CARGO_BIN_EXE_openproxy"))).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian: apt-get install systemd) checks the unit file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("openproxy.service"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_configs_pass_check_with_no_keys_set() {
+    for name in ["config.example.yml", "config.container.yml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("GEMINI_API_KEY")
+            .env_remove("OPENPROXY_CLIENT_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    let (_, cert, key) = crate::support::tls::TestCa::new().write(&dir.path().join("certs"));
+    assert!(cert.exists() && key.exists());
+    let yaml = "https_port: 8443\ncert_file: certs/cert.pem\nprivate_key_file: certs/key.pem\nca_file: certs/ca.pem\n\
+                providers:\n  - {type: forward, host: a.local, endpoint: \"127.0.0.1:9\", tls: false}\n";
+    std::fs::write(dir.path().join("config.yml"), yaml).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let check = |config: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+            .args(["check", "-c", config])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let config = dir.path().join("config.yml").display().to_string();
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(0), "{out}");
+    // A missing file is named by the path that was tried.
+    std::fs::write(dir.path().join("config.yml"), yaml.replace("certs/cert.pem", "missing.pem")).unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(1));
+    assert!(out.contains(&dir.path().join("missing.pem").display().to_string()), "{out}");
+}
