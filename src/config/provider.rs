@@ -101,7 +101,11 @@ fn kind(ctx: &mut Ctx<'_>, scope: &Scope, raw: Option<&str>) -> Option<ProviderT
         "anthropic" => Some(ProviderType::Anthropic),
         "forward" => Some(ProviderType::Forward),
         _ => {
-            ctx.report(scope, "type", format!("{text:?} is not a provider type; valid types are {VALID_TYPES}"));
+            let hint = match super::schema::closest(&text, VALID_TYPES.split(", ")) {
+                Some(kind) => format!("; did you mean `{kind}`?"),
+                None => format!("; valid types are {VALID_TYPES}"),
+            };
+            ctx.report(scope, "type", format!("{text:?} is not a provider type{hint}"));
             None
         }
     }

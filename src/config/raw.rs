@@ -18,6 +18,8 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, 
 use serde::{Deserialize, Deserializer};
 
 use super::error::ConfigError;
+use super::positions::Positions;
+use super::schema;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,68 +131,47 @@ pub(crate) struct RawProviderHealthCheck {
     pub headers: Option<Vec<String>>,
 }
 
-/// Parses the file text into [`RawConfig`].
-///
-/// serde_yaml 0.9 only applies `<<` merge keys on a `Value`, and a `Value` has
-/// no positions. So files without merge keys are deserialized straight from the
-/// text (errors carry line and column). Files with them are merged, written
-/// back to YAML and deserialized from that: errors then still name the key path
-/// (`providers[1].port`), but their line numbers would point into the rewritten
-/// text, so they are dropped and the message says why.
-pub(crate) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
-    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| yaml_error(&e, Lines::Keep))?;
+/// The file read: what serde could take, the problems found on the way, and
+/// where each key sits (for the messages of later checks too).
+pub(crate) struct Parsed {
+    pub raw: RawConfig,
+    pub errors: Vec<ConfigError>,
+    pub positions: Positions,
+}
+
+/// Parses the file text. Only a YAML syntax error (which stops the parser)
+/// or a document that is not a mapping is an `Err`; unknown keys and values
+/// of the wrong kind are all collected (`schema`), removed, and the rest read.
+/// `<<` merge keys are applied first.
+pub(crate) fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| yaml_error(&e))?;
     if value.is_null() {
         return Err(ConfigError::new(
             "(document)",
             "the configuration is empty: at least `providers` and a port are required",
         ));
     }
-    if !has_merge_key(&value) {
-        return deserialize(text, Lines::Keep);
+    value.apply_merge().map_err(|e| yaml_error(&e))?;
+    let mut errors = schema::check(&mut value);
+    if !value.is_mapping() {
+        return Err(errors.remove(0));
     }
-    value.apply_merge().map_err(|e| yaml_error(&e, Lines::Keep))?;
-    let merged = serde_yaml::to_string(&value).map_err(|e| yaml_error(&e, Lines::Drop))?;
-    deserialize(&merged, Lines::Drop)
-}
-
-fn deserialize(text: &str, lines: Lines) -> Result<RawConfig, ConfigError> {
-    serde_yaml::from_str::<AllowExtensions<RawConfig>>(text).map(|parsed| parsed.0).map_err(|e| yaml_error(&e, lines))
-}
-
-/// Whether an error's position refers to the user's file.
-#[derive(Clone, Copy, PartialEq)]
-enum Lines {
-    Keep,
-    Drop,
-}
-
-fn has_merge_key(value: &serde_yaml::Value) -> bool {
-    match value {
-        serde_yaml::Value::Mapping(map) => map.iter().any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
-        serde_yaml::Value::Sequence(items) => items.iter().any(has_merge_key),
-        serde_yaml::Value::Tagged(tagged) => has_merge_key(&tagged.value),
-        _ => false,
-    }
+    let raw = match serde_yaml::from_value::<AllowExtensions<RawConfig>>(value) {
+        Ok(parsed) => parsed.0,
+        Err(e) => {
+            errors.push(yaml_error(&e));
+            RawConfig::default()
+        }
+    };
+    Ok(Parsed { raw, errors, positions: Positions::read(text) })
 }
 
 /// Turns a serde_yaml error into one line that shows where the problem is.
-fn yaml_error(err: &serde_yaml::Error, lines: Lines) -> ConfigError {
+fn yaml_error(err: &serde_yaml::Error) -> ConfigError {
     let mut message = redact_strings(&err.to_string());
-    match (lines, err.location()) {
-        (Lines::Keep, Some(loc)) => {
-            // serde_yaml omits the position when it is line 1 column 1.
-            if !message.contains(" at line ") {
-                message.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
-            }
-        }
-        (Lines::Keep, None) => {}
-        (Lines::Drop, _) => {
-            // The position is always the last thing serde_yaml appends.
-            if let Some(at) = message.rfind(" at line ") {
-                message.truncate(at);
-            }
-            message.push_str(" (no line number: the file uses `<<` merge keys)");
-        }
+    // serde_yaml omits the position when it is line 1 column 1.
+    if let (Some(loc), false) = (err.location(), message.contains(" at line ")) {
+        message.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
     }
     // serde_yaml prefixes the path of the failing value ("providers[0].port: ...").
     let key = message
@@ -323,75 +304,102 @@ impl<'de, K: DeserializeSeed<'de>> Visitor<'de> for KeyFilter<K> {
 mod tests {
     use super::*;
 
-    fn err(text: &str) -> ConfigError {
-        match parse(text) {
-            Ok(raw) => panic!("expected an error, got {raw:?}"),
-            Err(e) => e,
+    /// Every problem of `text`, with its place, as `check` prints them.
+    fn problems(text: &str) -> Vec<ConfigError> {
+        match crate::config::from_yaml_str(text) {
+            Ok(config) => panic!("expected errors, got {config:?}"),
+            Err(errors) => errors.0,
         }
     }
 
-    #[test]
-    fn unknown_top_level_key_reports_its_line() {
-        let e = err("http_port: 8080\nhttp_prot: 8081\nproviders: []\n");
-        assert!(e.message.contains("unknown field `http_prot`"), "{e:?}");
-        assert!(e.message.contains("line 2 column 1"), "{e:?}");
+    fn one(text: &str) -> ConfigError {
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        found.into_iter().next().unwrap_or_else(|| unreachable!())
     }
 
+    const PROVIDER: &str = "providers:\n  - {type: forward, host: a, endpoint: b}\n";
+
     #[test]
-    fn unknown_key_on_first_line_still_reports_the_line() {
-        let e = err("bogus: 1\n");
-        assert!(e.message.contains("line 1 column 1"), "{e:?}");
+    fn unknown_top_level_key_reports_its_line() {
+        let e = one(&format!("http_port: 8080\nhttp_prot: 8081\n{PROVIDER}"));
+        assert!(e.message.contains("unknown key `http_prot`; did you mean `http_port`?"), "{e:?}");
+        assert!(e.message.contains("(line 2, column 1)"), "{e:?}");
     }
 
     #[test]
     fn unknown_provider_key_reports_line_and_path() {
-        let text = "http_port: 8080\nproviders:\n  - type: openai\n    host: a\n    wieght: 2\n";
-        let e = err(text);
-        assert!(e.message.contains("unknown field `wieght`"), "{e:?}");
-        assert!(e.message.contains("line 5 column 5"), "{e:?}");
-        assert_eq!(e.key, "providers[0]");
+        let text = "http_port: 8080\nproviders:\n  - type: forward\n    host: a\n    endpoint: b\n    wieght: 2\n";
+        let e = one(text);
+        assert!(e.message.contains("unknown key `wieght`; did you mean `weight`?"), "{e:?}");
+        assert!(e.message.contains("(line 6, column 5)"), "{e:?}");
+        assert_eq!(e.key, "providers[0].wieght");
     }
 
     #[test]
-    fn type_error_reports_key_and_line() {
-        let e = err("http_port: eighty\n");
-        assert!(e.message.contains("line 1"), "{e:?}");
-        assert_eq!(e.key, "http_port");
-        let e = err("http_port: 80\nproviders:\n  - host: a\n    tls: maybe\n");
-        assert!(e.message.contains("line 4"), "{e:?}");
+    fn type_errors_report_key_and_line_in_plain_words() {
+        let e = one(&format!("http_port: eighty\n{PROVIDER}"));
+        assert_eq!(e.message, "http_port: expected a whole number, found text (line 1, column 1)");
+        let e = one("http_port: 80\nproviders:\n  - host: a\n    type: forward\n    endpoint: b\n    tls: maybe\n");
+        assert!(e.message.contains("tls: expected true or false, found text (line 6"), "{e:?}");
         assert_eq!(e.key, "providers[0].tls");
     }
 
     #[test]
-    fn quoted_values_are_redacted_from_type_errors() {
-        let text = "http_port: 1\nproviders:\n  - api_keys: [\"sk-se\\\"cret\", \"sk-two\"]\n";
-        let e = err(text);
-        assert!(!e.message.contains("sk-"), "{e:?}");
-        assert!(e.message.contains("invalid type: a string, expected a mapping with `key`"), "{e:?}");
-        assert!(e.message.contains("line 3"), "{e:?}");
-        assert_eq!(e.key, "providers[0].api_keys[0]");
+    fn misplaced_keys_are_never_echoed() {
+        let text = "http_port: 1\nproviders:\n  - {type: openai, host: a, endpoint: b, api_keys: [\"sk-se\\\"cret\", \"sk-two\"]}\n";
+        let found = problems(text);
+        assert!(found.iter().all(|e| !e.message.contains("sk-")), "{found:#?}");
+        let item = found.iter().find(|e| e.key == "providers[0].api_keys[0]").unwrap_or_else(|| panic!("{found:#?}"));
+        assert!(item.message.contains("expected a mapping (key: value lines), found text (line 3"), "{found:#?}");
         assert_eq!(redact_strings(r#"a string "x\\" y", b"#), "a a string y\", b");
     }
 
     #[test]
+    fn several_problems_of_every_kind_come_together_in_file_order() {
+        let text = "http_port: 80\nhttps_port: x\nworkers: 0\nproviders:\n  - type: opnai\n    host: a\n    endpoint: b\n    weigth: 2\n    weight: -1\n";
+        let found: Vec<String> = problems(text).into_iter().map(|e| e.message).collect();
+        assert_eq!(found.len(), 5, "{found:#?}");
+        let lines: Vec<&str> = found.iter().map(|m| m.rsplit("(line ").next().unwrap_or("")).collect();
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{found:#?}");
+        for (needle, line) in
+            [("https_port", 2), ("workers", 3), ("opnai", 5), ("did you mean `weight`", 8), ("weight must", 9)]
+        {
+            assert!(
+                found.iter().any(|m| m.contains(needle) && m.contains(&format!("(line {line},"))),
+                "{needle}: {found:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn syntax_error_reports_line() {
-        let e = err("http_port: 8080\nproviders:\n  - type: [openai\n");
+        let e = match parse("http_port: 8080\nproviders:\n  - type: [openai\n") {
+            Ok(_) => panic!("a syntax error"),
+            Err(e) => e,
+        };
         assert!(e.message.contains("line "), "{e:?}");
     }
 
     #[test]
     fn empty_document_is_reported() {
-        assert!(err("").message.contains("empty"));
-        assert!(err("# only a comment\n").message.contains("empty"));
+        for text in ["", "# only a comment\n"] {
+            assert!(parse(text).err().is_some_and(|e| e.message.contains("empty")));
+        }
+        assert!(parse("just text\n").err().is_some_and(|e| e.message.contains("must be a mapping")));
+    }
+
+    fn raw(text: &str) -> RawConfig {
+        match parse(text) {
+            Ok(parsed) if parsed.errors.is_empty() => parsed.raw,
+            Ok(parsed) => panic!("{:?}", parsed.errors),
+            Err(e) => panic!("{e:?}"),
+        }
     }
 
     #[test]
     fn extension_keys_are_ignored_at_top_level_and_in_providers() {
-        let text = "x-note: hello\nhttp_port: 8080\nproviders:\n  - host: a\n    x-owner: team\n";
-        let raw = match parse(text) {
-            Ok(raw) => raw,
-            Err(e) => panic!("{e:?}"),
-        };
+        let raw = raw("x-note: hello\nhttp_port: 8080\nproviders:\n  - host: a\n    x-owner: team\n");
         assert_eq!(raw.http_port, Some(8080));
         let providers = raw.providers.unwrap_or_default();
         assert_eq!(providers[0].0.host.as_deref(), Some("a"));
@@ -399,8 +407,8 @@ mod tests {
 
     #[test]
     fn extension_keys_are_not_allowed_in_nested_structs() {
-        let e = err("http_port: 1\nhealth_check:\n  x-a: 1\n");
-        assert!(e.message.contains("unknown field `x-a`"), "{e:?}");
+        let e = one(&format!("http_port: 1\nhealth_check:\n  x-a: 1\n{PROVIDER}"));
+        assert!(e.message.contains("unknown key `x-a`"), "{e:?}");
     }
 
     #[test]
@@ -418,11 +426,7 @@ providers:
     host: b.example
     weight: 3.0
 ";
-        let raw = match parse(text) {
-            Ok(raw) => raw,
-            Err(e) => panic!("{e:?}"),
-        };
-        let providers = raw.providers.unwrap_or_default();
+        let providers = raw(text).providers.unwrap_or_default();
         assert_eq!(providers.len(), 2);
         assert_eq!(providers[0].0.kind.as_deref(), Some("openai"));
         assert_eq!(providers[0].0.weight, Some(2.0));
@@ -431,22 +435,16 @@ providers:
     }
 
     #[test]
-    fn errors_in_merged_files_say_lines_are_unavailable() {
-        let text = "x-d: &d\n  type: openai\nproviders:\n  - <<: *d\n    bogus: 1\n";
-        let e = err(text);
-        assert!(e.message.contains("unknown field `bogus`"), "{e:?}");
-        assert!(e.message.contains("merge keys"), "{e:?}");
-        assert_eq!(e.key, "providers[0]");
-        assert!(!e.message.contains(" line 5"), "{e:?}");
+    fn errors_in_merged_files_point_at_the_nearest_place_known() {
+        let text = "x-d: &d\n  type: forward\n  endpoint: b\nhttp_port: 1\nproviders:\n  - <<: *d\n    host: a\n    bogus: 1\n";
+        let e = one(text);
+        assert!(e.message.contains("unknown key `bogus`"), "{e:?}");
+        assert!(e.message.contains("(line 8, column 5)"), "{e:?}");
     }
 
     #[test]
     fn plain_aliases_work_without_merge() {
-        let text = "x-key: &k sk-1\nproviders:\n  - host: a\n    api_key: *k\n";
-        let raw = match parse(text) {
-            Ok(raw) => raw,
-            Err(e) => panic!("{e:?}"),
-        };
+        let raw = raw("x-key: &k sk-1\nproviders:\n  - host: a\n    api_key: *k\n");
         let providers = raw.providers.unwrap_or_default();
         assert!(matches!(&providers[0].0.api_key, Some(OneOrMore::One(k)) if k == "sk-1"));
     }

@@ -61,15 +61,27 @@ pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String
 
 /// Parses and validates; relative file paths are joined to `base` when given.
 fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let raw = raw::parse(text)?;
-    let mut ctx = Ctx { env, base, errors: Vec::new(), deprecations: Vec::new() };
+    let raw::Parsed { raw, errors, positions } = raw::parse(text)?;
+    let shape_errors = errors.len();
+    let mut ctx = Ctx { env, base, errors, deprecations: Vec::new() };
     let mut config = validate(&mut ctx, raw);
     config.deprecations = std::mem::take(&mut ctx.deprecations);
     if ctx.errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(ctx.errors))
+        return Ok(config);
     }
+    // A value removed for its shape is absent to the checks after: what they
+    // say of the same key only repeats the first problem.
+    let (shape, checks) = ctx.errors.split_at(shape_errors);
+    let repeated = |e: &ConfigError| shape.iter().any(|s| s.key == e.key);
+    let mut errors: Vec<ConfigError> = shape.iter().chain(checks.iter().filter(|e| !repeated(e))).cloned().collect();
+    for error in &mut errors {
+        if let (Some((line, column)), false) = (positions.of(&error.key), error.message.contains(" at line ")) {
+            error.message.push_str(&format!(" (line {line}, column {column})"));
+        }
+    }
+    // In file order; problems without a place last.
+    errors.sort_by_key(|e| positions.of(&e.key).unwrap_or((usize::MAX, 0)));
+    Err(ConfigErrors(errors))
 }
 
 /// Where a value sits, for messages: the key prefix (`providers[2].`) and the

@@ -394,3 +394,28 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     assert_eq!(code, Some(1));
     assert!(out.contains(&dir.path().join("missing.pem").display().to_string()), "{out}");
 }
+
+#[test]
+fn check_reports_every_kind_of_mistake_at_once_with_its_line() {
+    let (_dir, path) = write_config(
+        "http_port: 8080\nhttps_port: \"443\"\nworkers: 0\nauth_keys: [client-key]\nproviders:\n  - type: opnai\n    host: api.local/openai\n    endpoint: api.openai.com\n    weigth: 2\n    tls: yes please\n  - type: anthropic\n    host: api.local/anthropic\n    endpoint: api.anthropic.com\n    weight: -1\n    api_key: sk-ant-secret\n",
+    );
+    let (code, _, stderr) = openproxy(&["check", "-c", &path]);
+    assert_eq!(code, 1);
+    for (problem, line) in [
+        ("https_port: expected a whole number, found text", 2),
+        ("workers must be between 1", 3),
+        ("providers[0] (host \"api.local/openai\"): type \"opnai\" is not a provider type; did you mean `openai`?", 6),
+        ("unknown key `weigth`; did you mean `weight`?", 9),
+        ("tls: expected true or false, found text", 10),
+        ("providers[1] (host \"api.local/anthropic\"): weight must be greater than 0", 14),
+    ] {
+        let found = stderr.lines().find(|l| l.contains(problem)).unwrap_or_else(|| panic!("{problem}:\n{stderr}"));
+        assert!(
+            found.ends_with(&format!("(line {line}, column 5)"))
+                || found.ends_with(&format!("(line {line}, column 1)")),
+            "{found}"
+        );
+    }
+    assert!(!stderr.contains("sk-ant-secret") && !stderr.contains("yes please"), "no value is echoed:\n{stderr}");
+}
