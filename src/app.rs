@@ -105,19 +105,28 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
             return ExitCode::FAILURE;
         }
     };
-    let opened = Sockets::open(&wanted, &workers, &mut handover.sockets).await;
+    // Everything that can fail comes before the first accept: a hot upgrade
+    // that fails here has taken no client from the process it would replace.
+    let bound = Sockets::bind(&wanted, workers.count(), &mut handover.sockets);
     for (addr, ..) in handover.sockets.drain(..) {
         tracing::info!(%addr, "closing an inherited listener the config no longer has");
     }
-    let pid = opened.and_then(|sockets| Ok((sockets, pid_file.map(PidFile::write).transpose()?)));
-    let (mut sockets, pid) = match pid {
-        Ok(opened) => opened,
+    let ready = bound.and_then(|sockets| Ok((sockets, pid_file.map(PidFile::write).transpose()?)));
+    let (mut sockets, pid) = match ready {
+        Ok(ready) => ready,
         Err(why) => {
             eprintln!("{why}");
             workers.stop();
             return ExitCode::FAILURE;
         }
     };
+    if let Err(why) = sockets.serve(&workers).await {
+        // Some workers may have taken clients already: let them finish.
+        tracing::error!("cannot serve the listeners: {why}");
+        drop(sockets);
+        drain_and_stop(drain, workers, &app).await;
+        return ExitCode::FAILURE;
+    }
     // systemd first: it must follow this process before the old one exits.
     lifecycle::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
     handover.report_ready();
@@ -135,11 +144,17 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
     drop(sockets);
     health_task.abort();
     sweeper.abort();
+    drain_and_stop(drain, workers, &app).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Stops accepting, gives what is in flight `graceful_shutdown_timeout`,
+/// then ends the workers.
+async fn drain_and_stop(drain: Drain, workers: Workers, app: &App) {
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;
     if tokio::time::timeout(grace, drain.wait()).await.is_err() {
         tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");
     }
     workers.stop();
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
 }

@@ -35,10 +35,16 @@ impl PidFile {
 }
 
 impl Drop for PidFile {
+    /// Removes the file if it names this process, or one that is gone (a
+    /// successor stopped during an upgrade); a live successor keeps its file.
     fn drop(&mut self) {
-        // Another process (a hot upgrade's successor) may own the file by now.
-        let ours = std::fs::read_to_string(&self.0).is_ok_and(|s| s.trim() == std::process::id().to_string());
-        if ours {
+        let named = std::fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let stale = match named {
+            Some(pid) if pid == std::process::id() as i32 => true,
+            Some(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH),
+            None => false,
+        };
+        if stale {
             let _ = std::fs::remove_file(&self.0);
         }
     }
@@ -71,7 +77,33 @@ impl Signals {
         let mut upgrading: Option<Upgrading> = None;
         loop {
             tokio::select! {
-                _ = self.hup.recv() => reload(app, config_path, sockets, workers).await,
+                // A new process that is ready wins over a signal that came with it.
+                biased;
+                result = finished(&mut upgrading) => {
+                    upgrading = None;
+                    match result {
+                        Ok(pid) => {
+                            tracing::info!(pid, "hot upgrade: the new process is serving; this one stops accepting and drains");
+                            return Exit::Upgraded;
+                        }
+                        Err(why) => {
+                            tracing::error!("hot upgrade failed, this process keeps serving: {why}");
+                            // The new process may have written the pid file before it failed.
+                            if let Some(Err(e)) = pid_file.map(PidFile::rewrite) {
+                                tracing::error!("{e}");
+                            }
+                        }
+                    }
+                }
+                _ = self.hup.recv() => {
+                    if upgrading.is_some() {
+                        // The new process reads the config itself; a listener
+                        // this one added now would not be handed over.
+                        tracing::warn!("SIGHUP during a hot upgrade: ignored; send it again once the upgrade is done");
+                    } else {
+                        reload(app, config_path, sockets, workers).await;
+                    }
+                }
                 _ = self.term.recv() => {
                     tracing::info!("SIGTERM: shutting down gracefully");
                     return Exit::Stop;
@@ -88,22 +120,6 @@ impl Signals {
                     match upgrade::spawn(&sockets.handover()) {
                         Ok(successor) => upgrading = Some(Box::pin(successor.wait_ready())),
                         Err(why) => tracing::error!("hot upgrade failed, this process keeps serving: {why}"),
-                    }
-                }
-                result = finished(&mut upgrading) => {
-                    upgrading = None;
-                    match result {
-                        Ok(pid) => {
-                            tracing::info!(pid, "hot upgrade: the new process is serving; this one stops accepting and drains");
-                            return Exit::Upgraded;
-                        }
-                        Err(why) => {
-                            tracing::error!("hot upgrade failed, this process keeps serving: {why}");
-                            // The new process may have written the pid file before it failed.
-                            if let Some(Err(e)) = pid_file.map(PidFile::rewrite) {
-                                tracing::error!("{e}");
-                            }
-                        }
                     }
                 }
             }

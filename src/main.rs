@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => openproxy::app::check(&config),
         Command::Start { config, pid_file, enable_health_check } => {
+            openproxy::upgrade::remember_own_path();
             if enable_health_check {
                 openproxy::config::force_health_checks();
             }

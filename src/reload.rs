@@ -49,7 +49,7 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     // New listeners are bound before anything changes; the snapshot is in
     // place before they accept, so an HTTPS one has its certificate.
     let swap = || app.snapshot.store(snapshot.clone());
-    match sockets.change(&wanted, workers, &mut Vec::new(), swap).await {
+    match sockets.change(&wanted, workers, swap).await {
         Ok(listeners) => {
             app.health.retain_used();
             let listeners = if listeners.is_empty() { "unchanged".to_string() } else { listeners.join(", ") };

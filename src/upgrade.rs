@@ -122,10 +122,25 @@ fn adopt_listener(fd: OwnedFd, addr: SocketAddr) -> Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// The binary to start: `/proc/self/exe`, whose target Linux suffixes with
-/// ` (deleted)` once the file was replaced; the path then names the new one.
+/// This binary's path as it was at start (`/proc/self/exe` follows a rename,
+/// and a deploy that moves the running file aside must not bring it back).
+static STARTED_AS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Notes the binary's path; call at start, before anyone can move the file.
+pub fn remember_own_path() {
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        let _ = STARTED_AS.set(exe);
+    }
+}
+
+/// The binary to start: the path this process was started from (a file
+/// replaced there since is the one started; Linux shows the running one's
+/// target with a ` (deleted)` suffix, which is not part of the name).
 fn own_path() -> Result<PathBuf, String> {
-    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("cannot find this binary's path: {e}"))?;
+    let exe = match STARTED_AS.get() {
+        Some(path) => path.clone(),
+        None => std::fs::read_link("/proc/self/exe").map_err(|e| format!("cannot find this binary's path: {e}"))?,
+    };
     let bytes = exe.as_os_str().as_bytes();
     let path = PathBuf::from(OsString::from_vec(bytes.strip_suffix(b" (deleted)").unwrap_or(bytes).to_vec()));
     if !path.exists() {
@@ -145,9 +160,11 @@ pub struct Successor {
 }
 
 impl Drop for Successor {
+    /// Given up (this process is stopping): the new one stops too, gracefully,
+    /// as it may have taken clients already.
     fn drop(&mut self) {
-        if !self.confirmed {
-            let _ = self.child.start_kill();
+        if let (false, Ok(pid)) = (self.confirmed, i32::try_from(self.pid)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
     }
 }
@@ -202,7 +219,10 @@ impl Successor {
         }
         // The pipe ended: the new process has exited (or is about to).
         match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
-            Ok(Ok(status)) => Err(format!("the new process (pid {pid}) exited before it was ready ({status})")),
+            Ok(Ok(status)) => {
+                self.confirmed = true; // nothing left to stop
+                Err(format!("the new process (pid {pid}) exited before it was ready ({status})"))
+            }
             _ => Err(format!("the new process (pid {pid}) closed its ready pipe without reporting ready; stopped it")),
         }
     }

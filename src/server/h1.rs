@@ -104,7 +104,10 @@ pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdo
 /// Waits for and parses the next request head.
 async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdown: &mut Shutdown) -> Next {
     let started = Instant::now();
-    // Set once shutdown began while the connection was idle: it closes then.
+    // When the head's first byte came: its clock starts there, not at idle.
+    let mut head_started: Option<Instant> = None;
+    // Set once shutdown began: an idle connection closes then, a head on its
+    // way gets one linger more.
     let mut closing_at: Option<Instant> = None;
     loop {
         if !reader.buf.is_empty() {
@@ -118,7 +121,8 @@ async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdow
         let limit = if idle {
             limits.client_idle_timeout.saturating_sub(started.elapsed())
         } else {
-            limits.client_header_timeout.saturating_sub(started.elapsed())
+            let head_started = *head_started.get_or_insert_with(Instant::now);
+            limits.client_header_timeout.saturating_sub(head_started.elapsed())
         };
         // A connection idle for a while gives its read buffer back (nginx does
         // the same); over plain TCP it then waits with none at all, so
@@ -129,13 +133,14 @@ async fn next_head<R: ReadSide>(reader: &mut Reader<R>, limits: &Limits, shutdow
             reader.buf = BytesMut::new();
         }
         let mut wait = if idle && !shrink { limit.min(IDLE_SHRINK) } else { limit };
-        if let (Some(at), true) = (closing_at, idle) {
+        if let Some(at) = closing_at {
+            let at = if idle { at } else { at + DRAIN_LINGER };
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
         let room = if shrink { IDLE_READ } else { HEAD_READ };
         let read = tokio::select! {
             read = tokio::time::timeout(wait, reader.rd.read_into(&mut reader.buf, room)) => read,
-            _ = shutdown.signalled(), if idle && closing_at.is_none() => {
+            _ = shutdown.signalled(), if closing_at.is_none() => {
                 closing_at = Some(Instant::now() + DRAIN_LINGER);
                 continue;
             }

@@ -62,6 +62,17 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::Tc
     Ok((sockets, lock))
 }
 
+/// [`bind`] without the plain-bind probe, for an address that overlaps one
+/// this process listens on and is about to give up (the same port on
+/// another bind address): SO_REUSEPORT lets the two coexist for the moment
+/// of the change, as both groups are ours; anyone else's socket still makes
+/// it fail.
+pub fn bind_beside_ours(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<std::net::TcpListener>, AddressLock)> {
+    let lock = lock(addr)?;
+    let sockets = (0..count.max(1)).map(|_| join(addr)).collect::<std::io::Result<_>>()?;
+    Ok((sockets, lock))
+}
+
 /// One more socket in the SO_REUSEPORT group already listening on `addr`
 /// (a resolved address, no port 0): for a worker that inherited none.
 pub fn join(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -30,22 +30,29 @@ struct Listening {
 
 impl Listening {
     /// The predecessor's sockets for `addr` if it handed any over (joined by
-    /// new ones up to one per worker), or a new group.
-    fn open(addr: SocketAddr, scheme: Scheme, workers: usize, inherited: &mut Inherited) -> Result<Listening, String> {
+    /// new ones up to one per worker), or a new group (`beside_ours`: see
+    /// [`listener::bind_beside_ours`]).
+    fn open(
+        addr: SocketAddr,
+        scheme: Scheme,
+        workers: usize,
+        inherited: &mut Inherited,
+        beside_ours: bool,
+    ) -> Result<Listening, String> {
         let why = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
         let (ours, rest): (Inherited, Inherited) = std::mem::take(inherited).into_iter().partition(|i| i.0 == addr);
         *inherited = rest;
         let mut sockets: Vec<std::net::TcpListener> = ours.into_iter().map(|(_, _, socket)| socket).collect();
-        let lock = None;
-        let (sockets, lock) = if sockets.is_empty() {
-            let (sockets, lock) = listener::bind(addr, workers).map_err(why)?;
-            (sockets, Some(lock))
-        } else {
+        let (sockets, lock) = if !sockets.is_empty() {
             let local = sockets[0].local_addr().map_err(why)?;
             while sockets.len() < workers {
                 sockets.push(listener::join(local).map_err(why)?);
             }
-            (sockets, lock)
+            (sockets, None)
+        } else {
+            let bind = if beside_ours { listener::bind_beside_ours } else { listener::bind };
+            let (sockets, lock) = bind(addr, workers).map_err(why)?;
+            (sockets, Some(lock))
         };
         if let Some(local) = sockets.first().and_then(|s| s.local_addr().ok()) {
             tracing::info!(addr = %local, ?scheme, workers, inherited = lock.is_none(), "listening");
@@ -61,45 +68,44 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Opens the listeners `wanted` and has the workers accept on them.
-    pub async fn open(
-        wanted: &[(SocketAddr, Scheme)],
-        workers: &Workers,
-        inherited: &mut Inherited,
-    ) -> Result<Sockets, String> {
-        let mut sockets = Sockets::default();
-        sockets.change(wanted, workers, inherited, || {}).await?;
-        Ok(sockets)
+    /// Binds (or adopts) the listeners `wanted`; nothing accepts on them
+    /// until [`Sockets::serve`], so whatever else start-up must do can still
+    /// fail without a client having been taken in.
+    pub fn bind(wanted: &[(SocketAddr, Scheme)], workers: usize, inherited: &mut Inherited) -> Result<Sockets, String> {
+        let open = wanted
+            .iter()
+            .map(|&(addr, scheme)| Listening::open(addr, scheme, workers, inherited, false))
+            .collect::<Result<_, _>>()?;
+        Ok(Sockets { open })
+    }
+
+    /// Has the workers accept on every listener.
+    pub async fn serve(&self, workers: &Workers) -> Result<(), String> {
+        for listening in &self.open {
+            workers.listen(&listening.sockets, listening.scheme, &listening.stop).await?;
+        }
+        Ok(())
     }
 
     /// Makes the listeners those `wanted`, leaving unchanged ones (and every
-    /// established connection) alone. New addresses are bound before
-    /// anything else changes, so a bind that fails changes nothing — except
-    /// for an address that overlaps one being removed (the same port, another
-    /// bind address), which can only be bound once that one is closed.
-    /// `commit` runs once the new addresses are bound, before any accept
-    /// loop changes. Returns what changed, in words.
+    /// established connection) alone. New addresses are bound first, so a
+    /// bind that fails changes nothing; `commit` runs once they are, before
+    /// any accept loop changes. Returns what changed, in words; an error
+    /// after the commit (a worker gone) still leaves every other change made.
     pub async fn change(
         &mut self,
         wanted: &[(SocketAddr, Scheme)],
         workers: &Workers,
-        inherited: &mut Inherited,
         commit: impl FnOnce(),
     ) -> Result<Vec<String>, String> {
         let gone = |addr: &SocketAddr| !wanted.iter().any(|(a, _)| a == addr);
         let mut added = Vec::new();
-        let mut deferred = Vec::new();
         for &(addr, scheme) in wanted.iter().filter(|(a, _)| !self.open.iter().any(|l| l.addr == *a)) {
-            match Listening::open(addr, scheme, workers.count(), inherited) {
-                Ok(listening) => added.push(listening),
-                Err(_) if self.open.iter().any(|l| gone(&l.addr) && l.addr.port() == addr.port()) => {
-                    deferred.push((addr, scheme));
-                }
-                Err(why) => return Err(why),
-            }
+            let beside_ours = self.open.iter().any(|l| gone(&l.addr) && l.addr.port() == addr.port());
+            added.push(Listening::open(addr, scheme, workers.count(), &mut Vec::new(), beside_ours)?);
         }
         commit();
-        let mut changes = Vec::new();
+        let (mut changes, mut failed) = (Vec::new(), Vec::new());
         for mut listening in std::mem::take(&mut self.open) {
             let Some(&(_, scheme)) = wanted.iter().find(|(a, _)| *a == listening.addr) else {
                 let _ = listening.stop.send(true);
@@ -111,20 +117,26 @@ impl Sockets {
                 let _ = listening.stop.send(true);
                 listening.stop = watch::channel(false).0;
                 listening.scheme = scheme;
-                workers.listen(&listening.sockets, scheme, &listening.stop).await?;
-                changes.push(format!("{} now serves {scheme:?}", listening.addr));
+                added.push(listening);
+                continue;
             }
             self.open.push(listening);
         }
-        for (addr, scheme) in deferred {
-            added.push(Listening::open(addr, scheme, workers.count(), inherited)?);
-        }
         for listening in added {
-            workers.listen(&listening.sockets, listening.scheme, &listening.stop).await?;
-            changes.push(format!("added {:?} listener {}", listening.scheme, listening.addr));
-            self.open.push(listening);
+            // A socket nobody accepts on would strand its clients: one that
+            // cannot be served is closed instead.
+            match workers.listen(&listening.sockets, listening.scheme, &listening.stop).await {
+                Ok(()) => {
+                    changes.push(format!("serving {:?} on {}", listening.scheme, listening.addr));
+                    self.open.push(listening);
+                }
+                Err(why) => failed.push(format!("{}: {why}", listening.addr)),
+            }
         }
-        Ok(changes)
+        match failed.is_empty() {
+            true => Ok(changes),
+            false => Err(failed.join("; ")),
+        }
     }
 
     /// Every socket, for a successor to inherit: descriptor, configured

@@ -72,6 +72,45 @@ async fn h1_a_head_not_finished_in_time_gets_400_and_a_close() {
     assert!(closed(&mut client).await);
 }
 
+#[tokio::test(start_paused = true)]
+async fn h1_the_head_clock_starts_at_its_first_byte_not_at_idle() {
+    let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
+    app.set_limits(|l| l.client_header_timeout = Duration::from_secs(2));
+    let mut client = h1_client(&app, &drain);
+    // Idle longer than the head timeout, then a head in two pieces: no 400.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.write_all(b"GET /v1/models HTTP/1.1\r\nHost: h.lo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.write_all(b"cal\r\n\r\n").await.unwrap();
+    let resp = read_response(&mut client).await;
+    assert!(resp.starts_with("HTTP/1.1 401"), "routed and refused for its missing key: {resp}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn h1_shutdown_bounds_a_head_trickling_in() {
+    let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
+    let mut client = h1_client(&app, &drain);
+    client.write_all(b"GET /v1/models HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = Instant::now();
+    let waited = tokio::spawn(drain.wait());
+    // A byte now and then keeps no connection open past two lingers.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if client.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = trickle => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the draining connection stayed open"),
+    }
+    assert!(started.elapsed() <= Duration::from_secs(3), "{:?}", started.elapsed());
+    waited.await.unwrap();
+}
+
 #[tokio::test]
 async fn h1_refusals_keep_the_connection_for_the_next_request() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());

@@ -60,6 +60,16 @@ struct Setup {
     ca: Arc<TestCa>,
 }
 
+impl Drop for Setup {
+    /// A failed test must not leave proxies behind (upgraded generations are
+    /// nobody's children): every process still running our binary goes.
+    fn drop(&mut self) {
+        for pid in self.running() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
 impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
@@ -136,8 +146,11 @@ impl Setup {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.pid().expect("a pid file").to_string();
-        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+        self.signal_pid(sig, self.pid().expect("a pid file"));
+    }
+
+    fn signal_pid(&self, sig: &str, pid: u32) {
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());
     }
 
     async fn wait_for_log_count(&self, needle: &str, count: usize) {
@@ -350,4 +363,125 @@ async fn systemd_hears_ready_and_the_new_main_pid_and_a_second_usr2_waits() {
     assert_eq!(setup.logs().matches("hot upgrade: started the new process").count(), 1, "only one upgrade ran");
     setup.signal("TERM");
     assert_eq!(heard(), "STOPPING=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_bind_keeps_the_running_listener_and_config() {
+    let (a, b, sse, (ws, ..)) = (echo("a").await, echo("b").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let mut proxy = setup.spawn();
+    // Someone else holds the port on another loopback address.
+    let squatter = std::net::TcpListener::bind(("127.0.0.2", setup.http)).unwrap();
+    setup.write(b.port(), sse.port(), ws, "key-1", false);
+    let yaml = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, yaml.replace("http_bind_address: 127.0.0.1", "http_bind_address: 0.0.0.0")).unwrap();
+    setup.signal("HUP");
+    setup.wait_for_log_count("reload failed", 1).await;
+    assert!(setup.logs().contains("keeping the running configuration"), "{}", setup.logs());
+    assert_eq!(probe(setup.http, "key-1").await, (200, "a".into()), "the old listener and config serve");
+    // Without the squatter the same change applies: 0.0.0.0 is bound beside
+    // our 127.0.0.1 before that one closes.
+    drop(squatter);
+    setup.signal("HUP");
+    setup.wait_for_log_count("configuration reloaded", 1).await;
+    assert_eq!(probe(setup.http, "key-1").await, (200, "b".into()));
+    assert!(setup.logs().contains("removed Http listener 127.0.0.1"), "{}", setup.logs());
+    setup.signal("TERM");
+    assert!(proxy.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_fails_late_takes_no_client_with_it() {
+    let (a, sse, (ws, ..)) = (echo("a").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let mut proxy = setup.spawn();
+    let pid = setup.pid().unwrap();
+    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
+    let load = Load::start(Target {
+        http: target(setup.http),
+        https: target(setup.https),
+        ca: setup.ca.clone(),
+        key: "key-1".into(),
+    });
+    load.progress(2).await;
+    // The new process cannot write the pid file: a directory is in its way.
+    std::fs::remove_file(&setup.pid_file).unwrap();
+    std::fs::create_dir(&setup.pid_file).unwrap();
+    for n in 1..=10 {
+        assert!(Command::new("kill").args(["-USR2", &pid.to_string()]).status().unwrap().success());
+        setup.wait_for_log_count("hot upgrade failed", n).await;
+        load.progress(1).await;
+    }
+    let counts = load.stop().await;
+    let failures = counts.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} failures: {failures:#?}\n{}", failures.len(), counts.summary());
+    setup.wait_until_only(pid).await;
+    std::fs::remove_dir(&setup.pid_file).unwrap();
+    setup.signal_pid("TERM", pid);
+    assert!(proxy.wait().unwrap().success());
+}
+
+/// A SIGTERM that meets an upgrade under way stops the service: the old
+/// process drains, the new one is asked to stop too (SIGTERM, not a kill:
+/// it may have taken clients) and drains, and the pid file goes with the
+/// last one. Unless the new process was ready first: then it serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_upgrade_stops_cleanly_or_leaves_the_new_process_serving() {
+    let (a, sse, (ws, ..)) = (echo("a").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let kill = |sig: &str, pid: u32| {
+        Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    };
+    let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
+    for round in 0..3 {
+        let mut old = setup.spawn();
+        kill("USR2", old.id());
+        // The old process is frozen while the new one starts and reports
+        // ready; on waking it finds the SIGTERM too.
+        let deadline = Instant::now() + WAIT;
+        let new = loop {
+            let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", old.id(), old.id()));
+            if let Some(pid) = children.unwrap_or_default().split_whitespace().next() {
+                break pid.parse::<u32>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no successor");
+            std::thread::yield_now();
+        };
+        kill("STOP", old.id());
+        setup.wait_for_log_count(&started, 2).await;
+        kill("TERM", old.id());
+        kill("CONT", old.id());
+        assert!(old.wait().unwrap().success());
+        if setup.logs().contains("the new process is serving") {
+            // Ready first: the upgrade went through, and the new one serves.
+            assert_eq!(setup.pid(), Some(new), "round {round}");
+            assert_eq!(probe(setup.http, "key-1").await.0, 200);
+            kill("TERM", new);
+        }
+        let deadline = Instant::now() + WAIT;
+        while !setup.running().is_empty() {
+            assert!(Instant::now() < deadline, "round {round}: {:?}:\n{}", setup.running(), setup.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(setup.pid(), None, "round {round}: no pid file names a dead process:\n{}", setup.logs());
+        assert_eq!(setup.logs().matches("INFO openproxy::app: stopped").count(), 2, "both drained:\n{}", setup.logs());
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_starts_the_file_at_the_original_path_even_after_a_move() {
+    let (a, sse, (ws, ..)) = (echo("a").await, sse_upstream().await, echo_upstream().await);
+    let setup = Setup::new();
+    setup.write(a.port(), sse.port(), ws, "key-1", false);
+    let mut first = setup.spawn();
+    // A deploy that moves the running file aside and puts the new one in place.
+    std::fs::rename(&setup.binary, setup.binary.with_extension("old")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_openproxy"), &setup.binary).unwrap();
+    let second = setup.upgrade().await;
+    assert!(first.wait().unwrap().success());
+    let exe = std::fs::read_link(format!("/proc/{second}/exe")).unwrap();
+    assert_eq!(exe, setup.binary, "the new file runs, not the one moved aside");
 }
