@@ -282,7 +282,7 @@ def test_upstream_tls_without_ca_file_is_502(https_proxy, tls_mocks, tls_files):
 
 def test_upstream_http2_by_alpn(https_proxy, tls_mocks, tls_files):
     """An upstream offering only `h2` is spoken to in HTTP/2; concurrent requests
-    share one upstream connection."""
+    share one upstream connection per worker thread."""
     with https_client(https_proxy, tls_files, http2=True) as c:
         r = c.post("/h2-up/v1/chat/completions", headers=AUTH, json=chat("h2 upstream"))
     assert r.status_code == 200, r.text
@@ -306,7 +306,9 @@ def test_upstream_http2_by_alpn(https_proxy, tls_mocks, tls_files):
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == f"Echo: h2 #{i}"
     assert len(tls_mocks.h2.wait_for(n + 1)) == n + 1
-    assert tls_mocks.h2.connections == 1, f"the proxy opened {tls_mocks.h2.connections} connections to the h2 upstream"
+    # One shared connection per worker thread that served: the first request's
+    # and the burst's (the same worker, or two).
+    assert tls_mocks.h2.connections <= 2, f"the proxy opened {tls_mocks.h2.connections} connections to the h2 upstream"
 
 
 def test_top_level_ca_file_and_provider_override(start_proxy, tls_mocks, tls_files, other_ca):

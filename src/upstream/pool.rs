@@ -2,7 +2,7 @@
 //! warmest connection is the least likely to have been closed), bounded in
 //! count and age, and each one checked for a peer close before it is reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::watch;
 
 use super::connect::{connect, Purpose};
 use super::{Endpoint, SharedId, UpstreamError};
@@ -55,6 +56,29 @@ pub struct Pools {
     /// One multiplexed connection per endpoint that speaks HTTP/2. Shared with
     /// each connection's driver task, which removes its own entry when it ends.
     shared: SharedMap,
+    /// A new TLS connection being made that may turn out HTTP/2: requests
+    /// that need one meanwhile wait for it rather than each opening their own
+    /// (a burst would otherwise open one connection per request).
+    dialing: Mutex<HashMap<Arc<str>, watch::Receiver<()>>>,
+    /// Endpoints whose ALPN answer was HTTP/1.1: their connects are not waited on.
+    speaks_h1: Mutex<HashSet<Arc<str>>>,
+}
+
+/// Marks a dial in flight until dropped; dropping wakes its waiters.
+struct Dialing<'p> {
+    pools: &'p Pools,
+    key: Arc<str>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        lock(&self.pools.dialing).remove(&self.key);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pools {
@@ -83,7 +107,33 @@ impl Pools {
         endpoint: &Endpoint,
         connect_timeout: Duration,
     ) -> Result<Checkout, UpstreamError> {
+        let mut dialing = None;
+        if endpoint.tls.is_some() && !lock(&self.speaks_h1).contains(&endpoint.key) {
+            let waiting = {
+                let mut map = lock(&self.dialing);
+                match map.get(&endpoint.key) {
+                    Some(done) => Some(done.clone()),
+                    None => {
+                        let (done, wait) = watch::channel(());
+                        map.insert(endpoint.key.clone(), wait);
+                        dialing = Some(Dialing { pools: self, key: endpoint.key.clone(), _done: done });
+                        None
+                    }
+                }
+            };
+            if let Some(mut done) = waiting {
+                // Resolves when that dial ends, however it ends.
+                let _ = done.changed().await;
+                if let Some(checkout) = self.take(endpoint) {
+                    return Ok(checkout);
+                }
+                // It failed or speaks HTTP/1.1: a connection of our own.
+            }
+        }
         let stream = connect(endpoint, connect_timeout, Purpose::Requests).await?;
+        if !stream.is_h2() && endpoint.tls.is_some() {
+            lock(&self.speaks_h1).insert(endpoint.key.clone());
+        }
         if stream.is_h2() {
             let id = NEXT_SHARED_ID.fetch_add(1, Ordering::Relaxed);
             let (shared, key) = (self.shared.clone(), endpoint.key.clone());
@@ -93,6 +143,7 @@ impl Pools {
                 map.insert(endpoint.key.clone(), (send.clone(), id));
             };
             let send = super::h2::handshake(stream, endpoint, publish, on_close).await?;
+            drop(dialing); // published: the waiters take it
             return Ok(Checkout::H2 { send, id, reused: false });
         }
         let buf = BytesMut::new();

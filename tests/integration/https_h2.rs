@@ -155,6 +155,34 @@ async fn h1_client_to_h2_upstream_multiplexes_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_to_an_h2_upstream_opens_one_connection_and_an_h1_one_many() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _, _) = ca.write(dir.path());
+    for (alpn, expected) in [(&b"h2"[..], 1..=1), (&b"http/1.1"[..], 2..=20)] {
+        let up = TlsUpstream::start(&ca, &[alpn], UpstreamScript::default()).await;
+        let yaml = format!(
+            "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nworkers: 1\nproviders:\n  - type: openai\n    host: h.local\n    endpoint: \"localhost:{}\"\n    ca_file: {}\n    api_key: real-key\n",
+            up.addr.port(),
+            ca_file.display()
+        );
+        let proxy = TestProxy::start(&yaml);
+        // Twenty requests at once, before any connection to the upstream exists.
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let addr = proxy.addr;
+            tasks
+                .push(tokio::spawn(async move { send(addr, "GET", "/v1/models", &[("host", "h.local")], "").await.0 }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 200);
+        }
+        let connections = *up.connections.lock().unwrap();
+        assert!(expected.contains(&connections), "{alpn:?}: {connections} connections");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_both_ways_over_h2_are_byte_exact() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let ca = TestCa::new();
