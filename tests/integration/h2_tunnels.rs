@@ -197,12 +197,7 @@ async fn an_h2_connect_carries_bytes_both_ways_and_half_closes() {
     let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
     let proxy = TestProxy::start(&config(dir.path(), &ca, up.port()));
     let mut client = client(&proxy, &ca).await;
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("127.0.0.1:{}", up.port()))
-        .header("proxy-authorization", "Bearer client-key")
-        .body(())
-        .unwrap();
+    let request = connect_request(up.port());
     let (head, mut recv, mut send) = open(&mut client, request).await;
     assert_eq!(head.status, StatusCode::OK);
     let payload: Bytes = (0..1_000_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
@@ -227,12 +222,7 @@ async fn an_idle_h2_tunnel_is_reset_and_its_upstream_closed() {
     let (dir, ca) = (tempfile::tempdir().unwrap(), TestCa::new());
     let proxy = TestProxy::start(&format!("tunnel_idle_timeout: 1\n{}", config(dir.path(), &ca, up.port())));
     let mut client = client(&proxy, &ca).await;
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("127.0.0.1:{}", up.port()))
-        .header("proxy-authorization", "Bearer client-key")
-        .body(())
-        .unwrap();
+    let request = connect_request(up.port());
     let (head, mut recv, _send) = open(&mut client, request).await;
     assert_eq!(head.status, StatusCode::OK);
     let end = tokio::time::timeout(WAIT, recv.data()).await.expect("the idle tunnel ends");

@@ -137,6 +137,17 @@ impl Setup {
         child
     }
 
+    /// The steady load, with client key `key-1`, on this setup's listeners.
+    fn load(&self) -> Load {
+        let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
+        Load::start(Target {
+            http: target(self.http),
+            https: target(self.https),
+            ca: self.ca.clone(),
+            key: "key-1".into(),
+        })
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -222,13 +233,7 @@ async fn no_client_sees_a_failure_through_reloads_and_upgrades() {
     let setup = Setup::new();
     setup.write(a.port(), sse.port(), ws, "key-1", false);
     let mut first = setup.spawn();
-    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
-    let mut load = Load::start(Target {
-        http: target(setup.http),
-        https: target(setup.https),
-        ca: setup.ca.clone(),
-        key: "key-1".into(),
-    });
+    let mut load = setup.load();
     load.progress(3).await;
 
     // SIGHUP that adds a listener: the HTTPS one, then HTTP/2 clients join.
@@ -295,13 +300,7 @@ async fn sigterm_under_load_finishes_what_is_in_flight_and_exits_0() {
     let setup = Setup::new();
     setup.write(a.port(), sse.port(), ws, "key-1", true);
     let mut proxy = setup.spawn();
-    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
-    let mut load = Load::start(Target {
-        http: target(setup.http),
-        https: target(setup.https),
-        ca: setup.ca.clone(),
-        key: "key-1".into(),
-    });
+    let mut load = setup.load();
     load.start_h2();
     load.progress(3).await;
     // Two SSE clients stream without pause: both streams are mid-way now.
@@ -398,13 +397,7 @@ async fn an_upgrade_that_fails_late_takes_no_client_with_it() {
     setup.write(a.port(), sse.port(), ws, "key-1", false);
     let mut proxy = setup.spawn();
     let pid = setup.pid().unwrap();
-    let target = |port| format!("127.0.0.1:{port}").parse().unwrap();
-    let load = Load::start(Target {
-        http: target(setup.http),
-        https: target(setup.https),
-        ca: setup.ca.clone(),
-        key: "key-1".into(),
-    });
+    let load = setup.load();
     load.progress(2).await;
     // The new process cannot write the pid file: a directory is in its way.
     std::fs::remove_file(&setup.pid_file).unwrap();
