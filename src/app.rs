@@ -87,6 +87,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
         return ExitCode::FAILURE;
     };
     let wanted = reload::listeners(&snapshot.config);
+    crate::metrics::metrics().config_loaded(&snapshot.config.source_hash);
     // Before anything can announce the process (listeners, pid file, log).
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,

@@ -31,7 +31,7 @@ pub async fn run(app: Arc<App>) {
             check_all(&app, &snapshot).await;
         } else {
             for provider in &snapshot.providers {
-                provider.health.set(true);
+                provider.health.clear();
             }
         }
         tokio::time::sleep(snapshot.health_check.interval).await;

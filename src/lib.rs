@@ -63,6 +63,7 @@ pub mod health;
 pub mod http1;
 pub mod lifecycle;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod provider;
 pub mod proxy;

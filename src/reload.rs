@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self, Config, ProviderConfig};
+use crate::metrics::metrics;
 use crate::server::listener::Scheme;
 use crate::server::sockets::Sockets;
 use crate::server::workers::Workers;
@@ -19,7 +20,8 @@ use crate::state::{App, Snapshot};
 pub fn listeners(config: &Config) -> Vec<(SocketAddr, Scheme)> {
     let http = config.http.map(|addr| (addr, Scheme::Http));
     let https = config.https.as_ref().map(|h| (h.addr, Scheme::Https));
-    http.into_iter().chain(https).collect()
+    let admin = config.admin.map(|addr| (addr, Scheme::Admin));
+    http.into_iter().chain(https).chain(admin).collect()
 }
 
 /// Reloads from `config_path`; on any error the running config stays.
@@ -28,8 +30,14 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
     let config = match loaded {
         Ok(Ok(config)) => config,
-        Ok(Err(errors)) => return tracing::error!("reload failed, keeping the running configuration:\n{errors}"),
-        Err(e) => return tracing::error!(error = %e, "reload failed, keeping the running configuration"),
+        Ok(Err(errors)) => {
+            metrics().reloaded(false);
+            return tracing::error!("reload failed, keeping the running configuration:\n{errors}");
+        }
+        Err(e) => {
+            metrics().reloaded(false);
+            return tracing::error!(error = %e, "reload failed, keeping the running configuration");
+        }
     };
     for advice in &config.deprecations {
         tracing::warn!("{advice}");
@@ -43,6 +51,7 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     let snapshot = match Snapshot::build(config, &app.health) {
         Ok(snapshot) => Arc::new(snapshot),
         Err(errors) => {
+            metrics().reloaded(false);
             return tracing::error!("reload failed, keeping the running configuration:\n{}", errors.join("\n"));
         }
     };
@@ -51,17 +60,21 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     let swap = || app.snapshot.store(snapshot.clone());
     match sockets.change(&wanted, workers, swap).await {
         Ok(listeners) => {
+            metrics().reloaded(true);
+            metrics().config_loaded(&snapshot.config.source_hash);
             app.health.retain_used();
             let listeners = if listeners.is_empty() { "unchanged".to_string() } else { listeners.join(", ") };
             tracing::info!(providers = snapshot.providers.len(), %routes, %listeners, "configuration reloaded");
         }
+        Err(why) if Arc::ptr_eq(&app.snapshot.load_full(), &snapshot) => {
+            // The new configuration is in place; only a listener is missing.
+            metrics().reloaded(true);
+            metrics().config_loaded(&snapshot.config.source_hash);
+            tracing::error!(%routes, "configuration reloaded, but a listener could not be served: {why}");
+        }
         Err(why) => {
-            let kept = if Arc::ptr_eq(&app.snapshot.load_full(), &snapshot) {
-                ""
-            } else {
-                ", keeping the running configuration"
-            };
-            tracing::error!("reload failed{kept}: {why}");
+            metrics().reloaded(false);
+            tracing::error!("reload failed, keeping the running configuration: {why}");
         }
     }
 }

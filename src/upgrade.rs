@@ -80,6 +80,7 @@ fn parse_item(item: &str) -> Option<(RawFd, Scheme, SocketAddr)> {
     let scheme = match scheme {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
+        "admin" => Scheme::Admin,
         _ => return None,
     };
     Some((fd.parse().ok()?, scheme, addr.parse().ok()?))
@@ -89,6 +90,7 @@ fn scheme_name(scheme: Scheme) -> &'static str {
     match scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
+        Scheme::Admin => "admin",
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// HTTPS listener (`https_port` / `https_bind_address` + cert files).
     pub https: Option<HttpsConfig>,
+    /// The admin listener (`admin_port` / `admin_bind_address`, default
+    /// 127.0.0.1): metrics, health and status, never proxied requests.
+    pub admin: Option<SocketAddr>,
     /// Global client keys (`auth_keys`), accepted by every provider.
     pub auth_keys: Vec<String>,
     pub health_check: HealthCheckSettings,
@@ -37,6 +40,9 @@ pub struct Config {
     pub retry: RetrySettings,
     pub passive_health: PassiveHealthSettings,
     pub providers: Vec<ProviderConfig>,
+    /// The first 16 hex digits of the SHA-256 of the file's text: which
+    /// configuration is loaded, for metrics and `/status`.
+    pub source_hash: String,
     /// Forms that still work but should be written another way: printed by
     /// `check` and logged at start and on reload.
     pub deprecations: Vec<String>,
@@ -125,6 +131,8 @@ pub struct ProviderConfig {
     /// Position in `providers[]`, for messages.
     pub index: usize,
     pub kind: ProviderType,
+    /// `name`: how metrics, logs and `/status` call it; unique when given.
+    pub name: Option<String>,
     /// The routing host name from `host`, lower-cased, without port or path.
     pub host: String,
     /// The `:port` written in `host`, if any.
@@ -156,6 +164,15 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// How metrics, logs and `/status` name the provider: its `name`, else
+    /// `<type>:<endpoint>:<port>`.
+    pub fn metric_name(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("{}:{}:{}", self.kind.as_str(), self.endpoint, self.port),
+        }
+    }
+
     /// The route as written in `host`: name, optional port, optional prefix.
     pub fn route(&self) -> String {
         let port = self.host_port.map(|p| format!(":{p}")).unwrap_or_default();

@@ -17,7 +17,27 @@ pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawPr
     if raw.is_empty() {
         ctx.report(&Scope::top(), "providers", "must list at least one provider");
     }
-    raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect()
+    let providers: Vec<ProviderConfig> =
+        raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect();
+    for (i, p) in providers.iter().enumerate() {
+        let Some(name) = &p.name else { continue };
+        if let Some(first) = providers[..i].iter().find(|q| q.name.as_ref() == Some(name)) {
+            let scope = Scope::provider(p.index, Some(&p.route()));
+            ctx.report(&scope, "name", format!("{name:?} is already the name of providers[{}]", first.index));
+        }
+    }
+    providers
+}
+
+/// `name`: a label for metrics and logs, so short and printable.
+fn name(ctx: &mut Ctx<'_>, scope: &Scope, raw: Option<&str>) -> Option<String> {
+    let name = ctx.expand(scope, "name", raw?)?;
+    let fine = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic());
+    if !fine {
+        ctx.report(scope, "name", "must be 1 to 64 visible ASCII characters, without spaces");
+        return None;
+    }
+    Some(name)
 }
 
 /// One provider. Returns `None` only when type, host or endpoint is unusable
@@ -26,6 +46,7 @@ pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawPr
 fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<ProviderConfig> {
     let (scope, route) = host(ctx, index, raw.host.as_deref());
     let kind = kind(ctx, &scope, raw.kind.as_deref());
+    let name = name(ctx, &scope, raw.name.as_deref());
     let tls = raw.tls.unwrap_or(true);
     let upstream = endpoint(ctx, &scope, &raw, tls);
     let weight = secret::weight(ctx, &scope, "weight", raw.weight);
@@ -47,6 +68,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     Some(ProviderConfig {
         index,
         kind,
+        name,
         host: route.name,
         host_port: route.port,
         path_prefix: route.prefix,

@@ -30,6 +30,8 @@ pub(crate) struct RawConfig {
     pub https_bind_address: Option<String>,
     pub http_port: Option<i64>,
     pub http_bind_address: Option<String>,
+    pub admin_port: Option<i64>,
+    pub admin_bind_address: Option<String>,
     pub auth_keys: Option<Vec<String>>,
     pub health_check: Option<RawHealthCheck>,
     /// Deprecated spelling of `health_check.interval` (seconds).
@@ -86,6 +88,7 @@ pub(crate) struct RawProvider {
     /// Read as a string so an unknown type is reported with the provider label.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    pub name: Option<String>,
     pub host: Option<String>,
     pub endpoint: Option<String>,
     pub port: Option<i64>,

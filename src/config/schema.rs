@@ -36,6 +36,8 @@ const TOP: &[Field] = &[
     ("https_bind_address", Text),
     ("http_port", Whole),
     ("http_bind_address", Text),
+    ("admin_port", Whole),
+    ("admin_bind_address", Text),
     ("auth_keys", Texts),
     ("health_check", Map(&[("enabled", Bool), ("interval", Number)])),
     ("health_check_interval", Number),
@@ -58,6 +60,7 @@ const TOP: &[Field] = &[
 
 const PROVIDER: &[Field] = &[
     ("type", Text),
+    ("name", Text),
     ("host", Text),
     ("endpoint", Text),
     ("port", Whole),
@@ -307,6 +310,6 @@ mod tests {
         assert_eq!(distance("weigth", "weight"), 2);
         assert_eq!(distance("", "abc"), 3);
         assert_eq!(distance("http_port", "http_port"), 0);
-        assert!(unknown("zzz", PROVIDER).contains("valid keys: type, host"));
+        assert!(unknown("zzz", PROVIDER).contains("valid keys: type, name, host"));
     }
 }

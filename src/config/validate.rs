@@ -66,6 +66,7 @@ fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) 
     let mut ctx = Ctx { env, base, errors, deprecations: Vec::new() };
     let mut config = validate(&mut ctx, raw);
     config.deprecations = std::mem::take(&mut ctx.deprecations);
+    config.source_hash = source_hash(text);
     if ctx.errors.is_empty() {
         return Ok(config);
     }
@@ -82,6 +83,11 @@ fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) 
     // In file order; problems without a place last.
     errors.sort_by_key(|e| positions.of(&e.key).unwrap_or((usize::MAX, 0)));
     Err(ConfigErrors(errors))
+}
+
+fn source_hash(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a value sits, for messages: the key prefix (`providers[2].`) and the
@@ -182,6 +188,7 @@ impl Ctx<'_> {
 fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let top = Scope::top();
     let (http, https) = listeners(ctx, &raw);
+    let admin = admin_listener(ctx, &raw, http, https.as_ref().map(|h| h.addr));
     let auth_keys = secret::client_keys(ctx, &top, "auth_keys", raw.auth_keys.as_deref());
     let health_check = health_check(ctx, raw.health_check.as_ref(), raw.health_check_interval);
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
@@ -198,6 +205,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     Config {
         http,
         https,
+        admin,
         auth_keys,
         health_check,
         http_max_header_size,
@@ -210,6 +218,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         passive_health,
         providers,
         deprecations: Vec::new(),
+        source_hash: String::new(),
     }
 }
 
@@ -244,6 +253,27 @@ fn listeners(ctx: &mut Ctx<'_>, raw: &RawConfig) -> (Option<SocketAddr>, Option<
         }
     }
     (http, https)
+}
+
+/// `admin_port` + `admin_bind_address` (loopback unless said otherwise).
+fn admin_listener(
+    ctx: &mut Ctx<'_>,
+    raw: &RawConfig,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let address = raw.admin_bind_address.as_deref().unwrap_or("127.0.0.1");
+    let admin = listener(ctx, "admin", raw.admin_port, Some(address))?;
+    for (other, name) in [(http, "http_port"), (https, "https_port")] {
+        if other.is_some_and(|other| sockets_clash(admin, other)) {
+            ctx.report(
+                &Scope::top(),
+                "admin_port",
+                format!("{} is the same as {name}; they need different ports", admin.port()),
+            );
+        }
+    }
+    Some(admin)
 }
 
 /// One listener from `<scheme>_port` + `<scheme>_bind_address`.

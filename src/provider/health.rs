@@ -53,18 +53,60 @@ pub struct Health {
     troubled: AtomicBool,
     /// A std mutex: held for a few field updates, never across an await.
     passive: Mutex<Passive>,
+    /// The last active check: its verdict and when (for `/status`).
+    last_check: Mutex<Option<(bool, std::time::SystemTime)>>,
+    /// Requests being sent to the provider now (for `/status`).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request to a provider as in flight while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Health>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { healthy: AtomicBool::new(true), troubled: AtomicBool::new(false), passive: Mutex::default() }
+        Health {
+            healthy: AtomicBool::new(true),
+            troubled: AtomicBool::new(false),
+            passive: Mutex::default(),
+            last_check: Mutex::default(),
+            in_flight: Default::default(),
+        }
     }
 }
 
 impl Health {
     /// Records the active checks' verdict; returns the previous one.
     pub fn set(&self, healthy: bool) -> bool {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some((healthy, std::time::SystemTime::now()));
         self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// Checks are off: healthy, and no check to report.
+    pub fn clear(&self) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.healthy.store(true, Ordering::Relaxed);
+    }
+
+    /// The last active check's verdict and time, if one ran.
+    pub fn last_check(&self) -> Option<(bool, std::time::SystemTime)> {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts counting a request as in flight.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn availability(&self, now: Instant) -> Availability {

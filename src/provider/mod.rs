@@ -10,7 +10,7 @@ pub mod secret;
 
 use std::sync::Arc;
 
-pub use health::{Availability, Health, HealthRegistry, PassiveHealth};
+pub use health::{Availability, Health, HealthRegistry, InFlight, PassiveHealth};
 pub use keys::ApiKey;
 pub use kind::ProviderType;
 
@@ -38,6 +38,8 @@ pub struct Provider {
     pub kind: ProviderType,
     /// The routing host as written (name, optional port and prefix), for logs.
     pub route_label: String,
+    /// Its metric handles (labels: the route and `name`, or `type:endpoint:port`).
+    pub metrics: Arc<crate::metrics::ProviderMetrics>,
     pub endpoint: Arc<Endpoint>,
     pub weight: f64,
     pub priority: i64,

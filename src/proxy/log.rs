@@ -9,6 +9,9 @@ use std::time::Instant;
 use http::Method;
 
 use crate::message::RequestHead;
+use crate::metrics::{Open, ProviderMetrics};
+use crate::provider::InFlight;
+use crate::provider::Provider;
 
 /// Logged status of a request the client abandoned (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
@@ -25,6 +28,15 @@ pub struct AccessLog {
     path: String,
     started: Instant,
     provider: Option<usize>,
+    /// The metrics the line is counted in: the provider's, else unrouted ones.
+    metrics: Option<Arc<ProviderMetrics>>,
+    /// When the upstream's response head arrived.
+    first_byte: Option<std::time::Duration>,
+    /// Counts the request (and its tunnel) as open while it lives.
+    _open: Open,
+    tunnel_open: Option<Open>,
+    /// Counts the request against its provider's requests in flight.
+    in_flight: Option<InFlight>,
     status: Option<u16>,
     /// Bytes through a tunnel (WebSocket, CONNECT), read when the line is
     /// written: a tunnel cut at shutdown still reports what it carried.
@@ -49,13 +61,25 @@ impl AccessLog {
             path: truncated(path, MAX_PATH),
             started: Instant::now(),
             provider: None,
+            metrics: None,
+            first_byte: None,
+            _open: crate::metrics::metrics().request_started(),
+            tunnel_open: None,
+            in_flight: None,
             status: None,
             tunnel: None,
         }
     }
 
-    pub fn provider(&mut self, index: usize) {
-        self.provider = Some(index);
+    pub fn provider(&mut self, provider: &Provider) {
+        self.provider = Some(provider.index);
+        self.metrics = Some(provider.metrics.clone());
+        self.in_flight = Some(provider.health.begin());
+    }
+
+    /// The upstream's answer has begun (its head is here).
+    pub fn first_byte(&mut self) {
+        self.first_byte = Some(self.started.elapsed());
     }
 
     /// Records the status the client is about to get; the line is written now.
@@ -71,25 +95,36 @@ impl AccessLog {
     /// The counters of the tunnel this request opened; the line, written
     /// when the log is dropped (the tunnel's end), reports them.
     pub fn tunnel_counters(&mut self) -> Arc<Transferred> {
+        self.tunnel_open.get_or_insert_with(|| crate::metrics::metrics().tunnel_opened());
         self.tunnel.get_or_insert_with(Arc::default).clone()
     }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        let took = self.started.elapsed();
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        let metrics = self.metrics.get_or_insert_with(unrouted);
+        metrics.answered(status, took, self.first_byte);
         // `None` fields are left out of the line: bytes appear for tunnels only.
         tracing::info!(
             target: "openproxy::access",
             method = %self.method,
             host = self.host.as_deref().unwrap_or(""),
             path = %self.path,
-            status = self.status.unwrap_or(CLIENT_CLOSED),
+            status,
             provider = self.provider,
-            ms = %Millis(self.started.elapsed()),
+            ms = %Millis(took),
             bytes_up = self.tunnel.as_ref().map(|t| t.up.load(Ordering::Relaxed)),
             bytes_down = self.tunnel.as_ref().map(|t| t.down.load(Ordering::Relaxed)),
         );
     }
+}
+
+/// The metrics of requests no provider took (refused, unknown host).
+fn unrouted() -> Arc<ProviderMetrics> {
+    static UNROUTED: std::sync::OnceLock<Arc<ProviderMetrics>> = std::sync::OnceLock::new();
+    UNROUTED.get_or_init(|| crate::metrics::metrics().for_provider("none", "none")).clone()
 }
 
 /// At most `max` characters of `text`, in one allocation.

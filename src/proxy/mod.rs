@@ -84,7 +84,7 @@ pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
     let mut log = AccessLog::start(&head);
     match plan(&app.snapshot.load_full(), &head) {
         Ok(plan) => {
-            log.provider(plan.chosen.provider.index);
+            log.provider(&plan.chosen.provider);
             Ok(Admitted { plan, head, log })
         }
         Err((error, style)) => {
@@ -108,6 +108,9 @@ impl Admitted {
         } else {
             retry::run(app, plan, head, body, &mut log).await
         };
+        if outcome.is_ok() {
+            log.first_byte();
+        }
         let (response, from_upstream) = match outcome {
             // A success that is no switch would reach an RFC 8441 client as
             // an open WebSocket (over HTTP/2 a 2xx is the switch).
@@ -254,6 +257,7 @@ fn may_replay(replay: Replay, method: &Method) -> bool {
 }
 
 fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
+    crate::metrics::metrics().upstream_error(provider.metrics.provider(), err.kind());
     let err = ProxyError::from(err);
     if let ProxyError::Upstream(_) = &err {
         let error = err.message();

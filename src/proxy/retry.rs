@@ -50,7 +50,7 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
     let original = (left > 0 && mixed).then(|| headers.clone());
     let (mut tried_providers, mut tried_keys) = (vec![chosen.index], Vec::new());
     loop {
-        log.provider(chosen.provider.index);
+        log.provider(&chosen.provider);
         let to = Target { snapshot: &snapshot, target: &target, method: &method, upgrade };
         let this_body = body.take().unwrap_or(Body::Empty);
         if let Some(original) = original.as_ref().filter(|_| tried_providers.len() > 1 || !tried_keys.is_empty()) {
@@ -83,6 +83,8 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
             return fallback;
         }
         tracing::debug!(from = chosen.provider.index, to = next.provider.index, "retrying the request");
+        let counter = if same { &chosen.provider.metrics.retries } else { &chosen.provider.metrics.failovers };
+        counter.inc();
         tried_providers.push(next.index);
         (left, chosen) = (left - 1, next);
     }
@@ -144,6 +146,7 @@ pub(super) async fn attempt(
         match response.status {
             StatusCode::TOO_MANY_REQUESTS => {
                 let rest = key.rest(&response.headers);
+                provider.metrics.key_rests.inc();
                 tracing::info!(provider = provider.index, seconds = rest.as_secs_f64(), "key rate limited; resting it");
             }
             StatusCode::UNAUTHORIZED => verify::refused(&app.pools, to.snapshot, provider, index, value),
@@ -192,6 +195,7 @@ pub(super) fn record_health(chosen: &mut Chosen, result: &Outcome, rules: &Passi
         provider.health.success(probe);
     } else if let Some(cooldown) = provider.health.failure(rules, probe) {
         let (index, route) = (provider.index, &provider.route_label);
+        provider.metrics.ejections.inc();
         tracing::warn!(provider = index, %route, seconds = cooldown.as_secs_f64(), "provider ejected after live failures");
     }
 }

@@ -69,6 +69,7 @@ enum Next {
 
 /// Serves one client connection until it closes, errs, or shutdown is signalled.
 pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdown: Shutdown) {
+    let _open = crate::metrics::metrics().connection("http1");
     let (rd, wr) = io.split_io();
     let mut conn = Conn::<S> { reader: Reader { rd, buf: BytesMut::new() }, wr };
     loop {

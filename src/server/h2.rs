@@ -45,6 +45,7 @@ where
         Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
         Err(_) => return tracing::debug!("HTTP/2 handshake timed out"),
     };
+    let _open = crate::metrics::metrics().connection("http2");
     let streams = Arc::new(Streams::default());
     let mut closing = false;
     // Set while no stream is open: the connection closes `client_idle_timeout` later.

@@ -19,6 +19,8 @@ use crate::tls::ALPN_H2;
 pub enum Scheme {
     Http,
     Https,
+    /// The admin listener: metrics and status, never proxied requests.
+    Admin,
 }
 
 /// Held while this process listens on an address: an abstract Unix socket
@@ -130,6 +132,7 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Ar
     match scheme {
         Scheme::Http => drop(tokio::spawn(h1::serve(stream, app, 80, shutdown).instrument(span))),
         Scheme::Https => drop(tokio::spawn(serve_tls(stream, app, shutdown).instrument(span))),
+        Scheme::Admin => drop(tokio::spawn(super::admin::serve(stream, app).instrument(span))),
     }
 }
 

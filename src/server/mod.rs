@@ -3,6 +3,7 @@
 //! protocol, hands each to the neutral `proxy` handler and writes back what
 //! it returns; nothing about routes, keys or upstreams is decided here.
 
+mod admin;
 pub mod h1;
 mod h1_write;
 pub mod h2;

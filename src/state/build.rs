@@ -103,9 +103,11 @@ fn provider(
     if let Some(prefix) = &cfg.path_prefix {
         route_label.push_str(prefix);
     }
+    let metrics = crate::metrics::metrics().for_provider(&route_label, &cfg.metric_name());
     Ok(Provider {
         index: cfg.index,
         kind: cfg.kind,
+        metrics,
         route_label,
         endpoint: Arc::new(endpoint),
         weight: cfg.weight,

@@ -173,6 +173,26 @@ impl UpstreamError {
     }
 
     /// Whether the upstream ran out of time (a gateway timeout, not a bad gateway).
+    /// The failure's kind, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Resolve { .. } | UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::FirstByteTimeout(_) => "timeout",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::NothingWritten(_)
+            | UpstreamError::Write(_)
+            | UpstreamError::Read(_)
+            | UpstreamError::ClosedBeforeResponse
+            | UpstreamError::H2Gone(_) => "reset",
+            UpstreamError::ClientBody(_) => "client",
+            UpstreamError::BadHead(_)
+            | UpstreamError::BadResponse(_)
+            | UpstreamError::H2Handshake { .. }
+            | UpstreamError::H2(_)
+            | UpstreamError::H2Refused(_) => "protocol",
+        }
+    }
+
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::ConnectTimeout { .. } | UpstreamError::FirstByteTimeout(_))
     }

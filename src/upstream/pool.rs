@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::connect::{connect, Purpose};
 use super::{Endpoint, SharedId, UpstreamError};
+use crate::metrics::metrics;
 use crate::net::{Conn, Recycle, Stream};
 
 /// How long an idle upstream connection is kept. Below the common 60 s server
@@ -140,7 +141,9 @@ impl Pools {
             let on_close = move || remove_shared(&shared, &key, id);
             let publish = |send: &SendRequest<Bytes>| {
                 let mut map = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-                map.insert(endpoint.key.clone(), (send.clone(), id));
+                if map.insert(endpoint.key.clone(), (send.clone(), id)).is_none() {
+                    metrics().pooled(1);
+                }
             };
             let send = super::h2::handshake(stream, endpoint, publish, on_close).await?;
             drop(dialing); // published: the waiters take it
@@ -166,6 +169,7 @@ impl Pools {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         while let Some((conn, since)) = list.pop() {
+            metrics().pooled(-1);
             if since.elapsed() < MAX_IDLE_AGE {
                 return Some(conn);
             }
@@ -191,10 +195,14 @@ impl Pools {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(conn.pool_key.clone()).or_default();
+        let before = list.len();
         list.retain(|(_, since)| now.duration_since(*since) < MAX_IDLE_AGE);
+        let mut change = list.len() as i64 - before as i64;
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((conn, now));
+            change += 1;
         }
+        metrics().pooled(change);
     }
 
     /// Closes idle connections past their age; run now and then so endpoints no
@@ -202,7 +210,9 @@ impl Pools {
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         for list in idle.values_mut() {
+            let before = list.len();
             list.retain(|(_, since)| since.elapsed() < MAX_IDLE_AGE);
+            metrics().pooled(list.len() as i64 - before as i64);
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -222,6 +232,7 @@ fn remove_shared(shared: &SharedMap, key: &Arc<str>, id: SharedId) {
     let mut map = shared.lock().unwrap_or_else(|e| e.into_inner());
     if map.get(key).is_some_and(|(_, current)| *current == id) {
         map.remove(key);
+        metrics().pooled(-1);
     }
 }
 

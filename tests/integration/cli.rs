@@ -419,3 +419,25 @@ fn check_reports_every_kind_of_mistake_at_once_with_its_line() {
     }
     assert!(!stderr.contains("sk-ant-secret") && !stderr.contains("yes please"), "no value is echoed:\n{stderr}");
 }
+
+/// The image's HEALTHCHECK, run as Docker would against the image's config
+/// (ports moved to free ones): it passes while the proxy serves, fails after.
+#[tokio::test]
+async fn the_dockerfile_healthcheck_asks_the_admin_listener() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let line = dockerfile.lines().find(|l| l.trim_start().starts_with("CMD [\"bash\"")).expect("a HEALTHCHECK CMD");
+    let admin = free_port();
+    let command: Vec<String> = serde_json::from_str(line.trim_start().trim_start_matches("CMD ")).unwrap();
+    let command: Vec<String> = command.into_iter().map(|a| a.replace("9090", &admin.to_string())).collect();
+    let yaml = std::fs::read_to_string(root.join("config.container.yml")).unwrap();
+    let yaml = yaml
+        .replace("http_port: 8080", "http_port: {port}")
+        .replace("admin_port: 9090", &format!("admin_port: {admin}"));
+    let mut proxy = TestProxy::start(&yaml);
+    let check = || Command::new(&command[0]).args(&command[1..]).stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(check().success());
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!check().success());
+}

@@ -1,0 +1,134 @@
+//! The admin listener: Prometheus metrics scraped and parsed after known
+//! traffic (exact counts per label set), readiness that follows provider
+//! health, the status document, and the separation of admin and proxy ports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A config with the admin listener on `admin`, provider `oai` at `upstream`
+/// and provider `dead` (nothing listens) on its own route.
+fn config(upstream: u16, admin: u16, extra: &str) -> String {
+    let dead = free_port();
+    format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nadmin_port: {admin}\nauth_keys: [client-key]\n\
+         passive_health: {{failures: 1, cooldown: 60}}\n{extra}providers:\n  \
+         - {{type: openai, name: oai, host: h.local, endpoint: \"127.0.0.1:{upstream}\", tls: false, api_key: real-key}}\n  \
+         - {{type: openai, name: dead, host: d.local, endpoint: \"127.0.0.1:{dead}\", tls: false, api_key: real-key}}\n"
+    )
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _, body) = send(addr, "GET", path, &[("host", "admin")], "").await;
+    (status, body)
+}
+
+/// Sample lines of an exposition, by series (name and labels as written).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, value)| (series.to_string(), value.parse().unwrap())))
+        .collect()
+}
+
+async fn request(proxy: &TestProxy, host: &str, key: &str) -> u16 {
+    let auth = format!("Bearer {key}");
+    send(proxy.addr, "POST", "/v1/chat/completions", &[("host", host), ("authorization", &auth)], "{}").await.0
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic_exactly() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    for _ in 0..3 {
+        assert_eq!(request(&proxy, "h.local", "client-key").await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(request(&proxy, "h.local", "wrong").await, 401);
+    }
+    assert_eq!(request(&proxy, "evil-made-up-host", "client-key").await, 404);
+    assert_eq!(request(&proxy, "d.local", "client-key").await, 502);
+    let (status, text) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = samples(&text);
+    let at = |series: &str| m.get(series).copied().unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+    assert_eq!(at(r#"openproxy_requests_total{host="h.local",provider="oai",status="200"}"#), 3.0);
+    assert_eq!(at(r#"openproxy_requests_total{host="none",provider="none",status="401"}"#), 2.0);
+    assert_eq!(at(r#"openproxy_requests_total{host="none",provider="none",status="404"}"#), 1.0);
+    assert_eq!(at(r#"openproxy_requests_total{host="d.local",provider="dead",status="502"}"#), 1.0);
+    assert_eq!(at(r#"openproxy_request_duration_seconds_count{host="h.local",provider="oai"}"#), 3.0);
+    assert_eq!(at(r#"openproxy_time_to_first_byte_seconds_count{host="h.local",provider="oai"}"#), 3.0);
+    assert_eq!(at(r#"openproxy_upstream_errors_total{provider="dead",kind="connect"}"#), 1.0);
+    assert_eq!(at(r#"openproxy_ejections_total{provider="dead"}"#), 1.0);
+    assert_eq!(at(r#"openproxy_provider_healthy{provider="oai"}"#), 1.0);
+    assert_eq!(at(r#"openproxy_provider_healthy{provider="dead"}"#), 0.0, "ejected");
+    assert_eq!(at("openproxy_open_requests"), 0.0);
+    assert!(m.keys().any(|k| k.starts_with("openproxy_config_info{hash=")), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+    assert!(!text.contains("evil") && !text.contains("real-key") && !text.contains("client-key"), "{text}");
+}
+
+#[tokio::test]
+async fn readiness_follows_provider_health_and_status_describes_it() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+    // The only provider of d.local fails once and is ejected.
+    assert_eq!(request(&proxy, "d.local", "client-key").await, 502);
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("d.local") && !body.contains("h.local"), "{body}");
+    let (status, body) = get(admin, "/status").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let providers = doc["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), 2);
+    assert_eq!(providers[0]["name"], "oai");
+    assert_eq!(providers[0]["state"], "ready");
+    assert_eq!(providers[1]["name"], "dead");
+    assert_eq!(providers[1]["state"], "out");
+    assert!(providers[1]["back_in_s"].as_f64().unwrap() > 50.0);
+    assert_eq!(doc["listeners"].as_array().unwrap().len(), 2);
+    assert!(!body.contains("real-key") && !body.contains("client-key"), "no secret: {body}");
+}
+
+#[tokio::test]
+async fn admin_paths_are_not_proxy_routes_and_the_other_way_round() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    // On the proxy port, /metrics is a request like any other: routed upstream.
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    let (status, _, body) = send(proxy.addr, "GET", "/metrics", &auth, "").await;
+    assert_eq!((status, body.contains("\"mock\":\"ok\"")), (200, true));
+    assert_eq!(up.recorded()[0].uri, "/metrics");
+    // On the admin port, a proxy route is not found, whatever the Host.
+    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let (status, _, _) = send(addr, "POST", "/v1/chat/completions", &auth, "{}").await;
+    assert_eq!(status, 405);
+    assert_eq!(get(admin, "/v1/models").await.0, 404);
+    assert_eq!(up.recorded().len(), 1, "nothing reached the upstream from the admin port");
+}
+
+#[tokio::test]
+async fn reloads_are_counted_by_result() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    let first = samples(&get(admin, "/metrics").await.1);
+    proxy.signal("HUP");
+    wait_for_log(&proxy, "configuration reloaded", Duration::from_secs(10)).await;
+    std::fs::write(proxy.config_path(), "providers: [").unwrap();
+    proxy.signal("HUP");
+    wait_for_log(&proxy, "reload failed", Duration::from_secs(10)).await;
+    let m = samples(&get(admin, "/metrics").await.1);
+    assert_eq!(m[r#"openproxy_config_reloads_total{result="success"}"#], 1.0);
+    assert_eq!(m[r#"openproxy_config_reloads_total{result="failure"}"#], 1.0);
+    let hash = |m: &HashMap<String, f64>| m.keys().find(|k| k.starts_with("openproxy_config_info{")).cloned();
+    assert_eq!(hash(&first), hash(&m), "the same file, the same hash; a failed reload changes nothing");
+}
