@@ -141,6 +141,14 @@ pub struct Watched {
     progress: Arc<Progress>,
 }
 
+/// A body whose data bytes are counted as they are taken, holding something
+/// (an access-log line) until the body is done with, read whole or dropped.
+pub struct Counted {
+    inner: Body,
+    count: Arc<AtomicU64>,
+    _until_done: Option<Box<dyn Send + Sync>>,
+}
+
 /// What a connection driver pushes as it reads a body off its socket: a
 /// frame, the end (`Ok(None)`, explicit so that a driver that stops
 /// half-way is never taken for a complete body), or why it broke.
@@ -161,6 +169,8 @@ pub enum Body {
     Watched(Box<Watched>),
     /// A request body handed out again for a retry (see [`Retained`]).
     Replayed(Box<Replayed>),
+    /// Another body, its bytes counted (see [`Body::counted`]).
+    Counted(Box<Counted>),
     /// No message body: the connection itself, after a `101 Switching
     /// Protocols` or a CONNECT's `200`. Bytes now flow both ways in another
     /// protocol; a connection driver takes it and bridges it to its client.
@@ -217,6 +227,20 @@ impl Body {
     /// mid-read simply closes its connection instead of recycling it.
     pub async fn next_frame(&mut self) -> Option<Result<Frame, BodyError>> {
         match self {
+            Body::Counted(c) => {
+                let frame = c.inner.next_uncounted().await;
+                if let Some(Ok(Frame::Data(data))) = &frame {
+                    c.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            }
+            other => other.next_uncounted().await,
+        }
+    }
+
+    /// `next_frame` for every body but `Counted`, which never nests.
+    async fn next_uncounted(&mut self) -> Option<Result<Frame, BodyError>> {
+        match self {
             Body::Watched(w) => {
                 let waiting = Waiting::start(&w.progress.waiting);
                 let frame = w.inner.next_unwatched().await;
@@ -229,10 +253,10 @@ impl Body {
         }
     }
 
-    /// `next_frame` for every body but `Watched`, which never nests.
+    /// `next_frame` for every body but `Watched` and `Counted`, which never nest.
     async fn next_unwatched(&mut self) -> Option<Result<Frame, BodyError>> {
         match self {
-            Body::Empty | Body::Watched(_) => None,
+            Body::Empty | Body::Watched(_) | Body::Counted(_) => None,
             Body::Upgraded(_) => {
                 *self = Body::Empty;
                 None
@@ -249,10 +273,30 @@ impl Body {
         }
     }
 
+    /// This body, its data bytes added to `count` as they are taken, and
+    /// `until_done` kept until the body is read whole or dropped. A body
+    /// that is in memory or none at all is counted at once (and `until_done`
+    /// dropped now): nothing about it is left to wait for.
+    pub fn counted(self, count: Arc<AtomicU64>, until_done: Option<Box<dyn Send + Sync>>) -> Body {
+        match self {
+            Body::Empty | Body::Upgraded(_) => self,
+            Body::Full(ref bytes) => {
+                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self
+            }
+            Body::Counted(mut c) => {
+                c.count = count;
+                c._until_done = until_done;
+                Body::Counted(c)
+            }
+            inner => Body::Counted(Box::new(Counted { inner, count, _until_done: until_done })),
+        }
+    }
+
     /// This body, stamping `progress` each time a frame is taken.
     pub fn watched(self, progress: Arc<Progress>) -> Body {
         match self {
-            Body::Empty | Body::Full(_) | Body::Upgraded(_) => self,
+            Body::Empty | Body::Full(_) | Body::Upgraded(_) | Body::Counted(_) => self,
             Body::Watched(w) => Body::Watched(Box::new(Watched { inner: w.inner, progress })),
             inner => Body::Watched(Box::new(Watched { inner, progress })),
         }
@@ -268,6 +312,7 @@ impl Body {
             Body::H2(h2) => h2.exact_len(),
             Body::Watched(w) => w.inner.exact_len(),
             Body::Replayed(r) => r.exact_len(),
+            Body::Counted(c) => c.inner.exact_len(),
         }
     }
 
@@ -312,6 +357,7 @@ impl std::fmt::Debug for Body {
             Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),
             Body::Replayed(_) => f.write_str("Body::Replayed"),
             Body::Upgraded(_) => f.write_str("Body::Upgraded"),
+            Body::Counted(c) => write!(f, "Body::Counted({:?})", c.inner),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct AccessLog {
     /// Counts the request (and its tunnel) as open while it lives.
     _open: Open,
     tunnel_open: Option<Open>,
+    /// Body bytes from the client and to it (tunnels count in `tunnel`).
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
     /// Counts the request against its provider's requests in flight.
     in_flight: Option<InFlight>,
     status: Option<u16>,
@@ -66,6 +69,8 @@ impl AccessLog {
             _open: crate::metrics::metrics().request_started(),
             tunnel_open: None,
             in_flight: None,
+            bytes_in: Arc::default(),
+            bytes_out: Arc::default(),
             status: None,
             tunnel: None,
         }
@@ -75,6 +80,16 @@ impl AccessLog {
         self.provider = Some(provider.index);
         self.metrics = Some(provider.metrics.clone());
         self.in_flight = Some(provider.health.begin());
+    }
+
+    /// The counter of the request body's bytes.
+    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
+    }
+
+    /// The counter of the answer body's bytes.
+    pub fn bytes_out(&self) -> Arc<AtomicU64> {
+        self.bytes_out.clone()
     }
 
     /// The upstream's answer has begun (its head is here).
@@ -106,7 +121,13 @@ impl Drop for AccessLog {
         let status = self.status.unwrap_or(CLIENT_CLOSED);
         let metrics = self.metrics.get_or_insert_with(unrouted);
         metrics.answered(status, took, self.first_byte);
-        // `None` fields are left out of the line: bytes appear for tunnels only.
+        // `None` fields are left out of the line: a tunnel's bytes go up and
+        // down, a request's body bytes in and out.
+        let tunnel = self.tunnel.as_ref().map(|t| (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)));
+        let body = match tunnel {
+            Some(_) => None,
+            None => Some((self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed))),
+        };
         tracing::info!(
             target: "openproxy::access",
             method = %self.method,
@@ -115,8 +136,10 @@ impl Drop for AccessLog {
             status,
             provider = self.provider,
             ms = %Millis(took),
-            bytes_up = self.tunnel.as_ref().map(|t| t.up.load(Ordering::Relaxed)),
-            bytes_down = self.tunnel.as_ref().map(|t| t.down.load(Ordering::Relaxed)),
+            bytes_in = body.map(|b| b.0),
+            bytes_out = body.map(|b| b.1),
+            bytes_up = tunnel.map(|t| t.0),
+            bytes_down = tunnel.map(|t| t.1),
         );
     }
 }

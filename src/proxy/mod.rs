@@ -102,6 +102,7 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
+        let body = body.counted(log.bytes_in(), None);
         let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
         let outcome = if head.method == Method::CONNECT {
             connect::open(app, plan).await
@@ -122,8 +123,14 @@ impl Admitted {
             Err(err) => (err.into_response(style), false),
         };
         log.set_status(response.status.as_u16());
-        let tunnel_log = matches!(response.body, Body::Upgraded(_)).then_some(log);
-        Reply { response, from_upstream, tunnel_log }
+        let Response { status, headers, body } = response;
+        if let Body::Upgraded(_) = body {
+            return Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: Some(log) };
+        }
+        // The line is written when the answer's body is done with, so its
+        // time and bytes cover the whole answer, streams included.
+        let body = body.counted(log.bytes_out(), Some(Box::new(log)));
+        Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: None }
     }
 }
 

@@ -132,3 +132,34 @@ async fn reloads_are_counted_by_result() {
     let hash = |m: &HashMap<String, f64>| m.keys().find(|k| k.starts_with("openproxy_config_info{")).cloned();
     assert_eq!(hash(&first), hash(&m), "the same file, the same hash; a failed reload changes nothing");
 }
+
+#[tokio::test]
+async fn a_streams_line_and_duration_cover_the_whole_stream() {
+    use tokio::io::AsyncWriteExt;
+    let up = RawUpstream::start(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes()).await;
+        for i in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let event = format!("data: {i}\n\n");
+            let _ = stream.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes()).await;
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+    })
+    .await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    let (status, _, body) = send(proxy.addr, "POST", "/v1/chat/completions", &auth, "{\"stream\":true}").await;
+    assert_eq!((status, body.len()), (200, 4 * 9));
+    wait_for_log(&proxy, "status=200", Duration::from_secs(10)).await;
+    let logs = proxy.logs();
+    let line = logs.lines().find(|l| l.contains("openproxy::access") && l.contains("status=200")).unwrap();
+    let field = |name: &str| line.split(&format!(" {name}=")).nth(1).unwrap().split(' ').next().unwrap().to_string();
+    assert!(field("ms").parse::<f64>().unwrap() >= 400.0, "the line waits for the stream's end: {line}");
+    assert_eq!((field("bytes_in"), field("bytes_out")), ("15".to_string(), "36".to_string()), "{line}");
+    let m = samples(&get(admin, "/metrics").await.1);
+    assert!(m[r#"openproxy_request_duration_seconds_sum{host="h.local",provider="oai"}"#] >= 0.4);
+    assert!(m[r#"openproxy_time_to_first_byte_seconds_sum{host="h.local",provider="oai"}"#] < 0.1);
+}
