@@ -88,6 +88,7 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
     };
     let wanted = reload::listeners(&snapshot.config);
     crate::metrics::metrics().config_loaded(&snapshot.config.source_hash);
+    crate::telemetry::set_json(snapshot.config.log_json);
     // Before anything can announce the process (listeners, pid file, log).
     let signals = match lifecycle::Signals::install() {
         Ok(signals) => signals,

@@ -84,7 +84,15 @@ async fn check(app: &App, snapshot: Arc<Snapshot>, provider: Arc<Provider>) -> R
         headers.append(name, value);
     }
     let body = spec.body.map_or(Body::Empty, |b| Body::Full(Bytes::from(b)));
-    let head = RequestHead { method, authority: None, target: spec.path.clone(), headers, default_port: 0 };
+    let head = RequestHead {
+        method,
+        authority: None,
+        target: spec.path.clone(),
+        headers,
+        default_port: 0,
+        peer: None,
+        protocol: "health-check",
+    };
     let style = provider.kind.error_style();
     let plan = Plan { snapshot, style, target: spec.path, candidates: Vec::new(), chosen: Chosen::direct(provider) };
     let response = proxy::forward(app, &plan, head, body).await.map_err(|e| e.message())?;

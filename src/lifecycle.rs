@@ -29,8 +29,16 @@ impl PidFile {
 
     /// Names this process again (after an upgrade that failed late).
     fn rewrite(&self) -> Result<(), String> {
-        std::fs::write(&self.0, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", self.0.display()))
+        // Written aside and renamed into place: a reader (systemd, a script,
+        // the process this one replaces) never sees it empty or half written.
+        let mut aside = self.0.clone().into_os_string();
+        aside.push(format!(".{}.tmp", std::process::id()));
+        let written =
+            std::fs::write(&aside, format!("{}\n", std::process::id())).and_then(|()| std::fs::rename(&aside, &self.0));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&aside);
+            format!("cannot write pid file {}: {e}", self.0.display())
+        })
     }
 }
 

@@ -2,6 +2,8 @@
 //! meet in: drivers build a [`RequestHead`] from their own protocol, the
 //! pipeline and the upstream side hand back a [`Response`] whose body streams.
 
+use std::net::SocketAddr;
+
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::body::Body;
@@ -17,6 +19,10 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// The listener's scheme port (80 or 443), for a `Host` without a port.
     pub default_port: u16,
+    /// Where the request came from (`None` for the proxy's own, a health check).
+    pub peer: Option<SocketAddr>,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`, for the access log.
+    pub protocol: &'static str,
 }
 
 /// A response head with its (streaming) body, from an upstream or made here.

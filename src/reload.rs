@@ -60,6 +60,7 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     let swap = || app.snapshot.store(snapshot.clone());
     match sockets.change(&wanted, workers, swap).await {
         Ok(listeners) => {
+            crate::telemetry::set_json(snapshot.config.log_json);
             metrics().reloaded(true);
             metrics().config_loaded(&snapshot.config.source_hash);
             app.health.retain_used();
@@ -86,7 +87,8 @@ pub fn route_changes(old: &Config, new: &Config) -> String {
         let mut routes: BTreeMap<String, Vec<ProviderConfig>> = BTreeMap::new();
         for p in &config.providers {
             // Position in the file is not a change.
-            routes.entry(p.route()).or_default().push(ProviderConfig { index: 0, ..p.clone() });
+            let unnumbered = ProviderConfig { index: 0, metric_name: String::new(), ..p.clone() };
+            routes.entry(p.route()).or_default().push(unnumbered);
         }
         routes
     };

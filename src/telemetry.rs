@@ -1,24 +1,82 @@
-//! Logging setup: `tracing` to stderr, level from `RUST_LOG` (default `info`).
+//! Logging setup: `tracing` to stderr, level from `RUST_LOG` (default `info`),
+//! as text lines or (`log_format: json`, switchable on reload) one JSON
+//! object per line.
 
 use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_subscriber::fmt::format::Writer;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let text = tracing_subscriber::fmt::format().with_timer(UtcMicros).with_ansi(ansi).with_target(true);
+    let json = tracing_subscriber::fmt::format().json().flatten_event(true).with_timer(UtcMicros).with_target(true);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LineWriter)
-        .with_timer(UtcMicros)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(true)
+        .with_ansi(ansi)
+        .event_format(EitherFormat { text, json })
         .try_init();
+}
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Switches every line from now on to JSON (or back to text).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// Whether lines are JSON objects.
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// The time now as RFC 3339 UTC with microseconds, as log lines show it.
+pub fn now_rfc3339() -> String {
+    let mut out = String::with_capacity(27);
+    let _ = UtcMicros.format_time(&mut Writer::new(&mut out));
+    out
+}
+
+/// Writes one whole line (ending in `\n`) the way log events are written.
+pub fn write_line(line: &[u8]) {
+    let _ = LineWriter.write_all(line);
+}
+
+/// Text or JSON, as [`set_json`] last said.
+struct EitherFormat<T, J> {
+    text: T,
+    json: J,
+}
+
+impl<S, N, T, J> FormatEvent<S, N> for EitherFormat<T, J>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatEvent<S, N>,
+    J: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        match json() {
+            true => self.json.format_event(ctx, writer, event),
+            false => self.text.format_event(ctx, writer, event),
+        }
+    }
 }
 
 /// Stderr without the lock `std::io::Stderr` takes for every line: the

@@ -19,6 +19,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// HTTPS listener (`https_port` / `https_bind_address` + cert files).
     pub https: Option<HttpsConfig>,
+    /// `log_format: json`: every log line a JSON object (default: text).
+    pub log_json: bool,
     /// The admin listener (`admin_port` / `admin_bind_address`, default
     /// 127.0.0.1): metrics, health and status, never proxied requests.
     pub admin: Option<SocketAddr>,
@@ -40,6 +42,9 @@ pub struct Config {
     pub retry: RetrySettings,
     pub passive_health: PassiveHealthSettings,
     pub providers: Vec<ProviderConfig>,
+    /// Client keys given a name (`{key, name}`), global and providers': the
+    /// name is what logs show for a request that used the key.
+    pub client_key_names: Vec<(String, String)>,
     /// The first 16 hex digits of the SHA-256 of the file's text: which
     /// configuration is loaded, for metrics and `/status`.
     pub source_hash: String,
@@ -133,6 +138,9 @@ pub struct ProviderConfig {
     pub kind: ProviderType,
     /// `name`: how metrics, logs and `/status` call it; unique when given.
     pub name: Option<String>,
+    /// The name in metrics, logs and `/status`: `name`, else
+    /// `<type>:<endpoint>:<port>` (with `#<index>` when two would share it).
+    pub metric_name: String,
     /// The routing host name from `host`, lower-cased, without port or path.
     pub host: String,
     /// The `:port` written in `host`, if any.
@@ -164,15 +172,6 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// How metrics, logs and `/status` name the provider: its `name`, else
-    /// `<type>:<endpoint>:<port>`.
-    pub fn metric_name(&self) -> String {
-        match &self.name {
-            Some(name) => name.clone(),
-            None => format!("{}:{}:{}", self.kind.as_str(), self.endpoint, self.port),
-        }
-    }
-
     /// The route as written in `host`: name, optional port, optional prefix.
     pub fn route(&self) -> String {
         let port = self.host_port.map(|p| format!(":{p}")).unwrap_or_default();

@@ -98,7 +98,14 @@ impl MarkedEventReceiver for Recorder {
                     self.next_value(mark);
                 }
             }
-            Event::Alias(_) => drop(self.next_value(mark)),
+            Event::Alias(_) => {
+                // An alias may stand for a key too: the pairing must stay in step.
+                if let Some(Frame::Map { key: key @ None, .. }) = self.stack.last_mut() {
+                    *key = Some("*".into());
+                } else {
+                    self.next_value(mark);
+                }
+            }
             _ => {}
         }
     }

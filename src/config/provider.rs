@@ -17,8 +17,9 @@ pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawPr
     if raw.is_empty() {
         ctx.report(&Scope::top(), "providers", "must list at least one provider");
     }
-    let providers: Vec<ProviderConfig> =
+    let mut providers: Vec<ProviderConfig> =
         raw.into_iter().enumerate().filter_map(|(index, p)| provider(ctx, index, p.0)).collect();
+    metric_names(&mut providers);
     for (i, p) in providers.iter().enumerate() {
         let Some(name) = &p.name else { continue };
         if let Some(first) = providers[..i].iter().find(|q| q.name.as_ref() == Some(name)) {
@@ -27,6 +28,31 @@ pub(super) fn providers(ctx: &mut Ctx<'_>, raw: Option<Vec<AllowExtensions<RawPr
         }
     }
     providers
+}
+
+/// Every provider's name in metrics: its own, or the default, made unique
+/// with `#<index>` where providers would share it (series must not merge).
+fn metric_names(providers: &mut [ProviderConfig]) {
+    let default = |p: &ProviderConfig| format!("{}:{}:{}", p.kind.as_str(), p.endpoint, p.port);
+    let defaults: Vec<String> = providers.iter().map(default).collect();
+    let taken = |name: &str, me: usize| {
+        providers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != me && (p.name.as_deref() == Some(name) || (p.name.is_none() && defaults[i] == name)))
+    };
+    let names: Vec<String> = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match &p.name {
+            Some(name) => name.clone(),
+            None if taken(&defaults[i], i) => format!("{}#{}", defaults[i], p.index),
+            None => defaults[i].clone(),
+        })
+        .collect();
+    for (p, name) in providers.iter_mut().zip(names) {
+        p.metric_name = name;
+    }
 }
 
 /// `name`: a label for metrics and logs, so short and printable.
@@ -69,6 +95,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
         index,
         kind,
         name,
+        metric_name: String::new(),
         host: route.name,
         host_port: route.port,
         path_prefix: route.prefix,
@@ -123,11 +150,12 @@ fn kind(ctx: &mut Ctx<'_>, scope: &Scope, raw: Option<&str>) -> Option<ProviderT
         "anthropic" => Some(ProviderType::Anthropic),
         "forward" => Some(ProviderType::Forward),
         _ => {
-            let hint = match super::schema::closest(&text, VALID_TYPES.split(", ")) {
-                Some(kind) => format!("; did you mean `{kind}`?"),
-                None => format!("; valid types are {VALID_TYPES}"),
+            // The value is not shown: a key written in the wrong place must not reach a log.
+            let problem = match super::schema::closest(&text, VALID_TYPES.split(", ")) {
+                Some(kind) => format!("is not a provider type; did you mean `{kind}`?"),
+                None => format!("is not a provider type; valid types are {VALID_TYPES}"),
             };
-            ctx.report(scope, "type", format!("{text:?} is not a provider type{hint}"));
+            ctx.report(scope, "type", problem);
             None
         }
     }
@@ -209,10 +237,7 @@ mod tests {
         assert_error(
             &errs,
             "providers[0].type",
-            &[
-                "providers[0] (host \"m.local\"): type \"mistral\" is not a provider type",
-                "openai, gemini, anthropic, forward",
-            ],
+            &["providers[0] (host \"m.local\"): type is not a provider type", "openai, gemini, anthropic, forward"],
         );
     }
 

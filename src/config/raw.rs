@@ -31,8 +31,9 @@ pub(crate) struct RawConfig {
     pub http_port: Option<i64>,
     pub http_bind_address: Option<String>,
     pub admin_port: Option<i64>,
+    pub log_format: Option<String>,
     pub admin_bind_address: Option<String>,
-    pub auth_keys: Option<Vec<String>>,
+    pub auth_keys: Option<Vec<RawClientKey>>,
     pub health_check: Option<RawHealthCheck>,
     /// Deprecated spelling of `health_check.interval` (seconds).
     pub health_check_interval: Option<f64>,
@@ -98,7 +99,7 @@ pub(crate) struct RawProvider {
     pub is_fallback: Option<bool>,
     pub api_key: Option<OneOrMore>,
     pub api_keys: Option<Vec<RawApiKey>>,
-    pub auth_keys: Option<Vec<String>>,
+    pub auth_keys: Option<Vec<RawClientKey>>,
     pub client_auth: Option<bool>,
     pub health_check: Option<RawProviderHealthCheck>,
     pub ca_file: Option<String>,
@@ -106,6 +107,21 @@ pub(crate) struct RawProvider {
     pub connect_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,
     pub stream_idle_timeout: Option<f64>,
+}
+
+/// A client key: the key alone, or with a name for logs and metrics.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a key, or a mapping with `key` and `name`")]
+pub(crate) enum RawClientKey {
+    Plain(String),
+    Named(RawNamedKey),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNamedKey {
+    pub key: String,
+    pub name: Option<String>,
 }
 
 /// `api_key` as one key or (a deprecated form) a list of keys.
@@ -137,7 +153,9 @@ pub(crate) struct RawProviderHealthCheck {
 /// The file read: what serde could take, the problems found on the way, and
 /// where each key sits (for the messages of later checks too).
 pub(crate) struct Parsed {
-    pub raw: RawConfig,
+    /// `None` when serde refused what the shape check let through: then the
+    /// other checks have nothing sound to run on.
+    pub raw: Option<RawConfig>,
     pub errors: Vec<ConfigError>,
     pub positions: Positions,
 }
@@ -156,14 +174,15 @@ pub(crate) fn parse(text: &str) -> Result<Parsed, ConfigError> {
     }
     value.apply_merge().map_err(|e| yaml_error(&e))?;
     let mut errors = schema::check(&mut value);
-    if !value.is_mapping() {
+    // (`is_mapping` would look through a tag.)
+    if !matches!(value, serde_yaml::Value::Mapping(_)) {
         return Err(errors.remove(0));
     }
     let raw = match serde_yaml::from_value::<AllowExtensions<RawConfig>>(value) {
-        Ok(parsed) => parsed.0,
+        Ok(parsed) => Some(parsed.0),
         Err(e) => {
             errors.push(yaml_error(&e));
-            RawConfig::default()
+            None
         }
     };
     Ok(Parsed { raw, errors, positions: Positions::read(text) })
@@ -190,9 +209,10 @@ fn yaml_error(err: &serde_yaml::Error) -> ConfigError {
 /// the misplaced value may be a key (`api_keys: ["sk-..."]`), and secrets must
 /// not reach logs. The key path and line still say where it is.
 fn redact_strings(message: &str) -> String {
+    let message = message.replace("duplicate entry with key \"", "duplicate entry with string \"");
     const QUOTED: &str = "string \"";
     let mut out = String::with_capacity(message.len());
-    let mut rest = message;
+    let mut rest = message.as_str();
     while let Some(at) = rest.find(QUOTED) {
         out.push_str(&rest[..at]);
         out.push_str("a string");
@@ -365,9 +385,13 @@ mod tests {
         assert_eq!(found.len(), 5, "{found:#?}");
         let lines: Vec<&str> = found.iter().map(|m| m.rsplit("(line ").next().unwrap_or("")).collect();
         assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{found:#?}");
-        for (needle, line) in
-            [("https_port", 2), ("workers", 3), ("opnai", 5), ("did you mean `weight`", 8), ("weight must", 9)]
-        {
+        for (needle, line) in [
+            ("https_port", 2),
+            ("workers", 3),
+            ("did you mean `openai`", 5),
+            ("did you mean `weight`", 8),
+            ("weight must", 9),
+        ] {
             assert!(
                 found.iter().any(|m| m.contains(needle) && m.contains(&format!("(line {line},"))),
                 "{needle}: {found:#?}"
@@ -394,7 +418,7 @@ mod tests {
 
     fn raw(text: &str) -> RawConfig {
         match parse(text) {
-            Ok(parsed) if parsed.errors.is_empty() => parsed.raw,
+            Ok(parsed) if parsed.errors.is_empty() && parsed.raw.is_some() => parsed.raw.unwrap_or_default(),
             Ok(parsed) => panic!("{:?}", parsed.errors),
             Err(e) => panic!("{e:?}"),
         }
@@ -411,7 +435,7 @@ mod tests {
     #[test]
     fn extension_keys_are_not_allowed_in_nested_structs() {
         let e = one(&format!("http_port: 1\nhealth_check:\n  x-a: 1\n{PROVIDER}"));
-        assert!(e.message.contains("unknown key `x-a`"), "{e:?}");
+        assert!(e.message.contains("unknown key (not shown") && e.key == "health_check.x-a", "{e:?}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ enum Ty {
     Wholes,
     /// A key, or a list of keys (`api_key`).
     TextOrTexts,
+    /// Client keys: each a key, or a mapping with `key` and `name`.
+    ClientKeys,
     Map(&'static [Field]),
     /// A list of mappings; the second part names the keys each must have.
     Maps(&'static [Field], &'static [&'static str]),
@@ -37,8 +39,9 @@ const TOP: &[Field] = &[
     ("http_port", Whole),
     ("http_bind_address", Text),
     ("admin_port", Whole),
+    ("log_format", Text),
     ("admin_bind_address", Text),
-    ("auth_keys", Texts),
+    ("auth_keys", ClientKeys),
     ("health_check", Map(&[("enabled", Bool), ("interval", Number)])),
     ("health_check_interval", Number),
     ("http_max_header_size", Whole),
@@ -70,7 +73,7 @@ const PROVIDER: &[Field] = &[
     ("is_fallback", Bool),
     ("api_key", TextOrTexts),
     ("api_keys", Maps(&[("key", Text), ("weight", Number)], &["key"])),
-    ("auth_keys", Texts),
+    ("auth_keys", ClientKeys),
     ("client_auth", Bool),
     ("health_check", Map(&[("method", Text), ("path", Text), ("body", Text), ("headers", Texts)])),
     ("ca_file", Text),
@@ -142,16 +145,50 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
         // An empty value is an absent one.
         (_, Value::Null) => Verdict::Fine,
         (Text, Value::String(_)) | (Bool, Value::Bool(_)) => Verdict::Fine,
-        (Whole, Value::Number(n)) => fine(n.is_i64() || n.is_u64()),
+        (Whole, Value::Number(n)) => fine(n.is_i64()),
         (Number, Value::Number(_)) => Verdict::Fine,
         (Texts | TextOrTexts, Value::Sequence(items)) => all(items, Text, path, errors),
         (TextOrTexts, Value::String(_)) => Verdict::Fine,
         (Wholes, Value::Sequence(items)) => all(items, Whole, path, errors),
+        (ClientKeys, Value::Sequence(items)) => {
+            let mut verdict = Verdict::Fine;
+            for (i, item) in items.iter_mut().enumerate() {
+                let at = format!("{path}[{i}]");
+                match item {
+                    Value::String(_) => {}
+                    Value::Mapping(_) => {
+                        let named = Maps(&[("key", Text), ("name", Text)], &["key"]);
+                        let mut one = Value::Sequence(vec![std::mem::take(item)]);
+                        let before = errors.len();
+                        check_value(&mut one, named, &at, errors);
+                        for e in &mut errors[before..] {
+                            // `a.b[0][0].key` → `a.b[0].key`: the list was ours.
+                            e.key = e.key.replacen(&format!("{at}[0]"), &at, 1);
+                            e.message = e.message.replacen(&format!("{at}[0]"), &at, 1);
+                        }
+                        if let Value::Sequence(mut v) = one {
+                            *item = v.pop().unwrap_or(Value::Null);
+                        }
+                        if errors.len() > before {
+                            verdict = Verdict::Reported;
+                        }
+                    }
+                    other => {
+                        let message =
+                            format!("{at}: expected a key or a mapping with `key` and `name`, found {}", found(other));
+                        errors.push(ConfigError::new(&at, message));
+                        verdict = Verdict::Reported;
+                    }
+                }
+            }
+            verdict
+        }
         (Map(fields), Value::Mapping(map)) => {
             check_map(map, fields, path, false, errors);
             Verdict::Fine
         }
         (Maps(fields, required), Value::Sequence(items)) => {
+            let before = errors.len();
             for (i, item) in items.iter_mut().enumerate() {
                 let item_path = format!("{path}[{i}]");
                 let Value::Mapping(map) = item else {
@@ -162,11 +199,16 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
                     continue;
                 };
                 check_map(map, fields, &item_path, path == "providers", errors);
-                for name in required.iter().filter(|name| !map.contains_key(**name)) {
+                for name in required.iter().filter(|name| map.get(**name).is_none_or(Value::is_null)) {
                     errors.push(ConfigError::new(join(&item_path, name), format!("{item_path}: {name} is required")));
                 }
             }
-            Verdict::Fine
+            // A list whose items serde needs whole (api_keys) goes if any is
+            // not; providers are checked one by one after.
+            match errors.len() > before && !required.is_empty() {
+                true => Verdict::Reported,
+                false => Verdict::Fine,
+            }
         }
         _ => Verdict::Wrong,
     }
@@ -176,7 +218,8 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
 fn all(items: &mut [Value], ty: Ty, path: &str, errors: &mut Vec<ConfigError>) -> Verdict {
     let mut verdict = Verdict::Fine;
     for (i, item) in items.iter_mut().enumerate() {
-        if !matches!(check_value(item, ty, path, errors), Verdict::Fine) {
+        // A list item cannot be empty (only a mapping's value can be absent).
+        if item.is_null() || !matches!(check_value(item, ty, path, errors), Verdict::Fine) {
             let at = format!("{path}[{i}]");
             errors.push(ConfigError::new(&at, format!("{at}: expected {}, found {}", expected(ty), found(item))));
             verdict = Verdict::Reported;
@@ -199,7 +242,7 @@ fn label(map: &Mapping, path: &str) -> String {
         (true, Some(host)) => format!("{path} (host {host:?}): "),
         (true, None) => format!("{path}: "),
         _ if path.is_empty() => String::new(),
-        _ => format!("{path}."),
+        _ => format!("{path}: "),
     }
 }
 
@@ -212,6 +255,7 @@ fn expected(ty: Ty) -> &'static str {
         Texts => "a list of text values",
         Wholes => "a list of whole numbers",
         TextOrTexts => "a key or a list of keys",
+        ClientKeys => "a list of keys",
         Map(_) => "a mapping (key: value lines)",
         Maps(..) => "a list of mappings",
     }
@@ -226,7 +270,8 @@ fn found(value: &Value) -> String {
         Value::String(_) => "text".into(),
         Value::Sequence(_) => "a list".into(),
         Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+        // The tag is not shown: it is text from the file, maybe a key.
+        Value::Tagged(_) => "a tagged value".into(),
     }
 }
 
@@ -237,13 +282,16 @@ pub(super) fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>)
 }
 
 /// `unknown key `weigth`; did you mean `weight`?`, or the keys that exist.
+/// The name is shown only when it looks like a key name (a key written where
+/// a key name goes must not reach a log).
 fn unknown(name: &str, fields: &[Field]) -> String {
-    let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    let plain = (1..=40).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let shown = if plain { format!("`{name}`") } else { "(not shown: it does not look like a key name)".to_string() };
     match closest(name, fields.iter().map(|(field, _)| *field)) {
-        Some(field) => format!("unknown key `{shown}`; did you mean `{field}`?"),
+        Some(field) => format!("unknown key {shown}; did you mean `{field}`?"),
         None => {
             let valid: Vec<&str> = fields.iter().map(|(field, _)| *field).collect();
-            format!("unknown key `{shown}` (valid keys: {})", valid.join(", "))
+            format!("unknown key {shown} (valid keys: {})", valid.join(", "))
         }
     }
 }
@@ -284,7 +332,7 @@ mod tests {
             [
                 "http_port | http_port: expected a whole number, found text",
                 "http_prot | unknown key `http_prot`; did you mean `http_port`?",
-                "auth_keys[1] | auth_keys[1]: expected text, found the number 3",
+                "auth_keys[1] | auth_keys[1]: expected a key or a mapping with `key` and `name`, found the number 3",
                 "providers[0].weigth | providers[0] (host \"a.local\"): unknown key `weigth`; did you mean `weight`?",
                 "providers[0].port | providers[0] (host \"a.local\"): port: expected a whole number, found text",
                 "providers[0].tls | providers[0] (host \"a.local\"): tls: expected true or false, found text",

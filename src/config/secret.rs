@@ -1,7 +1,7 @@
 //! Keys: provider `api_key`/`api_keys` (a literal or a `$(command)`) and client
 //! `auth_keys`. Messages about them name the key's position, never its value.
 
-use super::raw::{OneOrMore, RawApiKey};
+use super::raw::{OneOrMore, RawApiKey, RawClientKey};
 use super::validate::{Ctx, Scope};
 use super::{ApiKeyConfig, ProviderType, SecretSource};
 
@@ -45,17 +45,30 @@ pub(super) fn secret_source(text: &str) -> Result<SecretSource, &'static str> {
 }
 
 /// A list of client keys (`auth_keys`), top-level or per provider.
-pub(super) fn client_keys(ctx: &mut Ctx<'_>, scope: &Scope, field: &str, raw: Option<&[String]>) -> Vec<String> {
+pub(super) fn client_keys(ctx: &mut Ctx<'_>, scope: &Scope, field: &str, raw: Option<&[RawClientKey]>) -> Vec<String> {
     let mut keys = Vec::new();
     for (i, raw_key) in raw.unwrap_or_default().iter().enumerate() {
         let item = format!("{field}[{i}]");
+        let (raw_key, name) = match raw_key {
+            RawClientKey::Plain(key) => (key, None),
+            RawClientKey::Named(named) => (&named.key, named.name.as_deref()),
+        };
         let Some(key) = ctx.expand(scope, &item, raw_key) else {
             continue;
         };
-        match header_value_problem(&key) {
-            Some(problem) => ctx.report(scope, &item, problem),
-            None => keys.push(key),
+        if let Some(problem) = header_value_problem(&key) {
+            ctx.report(scope, &item, problem);
+            continue;
         }
+        if let Some(name) = name {
+            let printable = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic());
+            if !printable {
+                ctx.report(scope, &format!("{item}.name"), "must be 1 to 64 visible ASCII characters, without spaces");
+            } else if ctx.name_client_key(&key, name).is_err() {
+                ctx.report(scope, &format!("{item}.name"), "differs from the name this key has elsewhere");
+            }
+        }
+        keys.push(key);
     }
     keys
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::env::expand;
 pub use super::error::{ConfigError, ConfigErrors};
+use super::positions::Positions;
 use super::raw::{self, RawConfig, RawHealthCheck};
 use super::timeouts::{self, Bound};
 use super::{provider, resilience, secret, Config, HealthCheckSettings, HttpsConfig};
@@ -62,27 +63,40 @@ pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String
 /// Parses and validates; relative file paths are joined to `base` when given.
 fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) -> Result<Config, ConfigErrors> {
     let raw::Parsed { raw, errors, positions } = raw::parse(text)?;
+    let Some(raw) = raw else {
+        return Err(placed(errors, &positions, 0));
+    };
     let shape_errors = errors.len();
-    let mut ctx = Ctx { env, base, errors, deprecations: Vec::new() };
+    let mut ctx = Ctx { env, base, errors, deprecations: Vec::new(), client_key_names: Vec::new() };
     let mut config = validate(&mut ctx, raw);
     config.deprecations = std::mem::take(&mut ctx.deprecations);
+    config.client_key_names = std::mem::take(&mut ctx.client_key_names);
     config.source_hash = source_hash(text);
     if ctx.errors.is_empty() {
         return Ok(config);
     }
-    // A value removed for its shape is absent to the checks after: what they
-    // say of the same key only repeats the first problem.
-    let (shape, checks) = ctx.errors.split_at(shape_errors);
-    let repeated = |e: &ConfigError| shape.iter().any(|s| s.key == e.key);
-    let mut errors: Vec<ConfigError> = shape.iter().chain(checks.iter().filter(|e| !repeated(e))).cloned().collect();
+    Err(placed(ctx.errors, &positions, shape_errors))
+}
+
+/// Every problem with its line and column, in file order (those without a
+/// place last). The first `shape_errors` came from the shape check: a value
+/// it removed is absent to the checks after, and what they say of the same
+/// key only repeats the first problem.
+fn placed(errors: Vec<ConfigError>, positions: &Positions, shape_errors: usize) -> ConfigErrors {
+    let shape: std::collections::HashSet<String> = errors[..shape_errors].iter().map(|e| e.key.clone()).collect();
+    let mut errors: Vec<ConfigError> = errors
+        .into_iter()
+        .enumerate()
+        .filter(|(i, e)| *i < shape_errors || !shape.contains(&e.key))
+        .map(|(_, e)| e)
+        .collect();
     for error in &mut errors {
         if let (Some((line, column)), false) = (positions.of(&error.key), error.message.contains(" at line ")) {
             error.message.push_str(&format!(" (line {line}, column {column})"));
         }
     }
-    // In file order; problems without a place last.
-    errors.sort_by_key(|e| positions.of(&e.key).unwrap_or((usize::MAX, 0)));
-    Err(ConfigErrors(errors))
+    errors.sort_by_cached_key(|e| positions.of(&e.key).unwrap_or((usize::MAX, 0)));
+    ConfigErrors(errors)
 }
 
 fn source_hash(text: &str) -> String {
@@ -129,11 +143,25 @@ pub(super) struct Ctx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     /// The config file's directory: relative paths are taken from there.
     base: Option<&'a Path>,
+    /// Client keys that have a name, and the name.
+    client_key_names: Vec<(String, String)>,
     errors: Vec<ConfigError>,
     deprecations: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// Names a client key; `Err` if it already has another name.
+    pub(super) fn name_client_key(&mut self, key: &str, name: &str) -> Result<(), ()> {
+        match self.client_key_names.iter().find(|(k, _)| k == key) {
+            Some((_, existing)) if existing != name => Err(()),
+            Some(_) => Ok(()),
+            None => {
+                self.client_key_names.push((key.to_string(), name.to_string()));
+                Ok(())
+            }
+        }
+    }
+
     /// Records a form that still works but should be written another way.
     pub(super) fn deprecated(&mut self, scope: &Scope, field: &str, advice: impl Display) {
         self.deprecations.push(format!("{}{field} {advice}", scope.lead()));
@@ -189,6 +217,14 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let top = Scope::top();
     let (http, https) = listeners(ctx, &raw);
     let admin = admin_listener(ctx, &raw, http, https.as_ref().map(|h| h.addr));
+    let log_json = match raw.log_format.as_deref().map(str::trim) {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(_) => {
+            ctx.report(&top, "log_format", "must be text or json");
+            false
+        }
+    };
     let auth_keys = secret::client_keys(ctx, &top, "auth_keys", raw.auth_keys.as_deref());
     let health_check = health_check(ctx, raw.health_check.as_ref(), raw.health_check_interval);
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
@@ -206,6 +242,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         http,
         https,
         admin,
+        log_json,
         auth_keys,
         health_check,
         http_max_header_size,
@@ -219,6 +256,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         providers,
         deprecations: Vec::new(),
         source_hash: String::new(),
+        client_key_names: Vec::new(),
     }
 }
 

@@ -13,6 +13,16 @@ pub fn accepts_any(presented: &[Option<&[u8]>], global: &[Box<[u8]>], own: &[Box
     presented.iter().fold(false, |found, key| accepts(*key, global, own) | found)
 }
 
+/// Which of the `presented` credentials opens a provider with the `global`
+/// keys plus its `own` (each still compared in constant time); `None` when
+/// none does or access is open.
+pub fn which<'a>(presented: &[Option<&'a [u8]>], global: &[Box<[u8]>], own: &[Box<[u8]>]) -> Option<&'a [u8]> {
+    if global.is_empty() && own.is_empty() {
+        return None;
+    }
+    presented.iter().flatten().copied().find(|key| accepts(Some(key), global, own))
+}
+
 /// Whether `presented` opens a provider that accepts the `global` keys plus its
 /// `own`. With no keys configured at all, access is open.
 pub fn accepts(presented: Option<&[u8]>, global: &[Box<[u8]>], own: &[Box<[u8]>]) -> bool {

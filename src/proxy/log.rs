@@ -44,6 +44,20 @@ pub struct AccessLog {
     /// Bytes through a tunnel (WebSocket, CONNECT), read when the line is
     /// written: a tunnel cut at shutdown still reports what it carried.
     tunnel: Option<Arc<Transferred>>,
+    /// For the JSON line (`log_format: json`) only.
+    detail: Detail,
+}
+
+/// What only the JSON line carries.
+#[derive(Debug, Default)]
+struct Detail {
+    peer: Option<std::net::SocketAddr>,
+    protocol: &'static str,
+    /// The query with every value replaced by `*`.
+    query: Option<String>,
+    attempts: u32,
+    key_slot: Option<usize>,
+    client_key: Option<Arc<str>>,
 }
 
 /// What a tunnel carried so far, counted as it goes.
@@ -73,6 +87,12 @@ impl AccessLog {
             bytes_out: Arc::default(),
             status: None,
             tunnel: None,
+            detail: Detail {
+                peer: head.peer,
+                protocol: head.protocol,
+                query: crate::telemetry::json().then(|| redacted_query(&head.target)).flatten(),
+                ..Detail::default()
+            },
         }
     }
 
@@ -80,6 +100,17 @@ impl AccessLog {
         self.provider = Some(provider.index);
         self.metrics = Some(provider.metrics.clone());
         self.in_flight = Some(provider.health.begin());
+    }
+
+    /// An attempt went upstream with the provider key at `slot`.
+    pub fn attempted(&mut self, slot: Option<usize>) {
+        self.detail.attempts += 1;
+        self.detail.key_slot = slot;
+    }
+
+    /// What to call the client key the request came with.
+    pub fn client_key(&mut self, label: Option<Arc<str>>) {
+        self.detail.client_key = label;
     }
 
     /// The counter of the request body's bytes.
@@ -119,8 +150,14 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         let took = self.started.elapsed();
         let status = self.status.unwrap_or(CLIENT_CLOSED);
-        let metrics = self.metrics.get_or_insert_with(unrouted);
+        let metrics = self.metrics.get_or_insert_with(unrouted).clone();
         metrics.answered(status, took, self.first_byte);
+        if crate::telemetry::json() {
+            if tracing::enabled!(target: "openproxy::access", tracing::Level::INFO) {
+                self.write_json(status, took, metrics.provider());
+            }
+            return;
+        }
         // `None` fields are left out of the line: a tunnel's bytes go up and
         // down, a request's body bytes in and out.
         let tunnel = self.tunnel.as_ref().map(|t| (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)));
@@ -142,6 +179,61 @@ impl Drop for AccessLog {
             bytes_down = tunnel.map(|t| t.1),
         );
     }
+}
+
+impl AccessLog {
+    /// The line as one JSON object (`log_format: json`).
+    fn write_json(&self, status: u16, took: std::time::Duration, provider: &str) {
+        let (bytes_in, bytes_out) = match &self.tunnel {
+            Some(t) => (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)),
+            None => (self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed)),
+        };
+        let path = match &self.detail.query {
+            Some(query) => format!("{}?{query}", self.path),
+            None => self.path.clone(),
+        };
+        let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
+        let line = serde_json::json!({
+            "time": crate::telemetry::now_rfc3339(),
+            "client": self.detail.peer.map(|p| p.to_string()),
+            "protocol": self.detail.protocol,
+            "method": self.method.as_str(),
+            "host": self.host,
+            "path": path,
+            "provider": (provider != "none").then_some(provider),
+            "key_slot": self.detail.key_slot,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": ms(took),
+            "ttfb_ms": self.first_byte.map(ms),
+            "attempts": self.detail.attempts,
+            "client_key": self.detail.client_key.as_deref(),
+            "tunnel": self.tunnel.is_some(),
+            "model": null,
+            "input_tokens": null,
+            "output_tokens": null,
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        crate::telemetry::write_line(text.as_bytes());
+    }
+}
+
+/// The query with each value replaced by `*` (a value may be a key), and
+/// each name too unless it looks like a parameter name (letters and `_`);
+/// `None` without a query.
+fn redacted_query(target: &str) -> Option<String> {
+    let (_, query) = target.split_once('?')?;
+    let plain =
+        |name: &str| (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_');
+    let pairs: Vec<&str> = query
+        .split('&')
+        .map(|pair| pair.split('=').next().unwrap_or(""))
+        .map(|name| if plain(name) { name } else { "*" })
+        .collect();
+    let redacted: Vec<String> = pairs.iter().map(|name| format!("{name}=*")).collect();
+    Some(truncated(&redacted.join("&"), MAX_PATH))
 }
 
 /// The metrics of requests no provider took (refused, unknown host).
@@ -166,5 +258,15 @@ impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let micros = self.0.as_micros();
         write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_and_odd_names_never_reach_the_json_line() {
+        assert_eq!(super::redacted_query("/v1/x"), None);
+        let redacted = super::redacted_query("/v1/x?model=gpt&key=sk-secret&sk-other&alt=sse").unwrap();
+        assert_eq!(redacted, "model=*&key=*&*=*&alt=*");
     }
 }

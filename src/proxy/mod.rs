@@ -24,7 +24,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Method};
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::message::{RequestHead, Response};
 use crate::provider::Provider;
@@ -85,6 +85,9 @@ pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
     match plan(&app.snapshot.load_full(), &head) {
         Ok(plan) => {
             log.provider(&plan.chosen.provider);
+            if crate::telemetry::json() {
+                log.client_key(client_key_label(&plan.snapshot, &head, &plan.chosen.provider));
+            }
             Ok(Admitted { plan, head, log })
         }
         Err((error, style)) => {
@@ -112,6 +115,11 @@ impl Admitted {
         if outcome.is_ok() {
             log.first_byte();
         }
+        // A request body cut by its client: nobody is left to read our 400.
+        let client_gone = matches!(
+            &outcome,
+            Err(ProxyError::ClientBody(BodyError::Incomplete | BodyError::Io(_) | BodyError::Stream(_)))
+        );
         let (response, from_upstream) = match outcome {
             // A success that is no switch would reach an RFC 8441 client as
             // an open WebSocket (over HTTP/2 a 2xx is the switch).
@@ -122,7 +130,7 @@ impl Admitted {
             Ok(response) => (response, true),
             Err(err) => (err.into_response(style), false),
         };
-        log.set_status(response.status.as_u16());
+        log.set_status(if client_gone { log::CLIENT_CLOSED } else { response.status.as_u16() });
         let Response { status, headers, body } = response;
         if let Body::Upgraded(_) = body {
             return Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: Some(log) };
@@ -155,6 +163,16 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
     let now = Instant::now();
     let chosen = choose::choose(&candidates, &[], now).ok_or_else(|| (choose::unavailable(&candidates, now), style))?;
     Ok(Plan { snapshot: snapshot.clone(), chosen, candidates, target: target.into_owned(), style })
+}
+
+/// What the log calls the client key the request was let in with: its name,
+/// or a fingerprint (never the key); `None` when no key was needed.
+fn client_key_label(snapshot: &Snapshot, head: &RequestHead, provider: &Provider) -> Option<Arc<str>> {
+    let query = head.target.split_once('?').map(|(_, q)| q);
+    let presented = crate::provider::kind::client_keys(provider.kind, &head.headers, query);
+    let presented = [presented[0].as_deref(), presented[1].as_deref()];
+    let key = auth::which(&presented, &snapshot.auth_keys, &provider.auth_keys)?;
+    Some(snapshot.client_key_label(key))
 }
 
 /// The providers a request may go to, and the path they see.
@@ -264,7 +282,10 @@ fn may_replay(replay: Replay, method: &Method) -> bool {
 }
 
 fn upstream_error(err: UpstreamError, provider: &Provider) -> ProxyError {
-    crate::metrics::metrics().upstream_error(provider.metrics.provider(), err.kind());
+    // The client's own failure is not the provider's.
+    if !matches!(err, UpstreamError::ClientBody(_)) {
+        crate::metrics::metrics().upstream_error(provider.metrics.provider(), err.kind());
+    }
     let err = ProxyError::from(err);
     if let ProxyError::Upstream(_) = &err {
         let error = err.message();

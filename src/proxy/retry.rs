@@ -57,6 +57,7 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
             headers = original.clone();
         }
         let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
+        log.attempted(key);
         record_health(&mut chosen, &result, &snapshot.passive_health);
         let Some(key_specific) = (left > 0).then(|| wants_retry(&result, rules, &method)).flatten() else {
             return result;

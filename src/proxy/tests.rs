@@ -32,7 +32,15 @@ fn head(method: Method, host: &str, target: &str, headers: &[(&'static str, &str
     for (name, value) in headers {
         map.append(*name, HeaderValue::from_str(value).unwrap());
     }
-    RequestHead { method, authority: Some(host.into()), target: target.into(), headers: map, default_port: 80 }
+    RequestHead {
+        method,
+        authority: Some(host.into()),
+        target: target.into(),
+        headers: map,
+        default_port: 80,
+        peer: None,
+        protocol: "HTTP/1.1",
+    }
 }
 
 async fn text(resp: Response) -> (u16, String) {

@@ -44,24 +44,37 @@ async fn exchange(stream: &mut TcpStream, app: &App) -> std::io::Result<()> {
     if head.method != Method::GET && head.method != Method::HEAD {
         return respond(stream, 405, "text/plain", "only GET\n").await;
     }
-    let path = head.target.split('?').next().unwrap_or("");
+    // Origin-form, or the path of an absolute-form target.
+    let path = head.target.parse::<http::Uri>().map(|uri| uri.path().to_string()).unwrap_or_default();
     let snapshot = app.snapshot.load_full();
-    let (status, content_type, body) = match path {
+    let (status, content_type, body) = match path.as_str() {
         "/metrics" => (200, OPENMETRICS, scrape(&snapshot)),
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
         "/readyz" => readiness(&snapshot),
         "/status" => (200, "application/json", status(&snapshot).to_string()),
         _ => (404, "text/plain", "not found: /metrics, /healthz, /readyz, /status\n".to_string()),
     };
-    let body = if head.method == Method::HEAD { String::new() } else { body };
-    respond(stream, status, content_type, &body).await
+    respond_to(stream, head.method == Method::HEAD, status, content_type, &body).await
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
+    respond_to(stream, false, status, content_type, body).await
+}
+
+/// Writes the answer; to a HEAD, its head only (with the length a GET gets).
+async fn respond_to(
+    stream: &mut TcpStream,
+    head_only: bool,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut out = format!("HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n");
     let _ = write!(out, "content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n", body.len());
-    out.push_str(body);
+    if !head_only {
+        out.push_str(body);
+    }
     stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await
 }

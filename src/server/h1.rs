@@ -68,7 +68,13 @@ enum Next {
 }
 
 /// Serves one client connection until it closes, errs, or shutdown is signalled.
-pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdown: Shutdown) {
+pub async fn serve<S: Split>(
+    io: S,
+    app: Arc<App>,
+    default_port: u16,
+    peer: Option<std::net::SocketAddr>,
+    mut shutdown: Shutdown,
+) {
     let _open = crate::metrics::metrics().connection("http1");
     let (rd, wr) = io.split_io();
     let mut conn = Conn::<S> { reader: Reader { rd, buf: BytesMut::new() }, wr };
@@ -83,7 +89,7 @@ pub async fn serve<S: Split>(io: S, app: Arc<App>, default_port: u16, mut shutdo
                 break;
             }
             Next::Head(head) => {
-                let req = ReqFacts::new(&head, &shutdown, &limits, default_port);
+                let req = ReqFacts::new(&head, &shutdown, &limits, default_port, peer);
                 // Boxed: a request's state is large and lives only while it
                 // runs; inline, every idle connection would carry it.
                 match Box::pin(exchange(&mut conn, &app, *head, req, &shutdown)).await {
@@ -165,11 +171,18 @@ struct ReqFacts {
     keep_alive: bool,
     expect_continue: bool,
     default_port: u16,
+    peer: Option<std::net::SocketAddr>,
     limits: Limits,
 }
 
 impl ReqFacts {
-    fn new(h1: &H1Head, shutdown: &Shutdown, limits: &Limits, default_port: u16) -> Self {
+    fn new(
+        h1: &H1Head,
+        shutdown: &Shutdown,
+        limits: &Limits,
+        default_port: u16,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Self {
         ReqFacts {
             method: h1.method.clone(),
             version: h1.version,
@@ -178,6 +191,7 @@ impl ReqFacts {
             keep_alive: h1.keep_alive && !shutdown.is_signalled() && h1.method != Method::CONNECT,
             expect_continue: h1.expect_continue,
             default_port,
+            peer,
             limits: *limits,
         }
     }
@@ -195,7 +209,7 @@ async fn exchange<S: Split>(
     mut req: ReqFacts,
     shutdown: &Shutdown,
 ) -> After {
-    let head = match neutral_head(h1, req.default_port) {
+    let head = match neutral_head(h1, req.default_port, req.peer) {
         Ok(head) => head,
         Err(err) => {
             req.keep_alive = false;
@@ -224,11 +238,16 @@ async fn exchange<S: Split>(
 }
 
 /// Carries the tunnel a `101` or a CONNECT's `200` opened, until it ends.
-async fn tunnel<S: Split>(conn: &mut Conn<S>, upstream: crate::net::Conn, mut log: Option<AccessLog>, limits: &Limits) {
+async fn tunnel<S: Split>(
+    conn: &mut Conn<S>,
+    upstream: crate::net::Conn,
+    mut log: Option<Box<AccessLog>>,
+    limits: &Limits,
+) {
     let leftover = std::mem::take(&mut conn.reader.buf);
     let idle = limits.tunnel_idle_timeout;
     // The log holds the counters: if this is dropped (shutdown), its line still has them.
-    let carried = log.as_mut().map(AccessLog::tunnel_counters).unwrap_or_default();
+    let carried = log.as_mut().map(|log| log.tunnel_counters()).unwrap_or_default();
     // Over TCP the read side sees the client go: nothing else to watch.
     let gone = std::future::pending();
     tunnel::bridge(&mut conn.reader.rd, leftover, &mut conn.wr, upstream, idle, &carried, gone).await;
@@ -244,7 +263,7 @@ enum After {
     /// Whether it may carry another request.
     Next(bool),
     /// It carries a tunnel to this upstream connection from now on.
-    Tunnel(Box<crate::net::Conn>, Option<AccessLog>),
+    Tunnel(Box<crate::net::Conn>, Option<Box<AccessLog>>),
 }
 
 /// Runs the upstream exchange and writes its answer while the request body is
@@ -304,7 +323,7 @@ async fn relay<S: Split>(
     After::Next(match written {
         Ok(Written::Complete) => body_done.load(Ordering::Relaxed),
         Ok(Written::CompleteClose) => false,
-        Ok(Written::Upgraded(upstream)) => return After::Tunnel(upstream, tunnel_log),
+        Ok(Written::Upgraded(upstream)) => return After::Tunnel(upstream, tunnel_log.map(Box::new)),
         Err(CopyError::Sink(e)) => {
             tracing::debug!(error = %e, "client went away mid-response");
             false
@@ -404,14 +423,16 @@ async fn pump_body<R: ReadSide>(
 /// The neutral head: absolute-form targets carry the authority (RFC 9112 §3.2.2),
 /// origin-form ones take it from `Host`, and CONNECT's authority-form target is
 /// its authority.
-fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError> {
-    let H1Head { method, target, headers, .. } = h1;
+fn neutral_head(h1: H1Head, default_port: u16, peer: Option<std::net::SocketAddr>) -> Result<RequestHead, ProxyError> {
+    let H1Head { method, target, headers, version, .. } = h1;
+    let protocol = if version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
     if method == Method::CONNECT {
         // Credentials in the authority would end up in logs.
         if target.contains('@') {
             return Err(ProxyError::BadRequest("user information in the request target is not allowed".into()));
         }
-        return Ok(RequestHead { method, authority: Some(target), target: String::new(), headers, default_port });
+        let authority = Some(target);
+        return Ok(RequestHead { method, authority, target: String::new(), headers, default_port, peer, protocol });
     }
     let host = match headers.get(http::header::HOST) {
         Some(v) => Some(v.to_str().map_err(|_| ProxyError::BadRequest("Host header is not valid".into()))?.to_string()),
@@ -434,5 +455,5 @@ fn neutral_head(h1: H1Head, default_port: u16) -> Result<RequestHead, ProxyError
             _ => return Err(ProxyError::BadRequest("request target must be a path or an http URL".into())),
         }
     };
-    Ok(RequestHead { method, authority, target, headers, default_port })
+    Ok(RequestHead { method, authority, target, headers, default_port, peer, protocol })
 }

@@ -3,6 +3,7 @@
 //! HTTP/1.1, in a task of its own, so streams are independent of each other.
 
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const SEND_BUFFER: usize = 256 * 1024;
 
-pub async fn serve<S>(io: S, app: Arc<App>, mut shutdown: Shutdown)
+pub async fn serve<S>(io: S, app: Arc<App>, peer: Option<SocketAddr>, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -90,7 +91,7 @@ where
                 let guard = OpenStream::new(&streams);
                 let app = app.clone();
                 tokio::spawn(async move {
-                    handle_stream(request, respond, app).await;
+                    handle_stream(request, respond, app, peer).await;
                     drop(guard);
                 });
             }
@@ -157,13 +158,18 @@ impl Drop for OpenStream {
     }
 }
 
-async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, app: Arc<App>) {
+async fn handle_stream(
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    app: Arc<App>,
+    peer: Option<SocketAddr>,
+) {
     let (mut parts, recv) = request.into_parts();
     if parts.method == Method::CONNECT {
         let protocol = parts.extensions.remove::<h2::ext::Protocol>();
-        return super::h2_tunnel::serve(parts, protocol, recv, respond, app).await;
+        return super::h2_tunnel::serve(parts, protocol, recv, respond, app, peer).await;
     }
-    let head = neutral_head(parts.method, &parts.uri, parts.headers);
+    let head = neutral_head(parts.method, &parts.uri, parts.headers, peer);
     let is_head = head.method == Method::HEAD;
     // A request whose stream already ended has nothing to stream: an empty
     // body keeps it eligible for a replay on a fresh upstream connection.
@@ -186,7 +192,12 @@ async fn handle_stream(request: Request<h2::RecvStream>, mut respond: SendRespon
 
 /// The neutral head: `:authority` is the routing host, `Host` when absent
 /// (RFC 9113 §8.3.1); split `cookie` fields are joined for HTTP/1.1 (§8.2.3).
-pub(super) fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderMap) -> RequestHead {
+pub(super) fn neutral_head(
+    method: Method,
+    uri: &http::Uri,
+    mut headers: HeaderMap,
+    peer: Option<SocketAddr>,
+) -> RequestHead {
     let authority = match uri.authority() {
         Some(a) => Some(a.as_str().to_string()),
         None => headers.get(HOST).and_then(|v| v.to_str().ok()).map(String::from),
@@ -198,7 +209,7 @@ pub(super) fn neutral_head(method: Method, uri: &http::Uri, mut headers: HeaderM
         }
     }
     let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    RequestHead { method, authority, target, headers, default_port: 443 }
+    RequestHead { method, authority, target, headers, default_port: 443, peer, protocol: "HTTP/2" }
 }
 
 /// Sends the head, then the body; a body that breaks after the head left

@@ -41,8 +41,9 @@ pub async fn serve(
     recv: RecvStream,
     mut respond: SendResponse<Bytes>,
     app: Arc<App>,
+    peer: Option<std::net::SocketAddr>,
 ) {
-    let mut head = neutral_head(parts.method, &parts.uri, parts.headers);
+    let mut head = neutral_head(parts.method, &parts.uri, parts.headers, peer);
     let websocket = match protocol.as_ref().map(|p| p.as_str()) {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("websocket") => true,
@@ -251,6 +252,8 @@ mod tests {
             target: "/v1/realtime".into(),
             headers: HeaderMap::new(),
             default_port: 443,
+            peer: None,
+            protocol: "HTTP/2",
         };
         let accept = as_upgrade(&mut head);
         assert!(crate::headers::is_websocket_upgrade(&head.method, &head.headers));

@@ -130,13 +130,13 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Ar
     // Two tasks of their own types: a task is as large as its future, and a
     // plain connection should not carry the room a TLS handshake needs.
     match scheme {
-        Scheme::Http => drop(tokio::spawn(h1::serve(stream, app, 80, shutdown).instrument(span))),
-        Scheme::Https => drop(tokio::spawn(serve_tls(stream, app, shutdown).instrument(span))),
+        Scheme::Http => drop(tokio::spawn(h1::serve(stream, app, 80, Some(peer), shutdown).instrument(span))),
+        Scheme::Https => drop(tokio::spawn(serve_tls(stream, app, Some(peer), shutdown).instrument(span))),
         Scheme::Admin => drop(tokio::spawn(super::admin::serve(stream, app).instrument(span))),
     }
 }
 
-pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, shutdown: Shutdown) {
+pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, peer: Option<SocketAddr>, shutdown: Shutdown) {
     let snapshot = app.snapshot.load();
     let (Some(config), timeout) = (snapshot.tls.clone(), snapshot.limits.handshake_timeout) else {
         return;
@@ -152,8 +152,8 @@ pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, shutdown: Shutdo
     };
     // Boxed for the same reason: only one of the two drivers ever runs.
     if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
-        Box::pin(h2::serve(tls, app, shutdown)).await;
+        Box::pin(h2::serve(tls, app, peer, shutdown)).await;
     } else {
-        Box::pin(h1::serve(tls, app, 443, shutdown)).await;
+        Box::pin(h1::serve(tls, app, 443, peer, shutdown)).await;
     }
 }

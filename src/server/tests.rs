@@ -18,7 +18,7 @@ const CONFIG: &str = "http_port: 1\nauth_keys: [\"client-key\"]\nproviders:\n  -
 /// Starts the HTTP/1.1 driver on one end of a pipe; returns the client end.
 fn h1_client(app: &Arc<App>, drain: &Drain) -> DuplexStream {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(h1::serve(server, app.clone(), 80, drain.handle()));
+    tokio::spawn(h1::serve(server, app.clone(), 80, None, drain.handle()));
     client
 }
 
@@ -145,7 +145,7 @@ async fn h1_a_refused_body_not_yet_read_closes_the_connection() {
 /// Starts the HTTP/2 driver on one end of a pipe and a client on the other.
 async fn h2_client(app: &Arc<App>, drain: &Drain) -> ::h2::client::SendRequest<Bytes> {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(h2::serve(server, app.clone(), drain.handle()));
+    tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     tokio::spawn(conn);
     send
@@ -181,7 +181,7 @@ async fn h2_connections_without_streams_close_after_the_idle_timeout() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
     app.set_limits(|l| l.client_idle_timeout = Duration::from_secs(10));
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(h2::serve(server, app.clone(), drain.handle()));
+    let served = tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     let started = Instant::now();
     let (_, done) = tokio::join!(conn, served);
@@ -197,7 +197,7 @@ async fn h2_the_idle_clock_restarts_when_the_last_stream_ends() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
     app.set_limits(|l| l.client_idle_timeout = Duration::from_secs(10));
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(h2::serve(server, app.clone(), drain.handle()));
+    let served = tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     let conn = tokio::spawn(conn);
     let started = Instant::now();
@@ -219,8 +219,8 @@ async fn connection_tasks_stay_small() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connect = || tokio::net::TcpStream::connect(listener.local_addr().unwrap());
     let drain = Drain::new();
-    let plain = h1::serve(connect().await.unwrap(), app.clone(), 80, drain.handle());
-    let tls = super::listener::serve_tls(connect().await.unwrap(), app.clone(), drain.handle());
+    let plain = h1::serve(connect().await.unwrap(), app.clone(), 80, None, drain.handle());
+    let tls = super::listener::serve_tls(connect().await.unwrap(), app.clone(), None, drain.handle());
     assert!(std::mem::size_of_val(&plain) <= 2048, "{} bytes", std::mem::size_of_val(&plain));
     assert!(std::mem::size_of_val(&tls) <= 2048, "{} bytes", std::mem::size_of_val(&tls));
 }

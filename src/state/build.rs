@@ -59,6 +59,11 @@ impl Snapshot {
                 .chain(config.providers.iter().flat_map(|p| &p.auth_keys))
                 .map(|k| k.as_bytes().into())
                 .collect(),
+            client_key_names: config
+                .client_key_names
+                .iter()
+                .map(|(key, name)| (super::key_fingerprint(key.as_bytes()), Arc::from(name.as_str())))
+                .collect(),
             limits: Limits::from_config(&config),
             health_check: config.health_check.clone(),
             passive_health: PassiveHealth {
@@ -103,7 +108,7 @@ fn provider(
     if let Some(prefix) = &cfg.path_prefix {
         route_label.push_str(prefix);
     }
-    let metrics = crate::metrics::metrics().for_provider(&route_label, &cfg.metric_name());
+    let metrics = crate::metrics::metrics().for_provider(&route_label, &cfg.metric_name);
     Ok(Provider {
         index: cfg.index,
         kind: cfg.kind,

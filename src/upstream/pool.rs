@@ -108,6 +108,7 @@ impl Pools {
         endpoint: &Endpoint,
         connect_timeout: Duration,
     ) -> Result<Checkout, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + connect_timeout;
         let mut dialing = None;
         if endpoint.tls.is_some() && !lock(&self.speaks_h1).contains(&endpoint.key) {
             let waiting = {
@@ -123,15 +124,21 @@ impl Pools {
                 }
             };
             if let Some(mut done) = waiting {
-                // Resolves when that dial ends, however it ends.
-                let _ = done.changed().await;
+                // Resolves when that dial ends, however it ends; but no later
+                // than this request's own connect timeout (another provider's
+                // dial to the endpoint may have a longer one).
+                let ended = tokio::time::timeout_at(deadline, done.changed()).await;
                 if let Some(checkout) = self.take(endpoint) {
                     return Ok(checkout);
                 }
-                // It failed or speaks HTTP/1.1: a connection of our own.
+                if ended.is_err() {
+                    return Err(UpstreamError::ConnectTimeout { peer: endpoint.peer.clone() });
+                }
+                // It failed or speaks HTTP/1.1: a connection of our own, in the time left.
             }
         }
-        let stream = connect(endpoint, connect_timeout, Purpose::Requests).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stream = connect(endpoint, left, Purpose::Requests).await?;
         if !stream.is_h2() && endpoint.tls.is_some() {
             lock(&self.speaks_h1).insert(endpoint.key.clone());
         }

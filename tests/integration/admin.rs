@@ -163,3 +163,90 @@ async fn a_streams_line_and_duration_cover_the_whole_stream() {
     assert!(m[r#"openproxy_request_duration_seconds_sum{host="h.local",provider="oai"}"#] >= 0.4);
     assert!(m[r#"openproxy_time_to_first_byte_seconds_sum{host="h.local",provider="oai"}"#] < 0.1);
 }
+
+#[tokio::test]
+async fn providers_sharing_an_endpoint_keep_their_own_series() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let p = |host: &str| {
+        format!("  - {{type: openai, host: {host}, endpoint: \"127.0.0.1:{}\", tls: false, api_key: k}}\n", up.port())
+    };
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nadmin_port: {admin}\nproviders:\n{}{}",
+        p("a.local"),
+        p("b.local")
+    );
+    let _proxy = TestProxy::start(&yaml);
+    let doc: serde_json::Value = serde_json::from_str(&get(admin, "/status").await.1).unwrap();
+    let names: Vec<&str> = doc["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let default = format!("openai:127.0.0.1:{}", up.port());
+    assert_eq!(names, [format!("{default}#0"), format!("{default}#1")]);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_upload_is_a_499_and_no_upstream_error() {
+    use tokio::io::AsyncWriteExt;
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\ncontent-length: 1000\r\n\r\n{\"a\"";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = samples(&get(admin, "/metrics").await.1);
+        if m.get(r#"openproxy_requests_total{host="h.local",provider="oai",status="499"}"#) == Some(&3.0) {
+            assert!(!m.keys().any(|k| k.starts_with("openproxy_upstream_errors_total")), "{m:?}");
+            assert!(!m.keys().any(|k| k.contains("status=\"400\"")), "{m:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_named_and_fingerprinted_client_keys() {
+    let up = MockUpstream::start("ok").await;
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nlog_format: json\n\
+         auth_keys: [{{key: client-key, name: team-a}}, other-client-key]\nproviders:\n  \
+         - {{type: openai, name: oai, host: h.local, endpoint: \"127.0.0.1:{}\", tls: false, api_key: real-key}}\n",
+        up.port()
+    );
+    let proxy = TestProxy::start(&yaml);
+    assert_eq!(request(&proxy, "h.local", "client-key").await, 200);
+    assert_eq!(request(&proxy, "h.local", "other-client-key").await, 200);
+    assert_eq!(request(&proxy, "h.local", "wrong").await, 401);
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    send(proxy.addr, "GET", "/v1/models?key=sk-in-query&alt=sse", &auth, "").await;
+    wait_for_log(&proxy, "\"status\":401", Duration::from_secs(10)).await;
+    wait_for_log(&proxy, "/v1/models?", Duration::from_secs(10)).await;
+    let logs = proxy.logs();
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("status").is_some()).collect();
+    assert_eq!(access.len(), 4, "{logs}");
+    let first = access[0];
+    assert_eq!(first["client"].as_str().unwrap().split(':').next(), Some("127.0.0.1"));
+    assert_eq!((first["protocol"].as_str(), first["method"].as_str()), (Some("HTTP/1.1"), Some("POST")));
+    assert_eq!(
+        (first["provider"].as_str(), first["key_slot"].as_u64(), first["attempts"].as_u64()),
+        (Some("oai"), Some(0), Some(1))
+    );
+    assert_eq!(first["client_key"], "team-a");
+    assert_eq!((first["status"].as_u64(), first["bytes_in"].as_u64()), (Some(200), Some(2)));
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0 && first["ttfb_ms"].as_f64().is_some());
+    assert!(first.get("time").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with('Z')));
+    let fingerprint = access[1]["client_key"].as_str().unwrap();
+    assert!(fingerprint.starts_with("key-") && fingerprint.len() == 12, "{fingerprint}");
+    assert!(access[2]["provider"].is_null() && access[2]["client_key"].is_null());
+    assert_eq!(access[3]["path"], "/v1/models?key=*&alt=*");
+    for secret in ["client-key\"", "other-client-key", "real-key", "sk-in-query"] {
+        assert!(!logs.contains(secret), "{secret} in:\n{logs}");
+    }
+}

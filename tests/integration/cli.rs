@@ -43,9 +43,13 @@ fn check_lists_every_problem_and_exits_1() {
     );
     let (code, stdout, stderr) = openproxy(&["check", "-c", &path]);
     assert_eq!(code, 1, "{stdout}{stderr}");
-    for needle in
-        ["cert_file", "providers[0] (host \"a.local\")", "weight", "providers[1] (host \"b.local\")", "mystery"]
-    {
+    for needle in [
+        "cert_file",
+        "providers[0] (host \"a.local\")",
+        "weight",
+        "providers[1] (host \"b.local\")",
+        "type is not a provider type",
+    ] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
 }
@@ -405,7 +409,7 @@ fn check_reports_every_kind_of_mistake_at_once_with_its_line() {
     for (problem, line) in [
         ("https_port: expected a whole number, found text", 2),
         ("workers must be between 1", 3),
-        ("providers[0] (host \"api.local/openai\"): type \"opnai\" is not a provider type; did you mean `openai`?", 6),
+        ("providers[0] (host \"api.local/openai\"): type is not a provider type; did you mean `openai`?", 6),
         ("unknown key `weigth`; did you mean `weight`?", 9),
         ("tls: expected true or false, found text", 10),
         ("providers[1] (host \"api.local/anthropic\"): weight must be greater than 0", 14),

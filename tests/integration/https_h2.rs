@@ -305,3 +305,48 @@ async fn a_stalled_h2_stream_does_not_stall_its_neighbours() {
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB while a 64 MiB download is stalled: it is being buffered");
     drop(stalled);
 }
+
+/// Requests waiting for another's connect to a cold TLS endpoint wait no
+/// longer than their own connect timeout, even behind a slower provider's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_anothers_connect_keeps_its_own_timeout() {
+    // Accepts TCP, never answers the TLS hello; says when a dial has come.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let (dialed, mut first_dial) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+            let _ = dialed.send(());
+        }
+    });
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _, _) = ca.write(dir.path());
+    let provider = |host: &str, timeout: u32| {
+        format!(
+            "  - {{type: openai, host: {host}, endpoint: \"localhost:{port}\", ca_file: {}, api_key: k, connect_timeout: {timeout}}}\n",
+            ca_file.display()
+        )
+    };
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nworkers: 1\nretry: {{attempts: 0}}\nproviders:\n{}{}",
+        provider("a.local", 3),
+        provider("b.local", 1)
+    );
+    let proxy = TestProxy::start(&yaml);
+    let addr = proxy.addr;
+    let timed = |host: &'static str| async move {
+        let started = std::time::Instant::now();
+        let status = send(addr, "GET", "/v1/models", &[("host", host)], "").await.0;
+        (status, started.elapsed())
+    };
+    // b.local waits on a.local's 3 s dial to the same endpoint: 1 s at most.
+    let slow = tokio::spawn(timed("a.local"));
+    first_dial.recv().await.unwrap();
+    let (status, took) = timed("b.local").await;
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(1600), "{took:?}");
+    let _ = slow.await;
+}
