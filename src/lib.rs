@@ -76,3 +76,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod usage;

@@ -47,6 +47,14 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    direction: &'static str,
+    provider: String,
+    model: String,
+    client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -73,6 +81,9 @@ pub struct Metrics {
     ejections: Family<ProviderLabel, Counter>,
     key_rests: Family<ProviderLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    /// Model names seen so far: at most [`MAX_MODELS`] get series of their own.
+    models: Mutex<Vec<String>>,
     connections: Family<ProtocolLabel, Gauge>,
     open_requests: Gauge,
     open_tunnels: Gauge,
@@ -123,6 +134,12 @@ impl Metrics {
         registry.register("failovers", "Attempts moved from this provider to another", failovers.clone());
         registry.register("ejections", "Times passive health took the provider out", ejections.clone());
         registry.register("key_rests", "Provider keys put to rest after a 429", key_rests.clone());
+        let tokens = Family::default();
+        registry.register(
+            "tokens",
+            "Tokens by direction (input, output), provider, model and client key name",
+            tokens.clone(),
+        );
         let reloads = Family::default();
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         let connections = Family::default();
@@ -153,6 +170,8 @@ impl Metrics {
             ejections,
             key_rests,
             reloads,
+            tokens,
+            models: Mutex::default(),
             connections,
             open_requests,
             open_tunnels,
@@ -168,6 +187,38 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts tokens an answer reported. A model name comes from the upstream
+    /// (or the request path), so only the first [`MAX_MODELS`] names seen
+    /// get series; later ones count as `other`.
+    pub fn tokens(&self, provider: &str, model: Option<&str>, client: &str, input: Option<u64>, output: Option<u64>) {
+        let model = match model {
+            None => "unknown".to_string(),
+            Some(model) => {
+                let clean: String = model.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+                let mut seen = self.models.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.contains(&clean) {
+                    clean
+                } else if seen.len() < MAX_MODELS {
+                    seen.push(clean.clone());
+                    clean
+                } else {
+                    "other".to_string()
+                }
+            }
+        };
+        for (direction, count) in [("input", input), ("output", output)] {
+            if let Some(count) = count {
+                let labels = TokenLabels {
+                    direction,
+                    provider: provider.to_string(),
+                    model: model.clone(),
+                    client: client.to_string(),
+                };
+                self.tokens.get_or_create(&labels).inc_by(count);
+            }
+        }
     }
 
     pub fn reloaded(&self, ok: bool) {
@@ -237,6 +288,9 @@ impl Metrics {
         }
     }
 }
+
+/// Distinct model names that get series of their own.
+const MAX_MODELS: usize = 100;
 
 /// Status codes 100 to 599.
 const STATUSES: usize = 500;

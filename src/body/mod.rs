@@ -141,12 +141,18 @@ pub struct Watched {
     progress: Arc<Progress>,
 }
 
-/// A body whose data bytes are counted as they are taken, holding something
-/// (an access-log line) until the body is done with, read whole or dropped.
+/// A body whose data bytes are counted as they are taken, and shown to an
+/// observer (an access-log line) that lives until the body is done with,
+/// read whole or dropped.
 pub struct Counted {
     inner: Body,
     count: Arc<AtomicU64>,
-    _until_done: Option<Box<dyn Send + Sync>>,
+    observer: Option<Box<dyn Observe>>,
+}
+
+/// Sees a body's data as it is taken.
+pub trait Observe: Send + Sync {
+    fn data(&mut self, _bytes: &[u8]) {}
 }
 
 /// What a connection driver pushes as it reads a body off its socket: a
@@ -231,6 +237,9 @@ impl Body {
                 let frame = c.inner.next_uncounted().await;
                 if let Some(Ok(Frame::Data(data))) = &frame {
                     c.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(observer) = c.observer.as_mut() {
+                        observer.data(data);
+                    }
                 }
                 frame
             }
@@ -273,23 +282,27 @@ impl Body {
         }
     }
 
-    /// This body, its data bytes added to `count` as they are taken, and
-    /// `until_done` kept until the body is read whole or dropped. A body
-    /// that is in memory or none at all is counted at once (and `until_done`
-    /// dropped now): nothing about it is left to wait for.
-    pub fn counted(self, count: Arc<AtomicU64>, until_done: Option<Box<dyn Send + Sync>>) -> Body {
+    /// This body, its data bytes added to `count` and shown to `observer` as
+    /// they are taken, the observer kept until the body is read whole or
+    /// dropped. A body that is in memory or none at all is counted (and
+    /// observed) at once, and the observer dropped now: nothing is left to
+    /// wait for.
+    pub fn counted(self, count: Arc<AtomicU64>, observer: Option<Box<dyn Observe>>) -> Body {
         match self {
             Body::Empty | Body::Upgraded(_) => self,
             Body::Full(ref bytes) => {
                 count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Some(mut observer) = observer {
+                    observer.data(bytes);
+                }
                 self
             }
             Body::Counted(mut c) => {
                 c.count = count;
-                c._until_done = until_done;
+                c.observer = observer;
                 Body::Counted(c)
             }
-            inner => Body::Counted(Box::new(Counted { inner, count, _until_done: until_done })),
+            inner => Body::Counted(Box::new(Counted { inner, count, observer })),
         }
     }
 

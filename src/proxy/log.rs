@@ -46,6 +46,18 @@ pub struct AccessLog {
     tunnel: Option<Arc<Transferred>>,
     /// For the JSON line (`log_format: json`) only.
     detail: Detail,
+    /// The type of the provider the request went to.
+    kind: Option<crate::provider::ProviderType>,
+    /// Reads the answer's token usage as it passes (LLM answers only).
+    usage: Option<Box<crate::usage::Scanner>>,
+}
+
+impl crate::body::Observe for AccessLog {
+    fn data(&mut self, bytes: &[u8]) {
+        if let Some(usage) = self.usage.as_mut() {
+            usage.feed(bytes);
+        }
+    }
 }
 
 /// What only the JSON line carries.
@@ -87,6 +99,8 @@ impl AccessLog {
             bytes_out: Arc::default(),
             status: None,
             tunnel: None,
+            usage: None,
+            kind: None,
             detail: Detail {
                 peer: head.peer,
                 protocol: head.protocol,
@@ -98,6 +112,7 @@ impl AccessLog {
 
     pub fn provider(&mut self, provider: &Provider) {
         self.provider = Some(provider.index);
+        self.kind = Some(provider.kind);
         self.metrics = Some(provider.metrics.clone());
         self.in_flight = Some(provider.health.begin());
     }
@@ -106,6 +121,20 @@ impl AccessLog {
     pub fn attempted(&mut self, slot: Option<usize>) {
         self.detail.attempts += 1;
         self.detail.key_slot = slot;
+    }
+
+    pub fn provider_kind(&self) -> Option<crate::provider::ProviderType> {
+        self.kind
+    }
+
+    /// Reads token usage from the answer's body (`model` when the answer
+    /// names none, as Gemini's do not).
+    pub fn read_usage(&mut self, model: Option<&str>) {
+        let mut scanner = Box::<crate::usage::Scanner>::default();
+        if let Some(model) = model {
+            scanner.set_model(model);
+        }
+        self.usage = Some(scanner);
     }
 
     /// What to call the client key the request came with.
@@ -152,9 +181,20 @@ impl Drop for AccessLog {
         let status = self.status.unwrap_or(CLIENT_CLOSED);
         let metrics = self.metrics.get_or_insert_with(unrouted).clone();
         metrics.answered(status, took, self.first_byte);
+        let usage = self.usage.as_ref().map(|u| u.usage().clone()).unwrap_or_default();
+        if usage.input.is_some() || usage.output.is_some() {
+            let client = self.detail.client_key.as_deref().unwrap_or("none");
+            crate::metrics::metrics().tokens(
+                metrics.provider(),
+                usage.model.as_deref(),
+                client,
+                usage.input,
+                usage.output,
+            );
+        }
         if crate::telemetry::json() {
             if tracing::enabled!(target: "openproxy::access", tracing::Level::INFO) {
-                self.write_json(status, took, metrics.provider());
+                self.write_json(status, took, metrics.provider(), &usage);
             }
             return;
         }
@@ -183,7 +223,7 @@ impl Drop for AccessLog {
 
 impl AccessLog {
     /// The line as one JSON object (`log_format: json`).
-    fn write_json(&self, status: u16, took: std::time::Duration, provider: &str) {
+    fn write_json(&self, status: u16, took: std::time::Duration, provider: &str, usage: &crate::usage::Usage) {
         let (bytes_in, bytes_out) = match &self.tunnel {
             Some(t) => (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)),
             None => (self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed)),
@@ -210,9 +250,9 @@ impl AccessLog {
             "attempts": self.detail.attempts,
             "client_key": self.detail.client_key.as_deref(),
             "tunnel": self.tunnel.is_some(),
-            "model": null,
-            "input_tokens": null,
-            "output_tokens": null,
+            "model": usage.model,
+            "input_tokens": usage.input,
+            "output_tokens": usage.output,
         });
         let mut text = line.to_string();
         text.push('\n');

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BodyError};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::message::{RequestHead, Response};
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderType};
 use crate::route::{Miss, Route};
 use crate::state::{App, Snapshot};
 use crate::upstream::{self, Checkout, Pools, Purpose, Replay, Settings, UpstreamError, UpstreamRequest};
@@ -85,9 +85,8 @@ pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
     match plan(&app.snapshot.load_full(), &head) {
         Ok(plan) => {
             log.provider(&plan.chosen.provider);
-            if crate::telemetry::json() {
-                log.client_key(client_key_label(&plan.snapshot, &head, &plan.chosen.provider));
-            }
+            // For the JSON line and the token counts' `client` label.
+            log.client_key(client_key_label(&plan.snapshot, &head, &plan.chosen.provider));
             Ok(Admitted { plan, head, log })
         }
         Err((error, style)) => {
@@ -106,6 +105,7 @@ impl Admitted {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
         let body = body.counted(log.bytes_in(), None);
+        let gemini_model = gemini_model(&head.target).map(str::to_string);
         let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
         let outcome = if head.method == Method::CONNECT {
             connect::open(app, plan).await
@@ -135,6 +135,9 @@ impl Admitted {
         if let Body::Upgraded(_) = body {
             return Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: Some(log) };
         }
+        if from_upstream && reports_usage(&headers) && log.provider_kind().is_some_and(|k| k != ProviderType::Forward) {
+            log.read_usage(gemini_model.as_deref());
+        }
         // The line is written when the answer's body is done with, so its
         // time and bytes cover the whole answer, streams included.
         let body = body.counted(log.bytes_out(), Some(Box::new(log)));
@@ -163,6 +166,26 @@ fn plan(snapshot: &Arc<Snapshot>, head: &RequestHead) -> Result<Plan, (ProxyErro
     let now = Instant::now();
     let chosen = choose::choose(&candidates, &[], now).ok_or_else(|| (choose::unavailable(&candidates, now), style))?;
     Ok(Plan { snapshot: snapshot.clone(), chosen, candidates, target: target.into_owned(), style })
+}
+
+/// Whether an answer's body can be read for token usage as it passes: JSON
+/// or an event stream, not compressed (reading compressed bytes would cost
+/// the relay a decompression; such answers count as usage unknown).
+fn reports_usage(headers: &HeaderMap) -> bool {
+    let encoded =
+        headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|t| t.eq_ignore_ascii_case(b"application/json")));
+    !encoded && (json || is_event_stream(headers))
+}
+
+/// The model a Gemini request names in its path (`.../models/<model>:<method>`).
+fn gemini_model(target: &str) -> Option<&str> {
+    let path = target.split('?').next()?;
+    let (_, rest) = path.rsplit_once("/models/")?;
+    let model = rest.split(':').next()?;
+    (!model.is_empty() && !model.contains('/')).then_some(model)
 }
 
 /// What the log calls the client key the request was let in with: its name,

@@ -250,3 +250,74 @@ async fn json_logs_are_one_object_per_line_with_named_and_fingerprinted_client_k
         assert!(!logs.contains(secret), "{secret} in:\n{logs}");
     }
 }
+
+/// An upstream that answers `/stream` with an OpenAI-style SSE stream whose
+/// usage chunk comes cut into 3-byte writes, `/json` with a usage body,
+/// `/gzip` with a compressed one, and Gemini's path with usageMetadata.
+async fn usage_upstream() -> RawUpstream {
+    use tokio::io::AsyncWriteExt;
+    RawUpstream::start(|mut stream| async move {
+        let head = read_head(&mut stream).await;
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        let (content_type, extra, body) = if path.starts_with("/stream") {
+            let body = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                        data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":8}}\n\ndata: [DONE]\n\n";
+            ("text/event-stream", "", body.to_string())
+        } else if path.starts_with("/json") {
+            ("application/json", "", r#"{"model":"gpt-4o","usage":{"prompt_tokens":100,"completion_tokens":20}}"#.to_string())
+        } else if path.starts_with("/gzip") {
+            ("application/json", "content-encoding: gzip\r\n", r#"{"usage":{"prompt_tokens":1000}}"#.to_string())
+        } else {
+            ("application/json", "", r#"{"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":9}}"#.to_string())
+        };
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n", body.len());
+        let _ = stream.write_all(head.as_bytes()).await;
+        for piece in body.as_bytes().chunks(3) {
+            let _ = stream.write_all(piece).await;
+            let _ = stream.flush().await;
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn token_usage_is_read_from_bodies_and_streams_as_they_pass() {
+    let up = usage_upstream().await;
+    let admin = free_port();
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nadmin_port: {admin}\nlog_format: json\n\
+         auth_keys: [{{key: client-key, name: team-a}}]\nproviders:\n  \
+         - {{type: openai, name: oai, host: h.local, endpoint: \"127.0.0.1:{p}\", tls: false, api_key: real-key}}\n  \
+         - {{type: gemini, name: gem, host: g.local, endpoint: \"127.0.0.1:{p}\", tls: false, api_key: real-key}}\n",
+        p = up.port()
+    );
+    let proxy = TestProxy::start(&yaml);
+    let openai = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    for path in ["/stream", "/stream", "/json", "/gzip"] {
+        let (status, _, body) = send(proxy.addr, "POST", path, &openai, "{}").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let gemini = [("host", "g.local"), ("x-goog-api-key", "client-key")];
+    assert_eq!(send(proxy.addr, "POST", "/v1beta/models/gemini-2.0-flash:generateContent", &gemini, "{}").await.0, 200);
+    let m = samples(&get(admin, "/metrics").await.1);
+    let tokens = |direction: &str, provider: &str, model: &str| {
+        let series = format!(
+            r#"openproxy_tokens_total{{direction="{direction}",provider="{provider}",model="{model}",client="team-a"}}"#
+        );
+        m.get(&series).copied().unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    assert_eq!(tokens("input", "oai", "gpt-4o"), 7.0 + 7.0 + 100.0);
+    assert_eq!(tokens("output", "oai", "gpt-4o"), 8.0 + 8.0 + 20.0);
+    assert_eq!(tokens("input", "gem", "gemini-2.0-flash"), 5.0);
+    assert_eq!(tokens("output", "gem", "gemini-2.0-flash"), 9.0);
+    assert!(!m.keys().any(|k| k.contains("1000")), "a compressed body is not read: {m:?}");
+    wait_for_log(&proxy, "\"input_tokens\":5", Duration::from_secs(10)).await;
+    let logs = proxy.logs();
+    let line: serde_json::Value =
+        logs.lines().filter(|l| l.contains("\"/stream\"")).map(|l| serde_json::from_str(l).unwrap()).next().unwrap();
+    assert_eq!(
+        (line["model"].as_str(), line["input_tokens"].as_u64(), line["output_tokens"].as_u64()),
+        (Some("gpt-4o"), Some(7), Some(8))
+    );
+}
