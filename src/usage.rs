@@ -51,7 +51,8 @@ enum Reading {
 pub struct Scanner {
     usage: Usage,
     /// The end of the previous piece, for a name cut in two.
-    tail: Vec<u8>,
+    tail: [u8; KEEP],
+    len: usize,
     reading: Reading,
     /// Whether to take the model (only the first one seen counts).
     want_model: bool,
@@ -59,12 +60,7 @@ pub struct Scanner {
 
 impl Default for Scanner {
     fn default() -> Self {
-        Scanner {
-            usage: Usage::default(),
-            tail: Vec::with_capacity(KEEP * 2),
-            reading: Reading::None,
-            want_model: true,
-        }
+        Scanner { usage: Usage::default(), tail: [0; KEEP], len: 0, reading: Reading::None, want_model: true }
     }
 }
 
@@ -102,10 +98,12 @@ impl Scanner {
 
     /// Appends the end of `bytes` to the tail, keeping its last `KEEP`.
     fn keep(&mut self, bytes: &[u8]) {
-        self.tail.extend_from_slice(&bytes[bytes.len().saturating_sub(KEEP)..]);
-        if self.tail.len() > KEEP {
-            self.tail.drain(..self.tail.len() - KEEP);
-        }
+        let new = &bytes[bytes.len().saturating_sub(KEEP)..];
+        let old = (self.len + new.len()).saturating_sub(KEEP).min(self.len);
+        self.tail.copy_within(old..self.len, 0);
+        self.len -= old;
+        self.tail[self.len..self.len + new.len()].copy_from_slice(new);
+        self.len += new.len();
     }
 
     /// One byte of a value being read.
@@ -157,7 +155,8 @@ impl Scanner {
 
     /// A `:` just came: does a name end here?
     fn matched(&mut self) {
-        let ends = |name: &[u8]| self.tail.ends_with(name);
+        let tail = &self.tail[..self.len];
+        let ends = |name: &[u8]| tail.ends_with(name);
         if INPUT.iter().any(|n| ends(n)) {
             self.reading = Reading::Number(Field::Input, None);
         } else if OUTPUT.iter().any(|n| ends(n)) {

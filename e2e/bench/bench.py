@@ -6,6 +6,7 @@ swap, access logs on for both proxies (one line per request), 2 nginx workers.
     python3 e2e/bench/bench.py            # every scenario, 3 alternating rounds
     QUICK=1 python3 e2e/bench/bench.py    # shorter and smaller, under a minute
     OPENPROXY_BIN=/tmp/old/openproxy python3 e2e/bench/bench.py   # another build
+    OPENPROXY_EXTRA="log_format: json" python3 e2e/bench/bench.py  # extra config lines
     python3 e2e/bench/bench.py --only keepalive,https-h2 --rounds 5 --no-logs
 
 Needs Debian's `wrk`, `nghttp2-client` (h2load), `nginx-light` and `openssl`
@@ -112,8 +113,11 @@ def proxy_conf(tmp: Path, p: Ports, cert: Path, key: Path, log: bool) -> Path:
 def openproxy_conf(tmp: Path, p: Ports, cert: Path, key: Path) -> Path:
     conf = tmp / "openproxy.yml"
     provider = "  - type: openai\n    host: {host}\n    endpoint: \"127.0.0.1:{port}\"\n    tls: false\n    api_key: sk-real\n"
+    # OPENPROXY_EXTRA: top-level config lines to add, e.g. "log_format: json".
+    extra = os.environ.get("OPENPROXY_EXTRA", "").replace("\\n", "\n")
     conf.write_text(
-        f"http_port: {p.op}\nhttp_bind_address: 127.0.0.1\nhttps_port: {p.op_tls}\nhttps_bind_address: 127.0.0.1\n"
+        (extra + "\n" if extra else "")
+        + f"http_port: {p.op}\nhttp_bind_address: 127.0.0.1\nhttps_port: {p.op_tls}\nhttps_bind_address: 127.0.0.1\n"
         f"cert_file: {cert}\nprivate_key_file: {key}\nauth_keys: [client-key]\nproviders:\n"
         + provider.format(host="localhost", port=p.backend)
         + provider.format(host="localhost/s", port=p.stream_up)

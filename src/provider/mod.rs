@@ -47,6 +47,8 @@ pub struct Provider {
     pub keys: Vec<ApiKey>,
     /// The provider's own client keys; the global ones live in the snapshot.
     pub auth_keys: Vec<Box<[u8]>>,
+    /// What logs call each of them, in the same order.
+    pub auth_key_labels: Vec<Arc<str>>,
     /// False: served without a client key (a `forward` behind another auth layer).
     pub client_auth: bool,
     pub health_check: Option<ProviderHealthCheck>,

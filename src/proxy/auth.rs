@@ -13,14 +13,23 @@ pub fn accepts_any(presented: &[Option<&[u8]>], global: &[Box<[u8]>], own: &[Box
     presented.iter().fold(false, |found, key| accepts(*key, global, own) | found)
 }
 
-/// Which of the `presented` credentials opens a provider with the `global`
-/// keys plus its `own` (each still compared in constant time); `None` when
+/// Which key (its index in `global` then `own`) one of the `presented`
+/// credentials matches, every key compared in constant time; `None` when
 /// none does or access is open.
-pub fn which<'a>(presented: &[Option<&'a [u8]>], global: &[Box<[u8]>], own: &[Box<[u8]>]) -> Option<&'a [u8]> {
-    if global.is_empty() && own.is_empty() {
-        return None;
+pub fn which(presented: &[Option<&[u8]>], global: &[Box<[u8]>], own: &[Box<[u8]>]) -> Option<usize> {
+    use subtle::ConditionallySelectable;
+    for credential in presented.iter().flatten() {
+        let (mut matched, mut index) = (Choice::from(0), 0u32);
+        for (i, key) in global.iter().chain(own).enumerate() {
+            let equal = key.as_ref().ct_eq(credential);
+            index = u32::conditional_select(&index, &(i as u32), equal);
+            matched |= equal;
+        }
+        if bool::from(matched) {
+            return Some(index as usize);
+        }
     }
-    presented.iter().flatten().copied().find(|key| accepts(Some(key), global, own))
+    None
 }
 
 /// Whether `presented` opens a provider that accepts the `global` keys plus its

@@ -2,6 +2,7 @@
 //! line is a guard's drop, so a request whose handler is dropped unfinished
 //! (the client hung up, or reset its stream) is still logged, as 499.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -232,32 +233,59 @@ impl AccessLog {
             Some(query) => format!("{}?{query}", self.path),
             None => self.path.clone(),
         };
-        let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
-        let line = serde_json::json!({
-            "time": crate::telemetry::now_rfc3339(),
-            "client": self.detail.peer.map(|p| p.to_string()),
-            "protocol": self.detail.protocol,
-            "method": self.method.as_str(),
-            "host": self.host,
-            "path": path,
-            "provider": (provider != "none").then_some(provider),
-            "key_slot": self.detail.key_slot,
-            "status": status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "duration_ms": ms(took),
-            "ttfb_ms": self.first_byte.map(ms),
-            "attempts": self.detail.attempts,
-            "client_key": self.detail.client_key.as_deref(),
-            "tunnel": self.tunnel.is_some(),
-            "model": usage.model,
-            "input_tokens": usage.input,
-            "output_tokens": usage.output,
-        });
-        let mut text = line.to_string();
-        text.push('\n');
+        // Written field by field: no intermediate map, one allocation.
+        let mut out = String::with_capacity(512);
+        let (detail, usage) = (&self.detail, usage);
+        out.push_str("{\"time\":");
+        json_text(&mut out, Some(&crate::telemetry::now_rfc3339()));
+        out.push_str(",\"client\":");
+        json_text(&mut out, detail.peer.map(|p| p.to_string()).as_deref());
+        out.push_str(",\"protocol\":");
+        json_text(&mut out, Some(detail.protocol));
+        out.push_str(",\"method\":");
+        json_text(&mut out, Some(self.method.as_str()));
+        out.push_str(",\"host\":");
+        json_text(&mut out, self.host.as_deref());
+        out.push_str(",\"path\":");
+        json_text(&mut out, Some(&path));
+        out.push_str(",\"provider\":");
+        json_text(&mut out, (provider != "none").then_some(provider));
+        let _ = write!(out, ",\"key_slot\":{},\"status\":{status}", json_number(detail.key_slot));
+        let _ = write!(out, ",\"bytes_in\":{bytes_in},\"bytes_out\":{bytes_out},\"duration_ms\":{}", Millis(took));
+        let _ = write!(out, ",\"ttfb_ms\":{}", self.first_byte.map_or("null".to_string(), |d| Millis(d).to_string()));
+        let _ = write!(out, ",\"attempts\":{},\"client_key\":", detail.attempts);
+        json_text(&mut out, detail.client_key.as_deref());
+        let _ = write!(out, ",\"tunnel\":{},\"model\":", self.tunnel.is_some());
+        json_text(&mut out, usage.model.as_deref());
+        let _ = write!(out, ",\"input_tokens\":{}", json_number(usage.input));
+        let _ = writeln!(out, ",\"output_tokens\":{}}}", json_number(usage.output));
+        let text = out;
         crate::telemetry::write_line(text.as_bytes());
     }
+}
+
+/// A JSON string (or `null`), escaped.
+fn json_text(out: &mut String, text: Option<&str>) {
+    let Some(text) = text else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_number<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 
 /// The query with each value replaced by `*` (a value may be a key), and

@@ -194,8 +194,8 @@ fn client_key_label(snapshot: &Snapshot, head: &RequestHead, provider: &Provider
     let query = head.target.split_once('?').map(|(_, q)| q);
     let presented = crate::provider::kind::client_keys(provider.kind, &head.headers, query);
     let presented = [presented[0].as_deref(), presented[1].as_deref()];
-    let key = auth::which(&presented, &snapshot.auth_keys, &provider.auth_keys)?;
-    Some(snapshot.client_key_label(key))
+    let index = auth::which(&presented, &snapshot.auth_keys, &provider.auth_keys)?;
+    snapshot.auth_key_labels.iter().chain(&provider.auth_key_labels).nth(index).cloned()
 }
 
 /// The providers a request may go to, and the path they see.

@@ -59,10 +59,10 @@ impl Snapshot {
                 .chain(config.providers.iter().flat_map(|p| &p.auth_keys))
                 .map(|k| k.as_bytes().into())
                 .collect(),
-            client_key_names: config
-                .client_key_names
+            auth_key_labels: config
+                .auth_keys
                 .iter()
-                .map(|(key, name)| (super::key_fingerprint(key.as_bytes()), Arc::from(name.as_str())))
+                .map(|k| super::client_key_label(k, &config.client_key_names))
                 .collect(),
             limits: Limits::from_config(&config),
             health_check: config.health_check.clone(),
@@ -120,6 +120,7 @@ fn provider(
         is_fallback: cfg.is_fallback,
         keys,
         auth_keys: cfg.auth_keys.iter().map(|k| k.as_bytes().into()).collect(),
+        auth_key_labels: cfg.auth_keys.iter().map(|k| super::client_key_label(k, &config.client_key_names)).collect(),
         client_auth: cfg.client_auth,
         health_check: cfg.health_check.clone(),
         health: health.flag_for(identity(cfg)),

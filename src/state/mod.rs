@@ -68,8 +68,9 @@ pub struct Snapshot {
     /// Every client key of the config (global and each provider's): none of
     /// them may leave the proxy, whichever provider a request goes to.
     pub every_client_key: Vec<Box<[u8]>>,
-    /// Names of the client keys that have one, by [`key_fingerprint`].
-    pub client_key_names: std::collections::HashMap<[u8; 32], Arc<str>>,
+    /// What logs call each global client key (its name, or a fingerprint),
+    /// in the order of `auth_keys`.
+    pub auth_key_labels: Vec<Arc<str>>,
     pub limits: Limits,
     pub health_check: HealthCheckSettings,
     /// When live failures eject a provider.
@@ -78,30 +79,18 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Snapshot {
-    /// What logs call the client key `credential`: its name, or `key-` and
-    /// 8 hex digits of its fingerprint (which does not give the key away).
-    pub fn client_key_label(&self, credential: &[u8]) -> Arc<str> {
-        let fingerprint = key_fingerprint(credential);
-        match self.client_key_names.get(&fingerprint) {
-            Some(name) => name.clone(),
-            None => {
-                let hex: String = fingerprint[..4].iter().map(|b| format!("{b:02x}")).collect();
-                Arc::from(format!("key-{hex}"))
-            }
-        }
+/// What logs call a client key: the name the config gives it, or `key-` and
+/// 8 hex digits of its domain-separated SHA-256 (which does not give a long
+/// random key away). Worked out once, when the snapshot is built.
+pub(crate) fn client_key_label(key: &str, names: &[(String, String)]) -> Arc<str> {
+    if let Some((_, name)) = names.iter().find(|(k, _)| k == key) {
+        return Arc::from(name.as_str());
     }
-}
-
-/// SHA-256 of a client key, domain-separated: a lookup key for its name
-/// and, shortened, its label when it has none.
-pub fn key_fingerprint(key: &[u8]) -> [u8; 32] {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     context.update(b"openproxy client key\0");
-    context.update(key);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    out
+    context.update(key.as_bytes());
+    let hex: String = context.finish().as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    Arc::from(format!("key-{hex}"))
 }
 
 /// The long-lived state a worker's connections share: the current snapshot
