@@ -53,6 +53,15 @@ pub(crate) fn request_framing(headers: &HeaderMap, version: Version) -> Result<B
             TeKind::FinalNotChunked => Err(HeadError::malformed("final transfer coding is not chunked")),
         };
     }
+    // RFC 9110 §8.6 lets identical values be merged, but nginx and other
+    // parsers behind us refuse them: a proxy that merges would be the one
+    // place two parsers disagree. One Content-Length, one value.
+    if headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Err(HeadError::malformed("more than one Content-Length field"));
+    }
+    if headers.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
+        return Err(HeadError::malformed("a Content-Length list"));
+    }
     Ok(match content_length(headers)? {
         Some(n) => BodyFraming::Length(n),
         None => BodyFraming::Empty,
@@ -350,12 +359,14 @@ mod tests {
         ] {
             assert!(matches!(req_err(&with_cl(bad)), HeadError::Malformed(_)), "{bad}");
         }
-        for (ok, n) in [
-            ("Content-Length: 5, 5", 5),
-            ("Content-Length: 5\r\nContent-Length: 5", 5),
-            ("Content-Length:  7 ", 7),
-            ("Content-Length: 18446744073709551615", u64::MAX),
-        ] {
+        // Identical repeats may be merged (RFC 9110 §8.6), but not in front of
+        // other parsers: refused, as nginx does.
+        for bad in
+            ["Content-Length: 5, 5", "Content-Length: 5\r\nContent-Length: 5", "Content-Length: 1\r\ncontent-length: 1"]
+        {
+            assert!(matches!(req_err(&with_cl(bad)), HeadError::Malformed(_)), "{bad}");
+        }
+        for (ok, n) in [("Content-Length:  7 ", 7), ("Content-Length: 18446744073709551615", u64::MAX)] {
             assert_eq!(req_ok(&with_cl(ok)).0.framing, BodyFraming::Length(n), "{ok}");
         }
     }

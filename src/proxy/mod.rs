@@ -14,6 +14,7 @@ pub mod auth;
 mod choose;
 mod connect;
 pub mod log;
+mod path;
 mod retry;
 pub mod rewrite;
 mod verify;
@@ -80,9 +81,15 @@ pub async fn handle(app: &App, head: RequestHead, body: Body) -> Response {
 /// refused request never waits for its upload. A refusal is logged and
 /// returned ready to write.
 /// (Boxed: refusals are the cold path, and a `Response` is large.)
-pub fn admit(app: &App, head: RequestHead) -> Result<Admitted, Box<Response>> {
+pub fn admit(app: &App, mut head: RequestHead) -> Result<Admitted, Box<Response>> {
     let mut log = AccessLog::start(&head);
-    match plan(&app.snapshot.load_full(), &head) {
+    let snapshot = app.snapshot.load_full();
+    if let Err(why) = safe_request(&snapshot, &mut head) {
+        let error = ProxyError::BadRequest(why.into());
+        log.finish(error.status().as_u16());
+        return Err(Box::new(error.into_response(ErrorStyle::Plain)));
+    }
+    match plan(&snapshot, &head) {
         Ok(plan) => {
             log.provider(&plan.chosen.provider);
             // For the JSON line and the token counts' `client` label.
@@ -186,6 +193,43 @@ fn gemini_model(target: &str) -> Option<&str> {
     let (_, rest) = path.rsplit_once("/models/")?;
     let model = rest.split(':').next()?;
     (!model.is_empty() && !model.contains('/')).then_some(model)
+}
+
+/// Checks made before routing, whatever the route: a credential field sent
+/// twice (which of them would count?), and the path, whose dot-segments are
+/// removed here so no route's prefix can be stepped out of unseen.
+fn safe_request(snapshot: &Snapshot, head: &mut RequestHead) -> Result<(), &'static str> {
+    const CREDENTIALS: [HeaderName; 4] = [
+        http::header::AUTHORIZATION,
+        crate::headers::X_API_KEY,
+        crate::headers::X_GOOG_API_KEY,
+        http::header::PROXY_AUTHORIZATION,
+    ];
+    if CREDENTIALS.iter().any(|name| head.headers.get_all(name).iter().nth(1).is_some()) {
+        return Err(
+            "a credential field (Authorization, X-API-Key, x-goog-api-key or Proxy-Authorization) sent more than once",
+        );
+    }
+    if head.method == Method::CONNECT {
+        return Ok(());
+    }
+    let normalized = match path::normalize(&head.target)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(normalized) => normalized,
+    };
+    // A path addressed to a route's prefix must stay inside it.
+    let authority = head.authority.as_deref().unwrap_or("");
+    if let Ok(routes) = snapshot.router.matching(authority, head.default_port, &head.target) {
+        let inside = |prefix: &str| {
+            let path = normalized.split('?').next().unwrap_or("");
+            path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        };
+        if routes.filter_map(|(route, _)| route.prefix.as_deref()).any(|prefix| !inside(prefix)) {
+            return Err("the path climbs out of its route's prefix");
+        }
+    }
+    head.target = normalized;
+    Ok(())
 }
 
 /// What the log calls the client key the request was let in with: its name,

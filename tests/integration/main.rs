@@ -10,6 +10,7 @@ mod cli;
 mod connect;
 mod failover;
 mod h2_tunnels;
+mod hardening;
 mod http1_edges;
 mod http1_framing;
 mod http1_strict;
