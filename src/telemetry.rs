@@ -20,7 +20,15 @@ pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let text = tracing_subscriber::fmt::format().with_timer(UtcMicros).with_ansi(ansi).with_target(true);
-    let json = tracing_subscriber::fmt::format().json().flatten_event(true).with_timer(UtcMicros).with_target(true);
+    // Span fields are recorded as text (`peer=...`) and would not parse as
+    // JSON; the access line carries the peer anyway.
+    let json = tracing_subscriber::fmt::format()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_timer(UtcMicros)
+        .with_target(true);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| LineWriter)

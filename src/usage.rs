@@ -16,6 +16,8 @@ const OUTPUT: [&[u8]; 3] = [b"\"completion_tokens\":", b"\"output_tokens\":", b"
 const MODEL: &[u8] = b"\"model\":";
 /// Longest name above, and so the bytes kept between two pieces.
 const KEEP: usize = 24;
+/// Most tokens one answer can plausibly report.
+const PLAUSIBLE: u64 = 1 << 32;
 /// Longest model name kept.
 const MAX_MODEL: usize = 64;
 
@@ -69,10 +71,12 @@ impl Scanner {
         &self.usage
     }
 
-    /// Takes the model from elsewhere (the request), if none was seen.
+    /// Takes the model from elsewhere (the request path), which the answer
+    /// may then not change: text the model writes could name another.
     pub fn set_model(&mut self, model: &str) {
         if self.usage.model.is_none() && !model.is_empty() {
             self.usage.model = Some(model.chars().take(MAX_MODEL).collect());
+            self.want_model = false;
         }
     }
 
@@ -119,7 +123,8 @@ impl Scanner {
                 _ => {
                     let (field, value) = (*field, *value);
                     self.reading = Reading::None;
-                    if let Some(value) = value {
+                    // A count past 2^32 tokens is no answer's: ignored.
+                    if let Some(value) = value.filter(|v| *v <= PLAUSIBLE) {
                         match field {
                             Field::Input => self.usage.input = Some(value),
                             Field::Output => self.usage.output = Some(value),

@@ -309,7 +309,12 @@ impl Body {
     /// This body, stamping `progress` each time a frame is taken.
     pub fn watched(self, progress: Arc<Progress>) -> Body {
         match self {
-            Body::Empty | Body::Full(_) | Body::Upgraded(_) | Body::Counted(_) => self,
+            Body::Empty | Body::Full(_) | Body::Upgraded(_) => self,
+            // The count stays outside; the body it counts is watched.
+            Body::Counted(mut c) => {
+                c.inner = std::mem::replace(&mut c.inner, Body::Empty).watched(progress);
+                Body::Counted(c)
+            }
             Body::Watched(w) => Body::Watched(Box::new(Watched { inner: w.inner, progress })),
             inner => Body::Watched(Box::new(Watched { inner, progress })),
         }

@@ -182,7 +182,8 @@ impl Drop for AccessLog {
         let status = self.status.unwrap_or(CLIENT_CLOSED);
         let metrics = self.metrics.get_or_insert_with(unrouted).clone();
         metrics.answered(status, took, self.first_byte);
-        let usage = self.usage.as_ref().map(|u| u.usage().clone()).unwrap_or_default();
+        let none = crate::usage::Usage::default();
+        let usage = self.usage.as_ref().map_or(&none, |u| u.usage());
         if usage.input.is_some() || usage.output.is_some() {
             let client = self.detail.client_key.as_deref().unwrap_or("none");
             crate::metrics::metrics().tokens(
@@ -195,7 +196,7 @@ impl Drop for AccessLog {
         }
         if crate::telemetry::json() {
             if tracing::enabled!(target: "openproxy::access", tracing::Level::INFO) {
-                self.write_json(status, took, metrics.provider(), &usage);
+                self.write_json(status, took, metrics.provider(), usage);
             }
             return;
         }

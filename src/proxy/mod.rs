@@ -112,7 +112,15 @@ impl Admitted {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
         let body = body.counted(log.bytes_in(), None);
-        let gemini_model = gemini_model(&head.target).map(str::to_string);
+        // Never a client key as a label, should a client put one in the path.
+        let gemini_model = gemini_model(&head.target).map(|m| {
+            let is_key = plan.snapshot.every_client_key.iter().any(|k| k.as_ref() == m.as_bytes());
+            if is_key {
+                "redacted".to_string()
+            } else {
+                m.to_string()
+            }
+        });
         let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
         let outcome = if head.method == Method::CONNECT {
             connect::open(app, plan).await
