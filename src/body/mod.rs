@@ -146,7 +146,7 @@ pub struct Watched {
 /// read whole or dropped.
 pub struct Counted {
     inner: Body,
-    count: Arc<AtomicU64>,
+    count: Option<Arc<AtomicU64>>,
     observer: Option<Box<dyn Observe>>,
 }
 
@@ -236,7 +236,9 @@ impl Body {
             Body::Counted(c) => {
                 let frame = c.inner.next_uncounted().await;
                 if let Some(Ok(Frame::Data(data))) = &frame {
-                    c.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(count) = &c.count {
+                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     if let Some(observer) = c.observer.as_mut() {
                         observer.data(data);
                     }
@@ -287,11 +289,13 @@ impl Body {
     /// dropped. A body that is in memory or none at all is counted (and
     /// observed) at once, and the observer dropped now: nothing is left to
     /// wait for.
-    pub fn counted(self, count: Arc<AtomicU64>, observer: Option<Box<dyn Observe>>) -> Body {
+    pub fn counted(self, count: Option<Arc<AtomicU64>>, observer: Option<Box<dyn Observe>>) -> Body {
         match self {
             Body::Empty | Body::Upgraded(_) => self,
             Body::Full(ref bytes) => {
-                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Some(count) = &count {
+                    count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
                 if let Some(mut observer) = observer {
                     observer.data(bytes);
                 }

@@ -38,7 +38,8 @@ pub struct AccessLog {
     tunnel_open: Option<Open>,
     /// Body bytes from the client and to it (tunnels count in `tunnel`).
     bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
+    /// Counted as the answer's body passes (see `Observe`).
+    bytes_out: u64,
     /// Counts the request against its provider's requests in flight.
     in_flight: Option<InFlight>,
     status: Option<u16>,
@@ -50,11 +51,12 @@ pub struct AccessLog {
     /// The type of the provider the request went to.
     kind: Option<crate::provider::ProviderType>,
     /// Reads the answer's token usage as it passes (LLM answers only).
-    usage: Option<Box<crate::usage::Scanner>>,
+    usage: Option<crate::usage::Scanner>,
 }
 
 impl crate::body::Observe for AccessLog {
     fn data(&mut self, bytes: &[u8]) {
+        self.bytes_out += bytes.len() as u64;
         if let Some(usage) = self.usage.as_mut() {
             usage.feed(bytes);
         }
@@ -97,7 +99,7 @@ impl AccessLog {
             tunnel_open: None,
             in_flight: None,
             bytes_in: Arc::default(),
-            bytes_out: Arc::default(),
+            bytes_out: 0,
             status: None,
             tunnel: None,
             usage: None,
@@ -131,7 +133,7 @@ impl AccessLog {
     /// Reads token usage from the answer's body (`model` when the answer
     /// names none, as Gemini's do not).
     pub fn read_usage(&mut self, model: Option<&str>) {
-        let mut scanner = Box::<crate::usage::Scanner>::default();
+        let mut scanner = crate::usage::Scanner::default();
         if let Some(model) = model {
             scanner.set_model(model);
         }
@@ -146,11 +148,6 @@ impl AccessLog {
     /// The counter of the request body's bytes.
     pub fn bytes_in(&self) -> Arc<AtomicU64> {
         self.bytes_in.clone()
-    }
-
-    /// The counter of the answer body's bytes.
-    pub fn bytes_out(&self) -> Arc<AtomicU64> {
-        self.bytes_out.clone()
     }
 
     /// The upstream's answer has begun (its head is here).
@@ -205,7 +202,7 @@ impl Drop for AccessLog {
         let tunnel = self.tunnel.as_ref().map(|t| (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)));
         let body = match tunnel {
             Some(_) => None,
-            None => Some((self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed))),
+            None => Some((self.bytes_in.load(Ordering::Relaxed), self.bytes_out)),
         };
         tracing::info!(
             target: "openproxy::access",
@@ -228,7 +225,7 @@ impl AccessLog {
     fn write_json(&self, status: u16, took: std::time::Duration, provider: &str, usage: &crate::usage::Usage) {
         let (bytes_in, bytes_out) = match &self.tunnel {
             Some(t) => (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)),
-            None => (self.bytes_in.load(Ordering::Relaxed), self.bytes_out.load(Ordering::Relaxed)),
+            None => (self.bytes_in.load(Ordering::Relaxed), self.bytes_out),
         };
         let path = match &self.detail.query {
             Some(query) => format!("{}?{query}", self.path),

@@ -111,7 +111,7 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
-        let body = body.counted(log.bytes_in(), None);
+        let body = body.counted(Some(log.bytes_in()), None);
         // Never a client key as a label, should a client put one in the path.
         let gemini_model = gemini_model(&head.target).map(|m| {
             let is_key = plan.snapshot.every_client_key.iter().any(|k| k.as_ref() == m.as_bytes());
@@ -155,7 +155,8 @@ impl Admitted {
         }
         // The line is written when the answer's body is done with, so its
         // time and bytes cover the whole answer, streams included.
-        let body = body.counted(log.bytes_out(), Some(Box::new(log)));
+        // The log counts the answer's bytes itself, as it sees them.
+        let body = body.counted(None, Some(Box::new(log)));
         Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: None }
     }
 }
