@@ -148,6 +148,9 @@ pub struct Counted {
     inner: Body,
     count: Option<Arc<AtomicU64>>,
     observer: Option<Box<dyn Observe>>,
+    /// Bytes taken so far, and the most allowed.
+    taken: u64,
+    limit: Option<u64>,
 }
 
 /// Sees a body's data as it is taken.
@@ -236,6 +239,10 @@ impl Body {
             Body::Counted(c) => {
                 let frame = c.inner.next_uncounted().await;
                 if let Some(Ok(Frame::Data(data))) = &frame {
+                    c.taken += data.len() as u64;
+                    if let Some(limit) = c.limit.filter(|limit| c.taken > *limit) {
+                        return Some(Err(BodyError::TooLarge(usize::try_from(limit).unwrap_or(usize::MAX))));
+                    }
                     if let Some(count) = &c.count {
                         count.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
@@ -306,7 +313,24 @@ impl Body {
                 c.observer = observer;
                 Body::Counted(c)
             }
-            inner => Body::Counted(Box::new(Counted { inner, count, observer })),
+            inner => Body::Counted(Box::new(Counted { inner, count, observer, taken: 0, limit: None })),
+        }
+    }
+
+    /// This body, failing with [`BodyError::TooLarge`] once more than
+    /// `limit` bytes were taken (for a body that arrives as it is read; a
+    /// declared length is checked before reading).
+    pub fn within(self, limit: Option<u64>) -> Body {
+        let Some(limit) = limit else { return self };
+        match self {
+            Body::Empty | Body::Upgraded(_) | Body::Full(_) => self,
+            Body::Counted(mut c) => {
+                c.limit = Some(limit);
+                Body::Counted(c)
+            }
+            inner => {
+                Body::Counted(Box::new(Counted { inner, count: None, observer: None, taken: 0, limit: Some(limit) }))
+            }
         }
     }
 

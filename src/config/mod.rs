@@ -33,6 +33,8 @@ pub struct Config {
     pub connect_tunnel_enabled: bool,
     /// `workers`: request-serving threads; `None` means one per available core.
     pub workers: Option<usize>,
+    /// `max_request_body_size` in bytes; `None`: no limit.
+    pub max_request_body_size: Option<u64>,
     /// `graceful_shutdown_timeout` in seconds, default 30.
     pub graceful_shutdown_timeout: Duration,
     /// Every timeout with its default applied.

@@ -42,6 +42,7 @@ pub(crate) struct RawConfig {
     pub workers: Option<i64>,
     /// Seconds; fractions allowed.
     pub graceful_shutdown_timeout: Option<f64>,
+    pub max_request_body_size: Option<i64>,
     /// Seconds; fractions allowed (this and the timeouts below).
     pub connect_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,

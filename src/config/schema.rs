@@ -48,6 +48,7 @@ const TOP: &[Field] = &[
     ("connect_tunnel_enabled", Bool),
     ("workers", Whole),
     ("graceful_shutdown_timeout", Number),
+    ("max_request_body_size", Whole),
     ("connect_timeout", Number),
     ("first_byte_timeout", Number),
     ("stream_idle_timeout", Number),

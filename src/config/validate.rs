@@ -230,6 +230,14 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
     let workers = workers(ctx, raw.workers);
+    let max_request_body_size = match raw.max_request_body_size {
+        Some(n) if n > 0 => Some(n as u64),
+        Some(n) => {
+            ctx.report(&top, "max_request_body_size", format!("must be a positive number of bytes (got {n})"));
+            None
+        }
+        None => None,
+    };
     let graceful_shutdown_timeout =
         timeouts::seconds(ctx, &top, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, Bound::ZeroAllowed)
             .unwrap_or(Duration::from_secs(30));
@@ -248,6 +256,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         http_max_header_size,
         connect_tunnel_enabled,
         workers,
+        max_request_body_size,
         graceful_shutdown_timeout,
         timeouts,
         ca_file,

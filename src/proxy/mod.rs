@@ -84,8 +84,7 @@ pub async fn handle(app: &App, head: RequestHead, body: Body) -> Response {
 pub fn admit(app: &App, mut head: RequestHead) -> Result<Admitted, Box<Response>> {
     let mut log = AccessLog::start(&head);
     let snapshot = app.snapshot.load_full();
-    if let Err(why) = safe_request(&snapshot, &mut head) {
-        let error = ProxyError::BadRequest(why.into());
+    if let Err(error) = safe_request(&snapshot, &mut head) {
         log.finish(error.status().as_u16());
         return Err(Box::new(error.into_response(ErrorStyle::Plain)));
     }
@@ -111,7 +110,7 @@ impl Admitted {
     pub async fn respond(self, app: &App, body: Body) -> Reply {
         let Admitted { plan, head, mut log } = self;
         let style = plan.style;
-        let body = body.counted(Some(log.bytes_in()), None);
+        let body = body.counted(Some(log.bytes_in()), None).within(plan.snapshot.limits.max_request_body);
         // Never a client key as a label, should a client put one in the path.
         let gemini_model = gemini_model(&head.target).map(|m| {
             let is_key = plan.snapshot.every_client_key.iter().any(|k| k.as_ref() == m.as_bytes());
@@ -207,7 +206,20 @@ fn gemini_model(target: &str) -> Option<&str> {
 /// Checks made before routing, whatever the route: a credential field sent
 /// twice (which of them would count?), and the path, whose dot-segments are
 /// removed here so no route's prefix can be stepped out of unseen.
-fn safe_request(snapshot: &Snapshot, head: &mut RequestHead) -> Result<(), &'static str> {
+fn safe_request(snapshot: &Snapshot, head: &mut RequestHead) -> Result<(), ProxyError> {
+    // A declared length past the limit is refused before a byte is read.
+    let declared =
+        head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if let (Some(limit), Some(declared)) = (snapshot.limits.max_request_body, declared) {
+        if declared > limit {
+            return Err(ProxyError::ClientBody(BodyError::TooLarge(usize::try_from(limit).unwrap_or(usize::MAX))));
+        }
+    }
+    normalize_request(snapshot, head).map_err(|why| ProxyError::BadRequest(why.into()))
+}
+
+/// Credential fields and the path (see [`safe_request`]).
+fn normalize_request(snapshot: &Snapshot, head: &mut RequestHead) -> Result<(), &'static str> {
     const CREDENTIALS: [HeaderName; 4] = [
         http::header::AUTHORIZATION,
         crate::headers::X_API_KEY,

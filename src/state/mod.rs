@@ -38,6 +38,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// A tunnel (WebSocket, CONNECT) quiet in both directions is closed after this.
     pub tunnel_idle_timeout: Duration,
+    /// Largest request body taken (`max_request_body_size`), if any.
+    pub max_request_body: Option<u64>,
 }
 
 impl Limits {
@@ -54,6 +56,7 @@ impl Limits {
             client_body_timeout: config.timeouts.client_body,
             handshake_timeout: Duration::from_secs(10),
             tunnel_idle_timeout: config.timeouts.tunnel_idle,
+            max_request_body: config.max_request_body_size,
         }
     }
 }

@@ -76,3 +76,22 @@ async fn dot_segments_never_reach_the_upstream_and_never_leave_a_route() {
     assert!(status_of(&proxy, &get("/openai/./v1/x/../models?a=../b")).await.starts_with("HTTP/1.1 200"));
     assert_eq!(up.recorded()[0].uri, "/v1/models?a=../b");
 }
+
+#[tokio::test]
+async fn a_request_body_past_the_limit_is_a_413_declared_or_streamed() {
+    let up = MockUpstream::start("ok").await;
+    let proxy = TestProxy::start(&format!("max_request_body_size: 1000\n{}", config(up.port())));
+    let head =
+        "POST /openai/v1/x HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\nConnection: close\r\n";
+    // Declared: refused before a byte of it is read.
+    let declared = format!("{head}Content-Length: 2000\r\n\r\n{}", "x".repeat(2000));
+    assert!(status_of(&proxy, &declared).await.starts_with("HTTP/1.1 413"));
+    assert!(up.recorded().is_empty());
+    // Chunked: refused once the count passes the limit.
+    let chunk = "x".repeat(600);
+    let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+    assert!(status_of(&proxy, &chunked).await.starts_with("HTTP/1.1 413"));
+    // At the limit is fine.
+    let fits = format!("{head}Content-Length: 1000\r\n\r\n{}", "x".repeat(1000));
+    assert!(status_of(&proxy, &fits).await.starts_with("HTTP/1.1 200"));
+}
