@@ -33,6 +33,8 @@ pub struct Config {
     pub connect_tunnel_enabled: bool,
     /// `workers`: request-serving threads; `None` means one per available core.
     pub workers: Option<usize>,
+    /// `http_max_header_count`: fields a request head may have, default 100, 1..=128.
+    pub http_max_header_count: usize,
     /// `max_request_body_size` in bytes; `None`: no limit.
     pub max_request_body_size: Option<u64>,
     /// `graceful_shutdown_timeout` in seconds, default 30.

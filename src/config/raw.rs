@@ -38,6 +38,7 @@ pub(crate) struct RawConfig {
     /// Deprecated spelling of `health_check.interval` (seconds).
     pub health_check_interval: Option<f64>,
     pub http_max_header_size: Option<i64>,
+    pub http_max_header_count: Option<i64>,
     pub connect_tunnel_enabled: Option<bool>,
     pub workers: Option<i64>,
     /// Seconds; fractions allowed.

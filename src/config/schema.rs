@@ -45,6 +45,7 @@ const TOP: &[Field] = &[
     ("health_check", Map(&[("enabled", Bool), ("interval", Number)])),
     ("health_check_interval", Number),
     ("http_max_header_size", Whole),
+    ("http_max_header_count", Whole),
     ("connect_tunnel_enabled", Bool),
     ("workers", Whole),
     ("graceful_shutdown_timeout", Number),

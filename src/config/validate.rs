@@ -230,6 +230,14 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let http_max_header_size = header_size(ctx, raw.http_max_header_size);
     let connect_tunnel_enabled = raw.connect_tunnel_enabled.unwrap_or(false);
     let workers = workers(ctx, raw.workers);
+    let http_max_header_count = match raw.http_max_header_count {
+        None => 100,
+        Some(n @ 1..=128) => n as usize,
+        Some(n) => {
+            ctx.report(&top, "http_max_header_count", format!("must be between 1 and 128 (got {n})"));
+            100
+        }
+    };
     let max_request_body_size = match raw.max_request_body_size {
         Some(n) if n > 0 => Some(n as u64),
         Some(n) => {
@@ -257,6 +265,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         connect_tunnel_enabled,
         workers,
         max_request_body_size,
+        http_max_header_count,
         graceful_shutdown_timeout,
         timeouts,
         ca_file,

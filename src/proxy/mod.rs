@@ -207,6 +207,9 @@ fn gemini_model(target: &str) -> Option<&str> {
 /// twice (which of them would count?), and the path, whose dot-segments are
 /// removed here so no route's prefix can be stepped out of unseen.
 fn safe_request(snapshot: &Snapshot, head: &mut RequestHead) -> Result<(), ProxyError> {
+    if head.headers.len() > snapshot.limits.max_header_count {
+        return Err(ProxyError::Head(crate::http1::HeadError::TooLarge));
+    }
     // A declared length past the limit is refused before a byte is read.
     let declared =
         head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());

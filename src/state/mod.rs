@@ -38,6 +38,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// A tunnel (WebSocket, CONNECT) quiet in both directions is closed after this.
     pub tunnel_idle_timeout: Duration,
+    /// Most fields a request head may have (`http_max_header_count`).
+    pub max_header_count: usize,
     /// Largest request body taken (`max_request_body_size`), if any.
     pub max_request_body: Option<u64>,
 }
@@ -57,6 +59,7 @@ impl Limits {
             handshake_timeout: Duration::from_secs(10),
             tunnel_idle_timeout: config.timeouts.tunnel_idle,
             max_request_body: config.max_request_body_size,
+            max_header_count: config.http_max_header_count,
         }
     }
 }

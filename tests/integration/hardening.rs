@@ -95,3 +95,17 @@ async fn a_request_body_past_the_limit_is_a_413_declared_or_streamed() {
     let fits = format!("{head}Content-Length: 1000\r\n\r\n{}", "x".repeat(1000));
     assert!(status_of(&proxy, &fits).await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn more_header_fields_than_allowed_is_a_431() {
+    let up = MockUpstream::start("ok").await;
+    let proxy = TestProxy::start(&format!("http_max_header_count: 10\n{}", config(up.port())));
+    let request = |extra: usize| {
+        let fields: String = (0..extra).map(|i| format!("x-f{i}: v\r\n")).collect();
+        format!("GET /openai/v1/models HTTP/1.1\r\nHost: h.local\r\nAuthorization: Bearer client-key\r\n{fields}Connection: close\r\n\r\n")
+    };
+    // Host, Authorization, Connection and 7 more: 10 fields, allowed.
+    assert!(status_of(&proxy, &request(7)).await.starts_with("HTTP/1.1 200"));
+    assert!(status_of(&proxy, &request(8)).await.starts_with("HTTP/1.1 431"));
+    assert_eq!(up.recorded().len(), 1);
+}
