@@ -302,6 +302,15 @@ fn redacted_query(target: &str) -> Option<String> {
     Some(truncated(&redacted.join("&"), MAX_PATH))
 }
 
+/// A request refused before it could be read as one (a malformed or too
+/// large head): counted with the unrouted requests, and logged with what is
+/// known of it.
+pub fn rejected(status: u16, peer: Option<std::net::SocketAddr>) {
+    unrouted().answered(status, std::time::Duration::ZERO, None);
+    let client = peer.map(|p| p.to_string());
+    tracing::info!(target: "openproxy::access", status, client, "request rejected before routing");
+}
+
 /// The metrics of requests no provider took (refused, unknown host).
 fn unrouted() -> Arc<ProviderMetrics> {
     static UNROUTED: std::sync::OnceLock<Arc<ProviderMetrics>> = std::sync::OnceLock::new();

@@ -85,6 +85,7 @@ pub async fn serve<S: Split>(
             Next::Bad(err) => {
                 tracing::debug!(error = %err, "rejected request head");
                 let resp = ProxyError::from(err).into_response(ErrorStyle::Plain);
+                crate::proxy::log::rejected(resp.status.as_u16(), peer);
                 let _ = write_response(&mut conn.wr, resp, &Method::GET, Version::HTTP_11, true).await;
                 break;
             }
@@ -213,7 +214,9 @@ async fn exchange<S: Split>(
         Ok(head) => head,
         Err(err) => {
             req.keep_alive = false;
-            return After::Next(refuse(conn, &req, err.into_response(ErrorStyle::Plain)).await);
+            let response = err.into_response(ErrorStyle::Plain);
+            crate::proxy::log::rejected(response.status.as_u16(), req.peer);
+            return After::Next(refuse(conn, &req, response).await);
         }
     };
     let admitted = match proxy::admit(app, head) {

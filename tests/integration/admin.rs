@@ -321,3 +321,17 @@ async fn token_usage_is_read_from_bodies_and_streams_as_they_pass() {
         (Some("gpt-4o"), Some(7), Some(8))
     );
 }
+
+#[tokio::test]
+async fn heads_refused_before_routing_are_counted_and_logged() {
+    let up = MockUpstream::start("ok").await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    for request in [&b"GET /x HTTP/1.1\r\nhost: h.local\r\nbad header\r\n\r\n"[..], b"GET /x HTTP/1.1\r\n\r\n"] {
+        let answer = raw_exchange(proxy.addr, request, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let m = samples(&get(admin, "/metrics").await.1);
+    assert_eq!(m[r#"openproxy_requests_total{host="none",provider="none",status="400"}"#], 2.0);
+    wait_for_log(&proxy, "request rejected before routing", Duration::from_secs(5)).await;
+}
