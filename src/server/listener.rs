@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -109,7 +110,15 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.signalled() => break,
+            _ = shutdown.signalled() => {
+                // Clients whose connection the kernel already completed would
+                // be reset when the socket closes: take them in, and their
+                // requests are answered with `Connection: close`.
+                while let Poll::Ready(Ok((stream, peer))) = listener.poll_accept(&mut Context::from_waker(Waker::noop())) {
+                    spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone());
+                }
+                break;
+            }
             _ = stop.wait_for(|stop| *stop) => break,
         };
         match accepted {
