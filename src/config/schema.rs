@@ -158,19 +158,9 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
                 let at = format!("{path}[{i}]");
                 match item {
                     Value::String(_) => {}
-                    Value::Mapping(_) => {
-                        let named = Maps(&[("key", Text), ("name", Text)], &["key"]);
-                        let mut one = Value::Sequence(vec![std::mem::take(item)]);
+                    Value::Mapping(map) => {
                         let before = errors.len();
-                        check_value(&mut one, named, &at, errors);
-                        for e in &mut errors[before..] {
-                            // `a.b[0][0].key` → `a.b[0].key`: the list was ours.
-                            e.key = e.key.replacen(&format!("{at}[0]"), &at, 1);
-                            e.message = e.message.replacen(&format!("{at}[0]"), &at, 1);
-                        }
-                        if let Value::Sequence(mut v) = one {
-                            *item = v.pop().unwrap_or(Value::Null);
-                        }
+                        check_item(map, &[("key", Text), ("name", Text)], &["key"], &at, false, errors);
                         if errors.len() > before {
                             verdict = Verdict::Reported;
                         }
@@ -200,10 +190,7 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
                     *item = Value::Mapping(Mapping::new());
                     continue;
                 };
-                check_map(map, fields, &item_path, path == "providers", errors);
-                for name in required.iter().filter(|name| map.get(**name).is_none_or(Value::is_null)) {
-                    errors.push(ConfigError::new(join(&item_path, name), format!("{item_path}: {name} is required")));
-                }
+                check_item(map, fields, required, &item_path, path == "providers", errors);
             }
             // A list whose items serde needs whole (api_keys) goes if any is
             // not; providers are checked one by one after.
@@ -213,6 +200,21 @@ fn check_value(value: &mut Value, ty: Ty, path: &str, errors: &mut Vec<ConfigErr
             }
         }
         _ => Verdict::Wrong,
+    }
+}
+
+/// One mapping of a list: its keys, and those it must have.
+fn check_item(
+    map: &mut Mapping,
+    fields: &[Field],
+    required: &[&str],
+    path: &str,
+    extensions: bool,
+    errors: &mut Vec<ConfigError>,
+) {
+    check_map(map, fields, path, extensions, errors);
+    for name in required.iter().filter(|name| map.get(**name).is_none_or(Value::is_null)) {
+        errors.push(ConfigError::new(join(path, name), format!("{path}: {name} is required")));
     }
 }
 
@@ -345,6 +347,18 @@ mod tests {
         let kept = serde_yaml::to_string(&doc).unwrap();
         assert!(!kept.contains("eighty") && !kept.contains("weigth") && !kept.contains("maybe"), "{kept}");
         assert!(kept.contains("a.local"), "the rest stays: {kept}");
+    }
+
+    #[test]
+    fn named_client_keys_are_checked_like_any_mapping() {
+        let (errors, _) = problems("auth_keys: [plain, {key: a, nmae: x}, {name: n}]\n");
+        assert_eq!(
+            errors,
+            [
+                "auth_keys[1].nmae | auth_keys[1]: unknown key `nmae`; did you mean `name`?",
+                "auth_keys[2].key | auth_keys[2]: key is required",
+            ]
+        );
     }
 
     #[test]

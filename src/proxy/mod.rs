@@ -112,7 +112,8 @@ impl Admitted {
         let style = plan.style;
         let body = body.counted(Some(log.bytes_in()), None).within(plan.snapshot.limits.max_request_body);
         // Never a client key as a label, should a client put one in the path.
-        let gemini_model = gemini_model(&head.target).map(|m| {
+        let gemini = plan.chosen.provider.kind == ProviderType::Gemini;
+        let gemini_model = gemini_model(&head.target).filter(|_| gemini).map(|m| {
             let is_key = plan.snapshot.every_client_key.iter().any(|k| k.as_ref() == m.as_bytes());
             if is_key {
                 "redacted".to_string()

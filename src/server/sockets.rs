@@ -145,9 +145,4 @@ impl Sockets {
         let each = |l: &Listening| l.sockets.iter().map(|s| (s.as_raw_fd(), l.addr, l.scheme)).collect::<Vec<_>>();
         self.open.iter().flat_map(each).collect()
     }
-
-    /// The addresses actually bound (port 0 resolved), for tests and logs.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.open.iter().filter_map(|l| l.sockets.first()?.local_addr().ok()).collect()
-    }
 }
