@@ -8,6 +8,13 @@ use clap::Parser;
 use openproxy::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let code = run();
+    // Log lines still waiting for the writer thread.
+    openproxy::telemetry::flush();
+    code
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     // First, while this is the only thread: descriptors a predecessor handed over.
     let handover = match &cli.command {

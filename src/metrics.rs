@@ -89,6 +89,7 @@ pub struct Metrics {
     open_tunnels: Gauge,
     pooled: Gauge,
     config: Family<ConfigLabel, Gauge>,
+    log_lines_dropped: Counter,
     current_config: Mutex<Option<String>>,
 }
 
@@ -158,6 +159,12 @@ impl Metrics {
             "The loaded configuration (its file's SHA-256, first 16 hex digits)",
             config.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not take them fast enough",
+            log_lines_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -177,6 +184,7 @@ impl Metrics {
             open_tunnels,
             pooled,
             config,
+            log_lines_dropped,
             current_config: Mutex::new(None),
         }
     }
@@ -187,6 +195,10 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn log_lines_dropped(&self, lines: u64) {
+        self.log_lines_dropped.inc_by(lines);
     }
 
     /// Counts tokens an answer reported. A model name comes from the upstream

@@ -2,12 +2,12 @@
 //! as text lines or (`log_format: json`, switchable on reload) one JSON
 //! object per line.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
@@ -56,7 +56,7 @@ pub fn now_rfc3339() -> String {
     out
 }
 
-/// Writes one whole line (ending in `\n`) the way log events are written.
+/// Queues one whole line (ending in `\n`) the way log events are queued.
 pub fn write_line(line: &[u8]) {
     let _ = LineWriter.write_all(line);
 }
@@ -87,18 +87,53 @@ where
     }
 }
 
-/// Stderr without the lock `std::io::Stderr` takes for every line: the
-/// formatter hands over each finished event in one `write_all`, and each
-/// piece of up to `PIPE_BUF` bytes ending at a line end is one `write(2)`,
-/// which a pipe keeps whole. So worker threads logging at once never wait for
-/// each other, and no line is ever cut by another (a long multi-line event,
-/// a reload's list of errors, may have other lines between its own). A sink
-/// that is gone or full costs the line, never the request: an error here
-/// would make tracing-subscriber panic in `eprintln!`.
+/// Where log lines go: each finished event is appended to a buffer of the
+/// thread that logged it, and one writer thread takes the buffers every few
+/// milliseconds and writes them to stderr. So a request never waits for
+/// stderr: not for a `write(2)` per line (the cost that dominated before), and
+/// not for a slow terminal, a full pipe or a stalled log shipper. A buffer
+/// that has reached [`BUFFER_CAP`] takes no more lines; they are dropped and
+/// counted (`openproxy_log_lines_dropped_total`), and the writer says how many
+/// once stderr takes lines again. Lines of one thread keep their order; lines
+/// of different threads may be a few milliseconds out of order.
 struct LineWriter;
 
 /// POSIX's minimum for `PIPE_BUF` (Linux's value).
 const PIPE_BUF: usize = 4096;
+
+/// Lines one thread may have waiting before its new lines are dropped.
+const BUFFER_CAP: usize = 512 * 1024;
+
+/// How long the writer lets lines gather while they keep coming: one
+/// `write(2)` then carries many lines.
+const GATHER: Duration = Duration::from_millis(5);
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+struct Sink {
+    /// One buffer per thread that has logged.
+    buffers: Mutex<Vec<Buffer>>,
+    /// The writer is asleep until a line arrives: the first thread to add one
+    /// wakes it. While it is awake nobody pays for a wake-up.
+    idle: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+    /// Held while writing to stderr, so [`flush`] and the writer never
+    /// interleave their pieces.
+    out: Mutex<()>,
+    dropped: AtomicU64,
+}
+
+static SINK: Sink = Sink {
+    buffers: Mutex::new(Vec::new()),
+    idle: AtomicBool::new(false),
+    writer: OnceLock::new(),
+    out: Mutex::new(()),
+    dropped: AtomicU64::new(0),
+};
+
+thread_local! {
+    static BUFFER: OnceCell<Buffer> = const { OnceCell::new() };
+}
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -106,15 +141,14 @@ impl Write for LineWriter {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let piece = atomic_piece(rest);
-            match nix::unistd::write(std::io::stderr().as_fd(), piece) {
-                Ok(0) => break,
-                Ok(n) => rest = &rest[n..],
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
-            }
+        let queued = BUFFER.try_with(|cell| {
+            let buffer = cell.get_or_init(|| SINK.register());
+            SINK.queue(buffer, buf);
+        });
+        if queued.is_err() {
+            // A thread's last words after its locals are gone: write them now.
+            let _out = lock(&SINK.out);
+            write_out(buf, None);
         }
         Ok(())
     }
@@ -122,6 +156,156 @@ impl Write for LineWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+impl Sink {
+    fn register(&'static self) -> Buffer {
+        let buffer = Buffer::default();
+        lock(&self.buffers).push(buffer.clone());
+        self.writer.get_or_init(|| {
+            let spawned = std::thread::Builder::new().name("log-writer".into()).spawn(|| SINK.run());
+            match spawned {
+                Ok(handle) => handle.thread().clone(),
+                // No writer thread: lines wait for `flush` (or are dropped
+                // when full); never a reason to fail a request.
+                Err(_) => std::thread::current(),
+            }
+        });
+        buffer
+    }
+
+    fn queue(&self, buffer: &Buffer, line: &[u8]) {
+        {
+            let mut waiting = lock(buffer);
+            if waiting.len() + line.len() > BUFFER_CAP {
+                drop(waiting);
+                let lines = line.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
+                self.dropped.fetch_add(lines, Ordering::Relaxed);
+                crate::metrics::metrics().log_lines_dropped(lines);
+                return;
+            }
+            waiting.extend_from_slice(line);
+        }
+        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+
+    /// The writer thread: write what has gathered, wait a little, again; fall
+    /// asleep when nothing came.
+    fn run(&self) {
+        let mut spare = Vec::new();
+        let mut reported = 0;
+        loop {
+            // Taken and written under `out`, so `flush` at exit cannot
+            // overtake lines this thread holds and leave them unwritten.
+            let out = lock(&self.out);
+            let mut batch = self.take(std::mem::take(&mut spare));
+            if batch.is_empty() {
+                drop(out);
+                self.idle.store(true, Ordering::SeqCst);
+                // A line queued before `idle` was set did not wake us.
+                if self.waiting() {
+                    self.idle.store(false, Ordering::SeqCst);
+                } else {
+                    std::thread::park();
+                }
+                spare = batch;
+                continue;
+            }
+            write_out(&batch, None);
+            drop(out);
+            batch.clear();
+            spare = if batch.capacity() > BUFFER_CAP { Vec::new() } else { batch };
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped != reported {
+                // Queued like any line (in the writer's own buffer), so it
+                // has the format the operator chose.
+                tracing::warn!(lines = dropped - reported, "stderr was too slow: log lines were dropped");
+                reported = dropped;
+            }
+            std::thread::sleep(GATHER);
+        }
+    }
+
+    /// Every thread's waiting lines, appended to `into`.
+    fn take(&self, mut into: Vec<u8>) -> Vec<u8> {
+        let buffers = lock(&self.buffers).clone();
+        for buffer in &buffers {
+            let mut waiting = lock(buffer);
+            if into.is_empty() {
+                std::mem::swap(&mut into, &mut waiting);
+            } else {
+                into.extend_from_slice(&waiting);
+                waiting.clear();
+            }
+        }
+        drop(buffers);
+        // A thread that has ended leaves a buffer only the list holds.
+        lock(&self.buffers).retain(|b| Arc::strong_count(b) > 1 || !lock(b).is_empty());
+        into
+    }
+
+    fn waiting(&self) -> bool {
+        lock(&self.buffers).iter().any(|b| !lock(b).is_empty())
+    }
+}
+
+/// Writes out every waiting line before the process exits, giving up after a
+/// couple of seconds if stderr takes nothing.
+pub fn flush() {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let _out = loop {
+        match SINK.out.try_lock() {
+            Ok(guard) => break guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        }
+    };
+    let batch = SINK.take(Vec::new());
+    write_out(&batch, Some(deadline));
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `text` to stderr in pieces that end at line ends and are at most
+/// `PIPE_BUF` long, so a pipe (shared with a successor process during an
+/// upgrade) keeps each line whole. With a deadline, waits for room only until
+/// then; without, as long as stderr takes (the writer thread's case). A sink
+/// that is gone costs the lines, never a panic. The caller holds `SINK.out`.
+fn write_out(text: &[u8], deadline: Option<Instant>) {
+    let stderr = std::io::stderr();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some(deadline) = deadline {
+            if !room_before(stderr.as_fd(), deadline) {
+                break;
+            }
+        }
+        let piece = atomic_piece(rest);
+        match nix::unistd::write(stderr.as_fd(), piece) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Whether `fd` can take a write before `deadline`.
+fn room_before(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
 }
 
 /// The longest front of `text` that one atomic pipe write can carry and that

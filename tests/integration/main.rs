@@ -16,6 +16,7 @@ mod http1_framing;
 mod http1_strict;
 mod https_h2;
 mod https_limits;
+mod logging;
 mod observability_edges;
 mod routing;
 mod selection;
