@@ -151,11 +151,47 @@ pub struct Counted {
     /// Bytes taken so far, and the most allowed.
     taken: u64,
     limit: Option<u64>,
+    /// Read to its end or to an error: nothing is left for the observer.
+    ended: bool,
 }
 
 /// Sees a body's data as it is taken.
 pub trait Observe: Send + Sync {
     fn data(&mut self, _bytes: &[u8]) {}
+
+    /// The body's reader let go of it before its end (the client left): how
+    /// long the rest is worth reading for the observer alone, if at all.
+    fn reader_gone(&mut self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+impl Counted {
+    fn new(inner: Body, count: Option<Arc<AtomicU64>>, observer: Option<Box<dyn Observe>>) -> Counted {
+        Counted { inner, count, observer, taken: 0, limit: None, ended: false }
+    }
+}
+
+impl Drop for Counted {
+    /// An observer that still wants the rest (the final token usage of a
+    /// stream whose client left) gets it from a task of its own, for as
+    /// long as it said; then it is dropped as it would have been now.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let Some(linger) = self.observer.as_mut().and_then(|o| o.reader_gone()) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let inner = std::mem::replace(&mut self.inner, Body::Empty);
+        let mut rest = Body::Counted(Box::new(Counted::new(inner, None, self.observer.take())));
+        runtime.spawn(async move {
+            let read = async { while let Some(Ok(_)) = rest.next_frame().await {} };
+            let _ = tokio::time::timeout(linger, read).await;
+            if let Body::Counted(c) = &mut rest {
+                c.ended = true;
+            }
+        });
+    }
 }
 
 /// What a connection driver pushes as it reads a body off its socket: a
@@ -238,6 +274,7 @@ impl Body {
         match self {
             Body::Counted(c) => {
                 let frame = c.inner.next_uncounted().await;
+                c.ended |= !matches!(frame, Some(Ok(_)));
                 if let Some(Ok(Frame::Data(data))) = &frame {
                     c.taken += data.len() as u64;
                     if let Some(limit) = c.limit.filter(|limit| c.taken > *limit) {
@@ -313,7 +350,7 @@ impl Body {
                 c.observer = observer;
                 Body::Counted(c)
             }
-            inner => Body::Counted(Box::new(Counted { inner, count, observer, taken: 0, limit: None })),
+            inner => Body::Counted(Box::new(Counted::new(inner, count, observer))),
         }
     }
 
@@ -329,7 +366,9 @@ impl Body {
                 Body::Counted(c)
             }
             inner => {
-                Body::Counted(Box::new(Counted { inner, count: None, observer: None, taken: 0, limit: Some(limit) }))
+                let mut counted = Counted::new(inner, None, None);
+                counted.limit = Some(limit);
+                Body::Counted(Box::new(counted))
             }
         }
     }

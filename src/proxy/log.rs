@@ -52,14 +52,30 @@ pub struct AccessLog {
     kind: Option<crate::provider::ProviderType>,
     /// Reads the answer's token usage as it passes (LLM answers only).
     usage: Option<crate::usage::Scanner>,
+    /// When the client let go of the answer before its end.
+    client_gone: Option<std::time::Duration>,
 }
+
+/// How long the rest of an answer is read for its token usage after the
+/// client left: a stream's usage comes in its last event.
+const USAGE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl crate::body::Observe for AccessLog {
     fn data(&mut self, bytes: &[u8]) {
-        self.bytes_out += bytes.len() as u64;
+        if self.client_gone.is_none() {
+            self.bytes_out += bytes.len() as u64;
+        }
         if let Some(usage) = self.usage.as_mut() {
             usage.feed(bytes);
         }
+    }
+
+    /// Tokens the provider bills for are counted even when the client did not
+    /// wait for them; the line's time and bytes stay the client's.
+    fn reader_gone(&mut self) -> Option<std::time::Duration> {
+        self.client_gone = Some(self.started.elapsed());
+        let wanted = self.usage.as_ref().is_some_and(|u| u.usage().output.is_none() || u.usage().input.is_none());
+        wanted.then_some(USAGE_LINGER)
     }
 }
 
@@ -103,6 +119,7 @@ impl AccessLog {
             status: None,
             tunnel: None,
             usage: None,
+            client_gone: None,
             kind: None,
             detail: Detail {
                 peer: head.peer,
@@ -175,7 +192,7 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let took = self.started.elapsed();
+        let took = self.client_gone.unwrap_or_else(|| self.started.elapsed());
         let status = self.status.unwrap_or(CLIENT_CLOSED);
         let metrics = self.metrics.get_or_insert_with(unrouted).clone();
         metrics.answered(status, took, self.first_byte);

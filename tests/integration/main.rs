@@ -23,5 +23,6 @@ mod selection;
 mod streaming;
 mod timeouts;
 mod upstream_reuse;
+mod usage;
 mod websocket;
 mod zero_downtime;
