@@ -153,18 +153,11 @@ impl Metrics {
             "Idle HTTP/1.1 and shared HTTP/2 upstream connections",
             pooled.clone(),
         );
-        let config = Family::default();
-        registry.register(
-            "config_info",
-            "The loaded configuration (its file's SHA-256, first 16 hex digits)",
-            config.clone(),
-        );
-        let log_lines_dropped = Counter::default();
-        registry.register(
-            "log_lines_dropped",
-            "Log lines dropped because stderr did not take them fast enough",
-            log_lines_dropped.clone(),
-        );
+        let (config, log_lines_dropped) = (Family::default(), Counter::default());
+        let config_help = "The loaded configuration (its file's SHA-256, first 16 hex digits)";
+        registry.register("config_info", config_help, config.clone());
+        let dropped_help = "Log lines dropped because stderr did not take them fast enough";
+        registry.register("log_lines_dropped", dropped_help, log_lines_dropped.clone());
         Metrics {
             registry,
             requests,

@@ -10,6 +10,9 @@
 pub mod h1;
 pub mod h2;
 mod replay;
+mod sse;
+
+pub use sse::EditEvent;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -216,6 +219,8 @@ pub enum Body {
     Replayed(Box<Replayed>),
     /// Another body, its bytes counted (see [`Body::counted`]).
     Counted(Box<Counted>),
+    /// An event stream edited event by event (see [`Body::sse_edited`]).
+    Sse(Box<sse::SseEdit>),
     /// No message body: the connection itself, after a `101 Switching
     /// Protocols` or a CONNECT's `200`. Bytes now flow both ways in another
     /// protocol; a connection driver takes it and bridges it to its client.
@@ -325,6 +330,7 @@ impl Body {
             Body::H1(h1) => h1.next_frame().await,
             Body::H2(h2) => h2.next_frame().await,
             Body::Replayed(r) => Box::pin(r.next_frame()).await,
+            Body::Sse(edit) => Box::pin(edit.next_frame()).await,
         }
     }
 
@@ -387,6 +393,15 @@ impl Body {
         }
     }
 
+    /// This event stream with each whole event replaced by what `edit`
+    /// writes for it.
+    pub fn sse_edited(self, edit: sse::EditEvent) -> Body {
+        match self {
+            Body::Empty | Body::Upgraded(_) => self,
+            inner => Body::Sse(Box::new(sse::SseEdit::new(inner, edit))),
+        }
+    }
+
     /// The exact length when it is known before reading.
     pub fn exact_len(&self) -> Option<u64> {
         match self {
@@ -398,6 +413,8 @@ impl Body {
             Body::Watched(w) => w.inner.exact_len(),
             Body::Replayed(r) => r.exact_len(),
             Body::Counted(c) => c.inner.exact_len(),
+            // Edited: its length is known only at the end.
+            Body::Sse(_) => None,
         }
     }
 
@@ -441,6 +458,7 @@ impl std::fmt::Debug for Body {
             Body::H2(_) => f.write_str("Body::H2"),
             Body::Watched(w) => write!(f, "Body::Watched({:?})", w.inner),
             Body::Replayed(_) => f.write_str("Body::Replayed"),
+            Body::Sse(edit) => write!(f, "Body::Sse({:?})", edit.inner()),
             Body::Upgraded(_) => f.write_str("Body::Upgraded"),
             Body::Counted(c) => write!(f, "Body::Counted({:?})", c.inner),
         }

@@ -173,6 +173,9 @@ pub struct ProviderConfig {
     /// Per-provider `ca_file`; overrides the top-level one.
     pub ca_file: Option<PathBuf>,
     pub timeouts: UpstreamTimeoutOverrides,
+    /// `stream_usage: inject` (openai only): ask for the usage chunk of a
+    /// stream the client did not ask it for, and keep it from the client.
+    pub inject_stream_usage: bool,
 }
 
 impl ProviderConfig {

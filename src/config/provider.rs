@@ -90,6 +90,7 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
     let health_check = raw.health_check.as_ref().and_then(|h| health_check(ctx, &scope, h));
     let ca_file = ctx.path(&scope, "ca_file", raw.ca_file.as_deref());
     let timeouts = timeouts::provider(ctx, &scope, &raw);
+    let inject_stream_usage = stream_usage(ctx, &scope, kind, raw.stream_usage.as_deref());
     let (route, kind, (endpoint, port)) = (route?, kind?, upstream?);
     Some(ProviderConfig {
         index,
@@ -111,7 +112,29 @@ fn provider(ctx: &mut Ctx<'_>, index: usize, raw: RawProvider) -> Option<Provide
         health_check,
         ca_file,
         timeouts,
+        inject_stream_usage,
     })
+}
+
+/// `stream_usage`: `pass` (the default) or `inject`, which only OpenAI's
+/// chat and completions streams understand.
+fn stream_usage(ctx: &mut Ctx<'_>, scope: &Scope, kind: Option<ProviderType>, raw: Option<&str>) -> bool {
+    match raw {
+        None | Some("pass") => false,
+        Some("inject") if kind.is_none_or(|k| k == ProviderType::OpenAi) => true,
+        Some("inject") => {
+            ctx.report(
+                scope,
+                "stream_usage",
+                "can be `inject` only for openai providers (it sets their stream_options)",
+            );
+            false
+        }
+        Some(_) => {
+            ctx.report(scope, "stream_usage", "must be `pass` or `inject`");
+            false
+        }
+    }
 }
 
 /// `host`, parsed first because its name goes into every later message.

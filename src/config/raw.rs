@@ -109,6 +109,7 @@ pub(crate) struct RawProvider {
     pub connect_timeout: Option<f64>,
     pub first_byte_timeout: Option<f64>,
     pub stream_idle_timeout: Option<f64>,
+    pub stream_usage: Option<String>,
 }
 
 /// A client key: the key alone, or with a name for logs and metrics.

@@ -82,6 +82,7 @@ const PROVIDER: &[Field] = &[
     ("connect_timeout", Number),
     ("first_byte_timeout", Number),
     ("stream_idle_timeout", Number),
+    ("stream_usage", Text),
 ];
 
 /// Checks `doc` (merge keys already applied) and removes what is wrong.

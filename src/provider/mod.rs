@@ -55,6 +55,8 @@ pub struct Provider {
     pub health: Arc<Health>,
     /// The upstream timeouts: the provider's own, else the top level's.
     pub timeouts: Timeouts,
+    /// `stream_usage: inject` (see `proxy::stream_usage`).
+    pub inject_stream_usage: bool,
 }
 
 impl Provider {

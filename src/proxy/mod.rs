@@ -17,6 +17,7 @@ pub mod log;
 mod path;
 mod retry;
 pub mod rewrite;
+mod stream_usage;
 mod verify;
 
 use std::borrow::Cow;
@@ -122,10 +123,17 @@ impl Admitted {
             }
         });
         let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
+        let mut asked_usage = false;
         let outcome = if head.method == Method::CONNECT {
             connect::open(app, plan).await
         } else {
-            retry::run(app, plan, head, body, &mut log).await
+            match stream_usage::ask(&plan, &head, body).await {
+                Ok((body, asked)) => {
+                    asked_usage = asked;
+                    retry::run(app, plan, head, body, &mut log).await
+                }
+                Err(e) => Err(e),
+            }
         };
         if outcome.is_ok() {
             log.first_byte();
@@ -153,10 +161,13 @@ impl Admitted {
         if from_upstream && reports_usage(&headers) && log.provider_kind().is_some_and(|k| k != ProviderType::Forward) {
             log.read_usage(gemini_model.as_deref());
         }
+        let strip = asked_usage && from_upstream && is_event_stream(&headers);
         // The line is written when the answer's body is done with, so its
         // time and bytes cover the whole answer, streams included.
-        // The log counts the answer's bytes itself, as it sees them.
+        // The log counts the answer's bytes itself, as it sees them (before
+        // the usage chunk it asked for is taken out).
         let body = body.counted(None, Some(Box::new(log)));
+        let body = if strip { body.sse_edited(stream_usage::strip) } else { body };
         Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: None }
     }
 }

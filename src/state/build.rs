@@ -129,6 +129,7 @@ fn provider(
             first_byte: cfg.timeouts.first_byte.unwrap_or(config.timeouts.first_byte),
             stream_idle: cfg.timeouts.stream_idle.unwrap_or(config.timeouts.stream_idle),
         },
+        inject_stream_usage: cfg.inject_stream_usage,
     })
 }
 

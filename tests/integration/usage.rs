@@ -97,3 +97,106 @@ async fn usage_is_still_counted_when_the_client_leaves_before_the_last_event() {
     assert_eq!((m[TOKENS_IN], m[TOKENS_OUT]), (11.0, 22.0));
     wait_for_log(&proxy, "\"output_tokens\":22", Duration::from_secs(5)).await;
 }
+
+/// An OpenAI-like stream upstream: each request's body is recorded; when it
+/// asks for usage, every chunk carries `"usage":null` and a usage-only chunk
+/// comes before `[DONE]`, as OpenAI sends them, all cut into 5-byte writes.
+async fn openai_stream_upstream(bodies: Arc<std::sync::Mutex<Vec<String>>>) -> RawUpstream {
+    RawUpstream::start(move |mut stream| {
+        let bodies = bodies.clone();
+        async move {
+            let head = read_head(&mut stream).await;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            // What read_head took past the blank line is the body's start.
+            let mut body = head.split_once("\r\n\r\n").map_or("", |(_, rest)| rest).as_bytes().to_vec();
+            let mut rest = vec![0u8; len - body.len()];
+            stream.read_exact(&mut rest).await.unwrap();
+            body.extend_from_slice(&rest);
+            let body = String::from_utf8(body).unwrap();
+            let asked = body.contains("\"include_usage\":true");
+            bodies.lock().unwrap().push(body);
+            let usage = if asked { ",\"usage\":null" } else { "" };
+            let mut events = format!(
+                "data: {{\"model\":\"gpt-4o\",\"choices\":[{{\"delta\":{{\"content\":\"a\"}}}}]{usage}}}\n\n\
+                 data: {{\"model\":\"gpt-4o\",\"choices\":[{{\"delta\":{{\"content\":\"b\"}}}}]{usage}}}\n\n"
+            );
+            if asked {
+                events.push_str(
+                    "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+                );
+            }
+            events.push_str("data: [DONE]\n\n");
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes()).await;
+            for piece in events.as_bytes().chunks(5) {
+                let _ = stream.write_all(piece).await;
+                let _ = stream.flush().await;
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stream_usage_inject_asks_upstream_and_hides_the_answer_from_the_client() {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up = openai_stream_upstream(bodies.clone()).await;
+    let admin = free_port();
+    let proxy = TestProxy::start(&config(up.port(), admin, ", stream_usage: inject"));
+    let auth = [("host", "h.local"), ("authorization", "Bearer client-key")];
+    let plain = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\
+                 data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\ndata: [DONE]\n\n";
+
+    // A stream that does not ask: the upstream is asked, the client sees
+    // exactly the stream it would have had.
+    let request = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    let (status, _, body) = send(proxy.addr, "POST", "/v1/chat/completions", &auth, request).await;
+    assert_eq!((status, body.as_str()), (200, plain));
+    assert_eq!(
+        bodies.lock().unwrap()[0],
+        r#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}"#
+    );
+    let m = metrics_until(admin, "tokens counted", |m| m.contains_key(TOKENS_OUT)).await;
+    assert_eq!((m[TOKENS_IN], m[TOKENS_OUT]), (3.0, 4.0));
+
+    // A client that asks itself gets what it asked for, its bytes unchanged.
+    let request = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
+    let (status, _, body) = send(proxy.addr, "POST", "/v1/chat/completions", &auth, request).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"usage\":null") && body.contains("\"completion_tokens\":4"), "{body}");
+    assert_eq!(bodies.lock().unwrap()[1], request);
+
+    // Not a stream, or not chat: sent as it came.
+    for (path, request) in [("/v1/chat/completions", r#"{"stream":false}"#), ("/v1/embeddings", r#"{"stream":true}"#)] {
+        send(proxy.addr, "POST", path, &auth, request).await;
+        assert_eq!(bodies.lock().unwrap().last().unwrap(), request);
+    }
+}
+
+#[test]
+fn stream_usage_is_checked_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yml");
+    std::fs::write(
+        &config,
+        "http_port: 8080\nauth_keys: [k]\nproviders:\n  \
+         - {type: anthropic, host: a.local, endpoint: a.example, api_key: x, stream_usage: inject}\n  \
+         - {type: openai, host: o.local, endpoint: o.example, api_key: x, stream_usage: always}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openproxy"))
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("stream_usage can be `inject` only for openai providers"), "{text}");
+    assert!(text.contains("stream_usage must be `pass` or `inject`") && !text.contains("always"), "{text}");
+}

@@ -1,0 +1,140 @@
+//! `stream_usage: inject`: OpenAI reports a stream's token usage only when
+//! the request asks for it (`stream_options.include_usage`), and many
+//! clients do not. For a provider with this option, a streaming chat or
+//! completions request that does not ask is sent asking, and the answer is
+//! given back as the client asked for it: the usage-only chunk is taken out
+//! (the access log has read it by then), and so is the `"usage":null` that
+//! every other chunk then carries.
+
+use http::Method;
+use serde_json::Value;
+
+use super::Plan;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::message::RequestHead;
+
+/// Largest request body rewritten. A larger one goes as it came, and its
+/// usage counts as unknown.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
+
+/// The body to send, and whether usage was asked for on the client's
+/// behalf (its answer must then go through [`strip`]).
+pub(super) async fn ask(plan: &Plan, head: &RequestHead, body: Body) -> Result<(Body, bool), ProxyError> {
+    let wanted = plan.chosen.provider.inject_stream_usage
+        && head.method == Method::POST
+        && completions(&plan.target)
+        && body.exact_len().is_some_and(|n| n > 0 && n <= MAX_BODY);
+    if !wanted {
+        return Ok((body, false));
+    }
+    let bytes = body.collect(MAX_BODY as usize).await.map_err(ProxyError::ClientBody)?;
+    Ok(match asking(&bytes) {
+        Some(rewritten) => (Body::Full(rewritten.into()), true),
+        None => (Body::Full(bytes), false),
+    })
+}
+
+/// Chat completions and (legacy) completions: the APIs with `stream_options`.
+fn completions(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or("");
+    path.ends_with("/chat/completions") || path.ends_with("/completions")
+}
+
+/// The request asking for usage, if it is a stream that does not say either
+/// way. The client's own bytes are kept when nothing of theirs must change.
+fn asking(body: &[u8]) -> Option<Vec<u8>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object()?;
+    if object.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    match object.get("stream_options") {
+        None => {
+            let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+            let mut out = Vec::with_capacity(body.len() + 40);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&body[open + 1..]);
+            Some(out)
+        }
+        Some(Value::Object(options)) if !options.contains_key("include_usage") => {
+            let mut value = value.clone();
+            value["stream_options"]["include_usage"] = Value::Bool(true);
+            serde_json::to_vec(&value).ok()
+        }
+        Some(_) => None,
+    }
+}
+
+/// Edits one event of an answer to a request [`ask`] changed. Inside a JSON
+/// string a quote is escaped, so the patterns below only match JSON itself.
+pub(super) fn strip(event: &[u8], out: &mut Vec<u8>) {
+    if contains(event, br#""choices":[]"#) && contains(event, br#""usage":{"#) {
+        return;
+    }
+    let unasked: &[u8] = match () {
+        () if contains(event, br#","usage":null"#) => br#","usage":null"#,
+        () if contains(event, br#", "usage": null"#) => br#", "usage": null"#,
+        () => return out.extend_from_slice(event),
+    };
+    let mut rest = event;
+    while let Some(at) = find(rest, unasked) {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at + unasked.len()..];
+    }
+    out.extend_from_slice(rest);
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{asking, strip};
+
+    fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+        bytes.map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn only_a_stream_that_does_not_say_is_made_to_ask() {
+        assert_eq!(
+            text(asking(br#" {"model":"m","stream":true}"#)).as_deref(),
+            Some(r#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#)
+        );
+        let merged: serde_json::Value =
+            serde_json::from_slice(&asking(br#"{"stream":true,"stream_options":{"x":1}}"#).unwrap()).unwrap();
+        assert_eq!(merged["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        for unchanged in [
+            &br#"{"stream":false}"#[..],
+            br#"{"model":"m"}"#,
+            br#"{"stream":true,"stream_options":{"include_usage":false}}"#,
+            br#"{"stream":true,"stream_options":null}"#,
+            br#"[1]"#,
+            b"not json",
+        ] {
+            assert_eq!(asking(unchanged), None, "{}", String::from_utf8_lossy(unchanged));
+        }
+    }
+
+    #[test]
+    fn the_usage_chunk_and_null_usages_are_taken_out() {
+        let edit = |event: &str| {
+            let mut out = Vec::new();
+            strip(event.as_bytes(), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(edit("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"), "");
+        assert_eq!(edit("data: {\"choices\":[{\"i\":0}],\"usage\":null}\n\n"), "data: {\"choices\":[{\"i\":0}]}\n\n");
+        assert_eq!(edit("data: {\"choices\":[], \"usage\": null}\n\n"), "data: {\"choices\":[]}\n\n");
+        let quoted = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"choices\\\":[] \\\"usage\\\":{\"}}]}\n\n";
+        assert_eq!(edit(quoted), quoted);
+        assert_eq!(edit("data: [DONE]\n\n"), "data: [DONE]\n\n");
+    }
+}
