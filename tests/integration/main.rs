@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod connect;
 mod failover;
+mod floods;
 mod h2_tunnels;
 mod hardening;
 mod http1_edges;

@@ -2,6 +2,7 @@
 //! mock upstreams (hyper for ordinary answers, raw TCP for byte-exact scripts),
 //! and a raw client for what no well-behaved client would send.
 
+pub mod frames;
 pub mod load;
 pub mod tls;
 pub mod wire;
@@ -110,10 +111,24 @@ impl TestProxy {
 
     /// Peak resident memory of the proxy, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident memory of the proxy now, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let mut status = String::new();
         std::fs::File::open(format!("/proc/{}/status", self.pid())).unwrap().read_to_string(&mut status).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// File descriptors the proxy holds open: each accepted client is one.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |dir| dir.count())
     }
 }
 
