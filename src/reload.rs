@@ -57,7 +57,11 @@ pub async fn reload(app: &App, config_path: &Path, sockets: &mut Sockets, worker
     };
     // New listeners are bound before anything changes; the snapshot is in
     // place before they accept, so an HTTPS one has its certificate.
-    let swap = || app.snapshot.store(snapshot.clone());
+    let swap = || {
+        app.snapshot.store(snapshot.clone());
+        // Accept loops waiting at max_connections read it again.
+        crate::server::gate::limit_changed();
+    };
     match sockets.change(&wanted, workers, swap).await {
         Ok(listeners) => {
             crate::telemetry::set_json(snapshot.config.log_json);

@@ -162,11 +162,16 @@ pub fn inline_small(head: &mut BytesMut, body: Body) -> Body {
 /// yet (a head): they leave in the same write as the body's first piece when
 /// that is at hand already, else on their own at once. Each piece is flushed
 /// as it goes, so SSE events never wait in a buffer.
+///
+/// With `stall`, a write the peer takes nothing of for that long ends the
+/// body with a [`CopyError::Sink`] of kind `TimedOut` (a client that stopped
+/// reading must not hold its stream and upstream connection forever).
 pub async fn write_body<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut body: Body,
     chunked: bool,
     mut out: BytesMut,
+    stall: Option<Duration>,
 ) -> Result<(), CopyError> {
     let mut ended = false;
     loop {
@@ -176,7 +181,7 @@ pub async fn write_body<W: AsyncWrite + Unpin>(
             match now_or_never(body.next_frame()) {
                 Some(frame) => frame,
                 None => {
-                    send(wr, &mut out, None).await?;
+                    send(wr, &mut out, None, stall).await?;
                     continue;
                 }
             }
@@ -190,35 +195,64 @@ pub async fn write_body<W: AsyncWrite + Unpin>(
                     strip_trailer_fields(&mut trailers);
                     http1::encode_last_chunk(Some(&trailers), &mut out);
                     ended = true;
-                    send(wr, &mut out, None).await?;
+                    send(wr, &mut out, None, stall).await?;
                 }
                 continue;
             }
         };
         if !chunked {
-            send(wr, &mut out, Some(data)).await?;
+            send(wr, &mut out, Some(data), stall).await?;
             continue;
         }
         http1::encode_chunk_prefix(data.len(), &mut out);
         if data.len() < COALESCE {
             out.extend_from_slice(&data);
             out.extend_from_slice(http1::CHUNK_SUFFIX);
-            send(wr, &mut out, None).await?;
+            send(wr, &mut out, None, stall).await?;
         } else {
-            send(wr, &mut out, Some(data)).await?;
+            send(wr, &mut out, Some(data), stall).await?;
             out.extend_from_slice(http1::CHUNK_SUFFIX);
-            send(wr, &mut out, None).await?;
+            send(wr, &mut out, None, stall).await?;
         }
     }
     if chunked && !ended {
         http1::encode_last_chunk(None, &mut out);
     }
-    send(wr, &mut out, None).await
+    send(wr, &mut out, None, stall).await
+}
+
+/// [`write_now`] within `stall`, if given. The timer is made (on the heap,
+/// so an idle connection's task stays small) only when the write cannot
+/// finish at once.
+async fn send<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    data: Option<Bytes>,
+    stall: Option<Duration>,
+) -> Result<(), CopyError> {
+    let mut write = std::pin::pin!(write_now(wr, out, data));
+    let Some(stall) = stall else { return write.await };
+    // Polled once without a waker of ours: a future must take the waker of
+    // its latest poll, so polling it again below is sound.
+    if let Poll::Ready(written) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return written;
+    }
+    match Box::pin(tokio::time::timeout(stall, write)).await {
+        Ok(written) => written,
+        Err(_) => Err(CopyError::Sink(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer took nothing of a write in time",
+        ))),
+    }
 }
 
 /// Writes `out` (and empties it), then `data`: in one write, copied together
 /// when `data` is small, or gathered (vectored) when it is not; then flushes.
-async fn send<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut, data: Option<Bytes>) -> Result<(), CopyError> {
+async fn write_now<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    data: Option<Bytes>,
+) -> Result<(), CopyError> {
     let written = match data {
         Some(data) if out.is_empty() => wr.write_all(&data).await,
         Some(data) if data.len() < COALESCE => {

@@ -113,11 +113,13 @@ impl H2Body {
     }
 }
 
-/// Sends `body` on `send`, ending the stream (with trailers when there are some).
-pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body) -> Result<(), CopyError> {
+/// Sends `body` on `send`, ending the stream (with trailers when there are
+/// some). With `stall`, a peer that grants no window for that long ends the
+/// body with a [`CopyError::Sink`] of kind `TimedOut`.
+pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body, stall: Option<Duration>) -> Result<(), CopyError> {
     while let Some(frame) = body.next_frame().await {
         match frame.map_err(CopyError::Source)? {
-            Frame::Data(data) => send_data(send, data).await.map_err(sink)?,
+            Frame::Data(data) => send_data(send, data, stall).await?,
             Frame::Trailers(mut trailers) => {
                 strip_trailer_fields(&mut trailers);
                 return send.send_trailers(trailers).map_err(sink);
@@ -132,18 +134,25 @@ fn sink(e: h2::Error) -> CopyError {
 }
 
 /// Sends `data` as window capacity becomes available.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, stall: Option<Duration>) -> Result<(), CopyError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        let capacity = poll_fn(|cx| send.poll_capacity(cx));
+        let granted = match stall {
+            None => capacity.await,
+            Some(stall) => tokio::time::timeout(stall, capacity).await.map_err(|_| {
+                CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer granted no window in time"))
+            })?,
+        };
+        let granted = match granted {
+            Some(granted) => granted.map_err(sink)?,
+            None => return Err(sink(h2::Error::from(h2::Reason::CANCEL))),
         };
         if granted == 0 {
             continue;
         }
         let piece = data.split_to(granted.min(data.len()));
-        send.send_data(piece, false)?;
+        send.send_data(piece, false).map_err(sink)?;
     }
     Ok(())
 }

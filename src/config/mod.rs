@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use limits::ConnectionLimits;
+
 pub use crate::provider::{ProviderHealthCheck, ProviderType};
 
 /// A fully validated configuration. Every field has its default applied.
@@ -37,6 +39,8 @@ pub struct Config {
     pub http_max_header_count: usize,
     /// `max_request_body_size` in bytes; `None`: no limit.
     pub max_request_body_size: Option<u64>,
+    /// Connections, HTTP/2 streams and headers, upstream connection attempts.
+    pub limits: ConnectionLimits,
     /// `graceful_shutdown_timeout` in seconds, default 30.
     pub graceful_shutdown_timeout: Duration,
     /// Every timeout with its default applied.
@@ -74,6 +78,10 @@ pub struct Timeouts {
     pub client_idle: Duration,
     /// `tunnel_idle_timeout`: a WebSocket or CONNECT tunnel quiet both ways, default 600.
     pub tunnel_idle: Duration,
+    /// `client_send_timeout`: a write to a client making no progress, default 60.
+    pub client_send: Duration,
+    /// `tls_handshake_timeout`: a client's TLS (and HTTP/2) handshake, default 10.
+    pub tls_handshake: Duration,
 }
 
 /// `retry`: failover before the first response byte.
@@ -195,6 +203,7 @@ mod address;
 mod env;
 mod error;
 mod health_check;
+mod limits;
 mod positions;
 mod provider;
 mod raw;

@@ -49,6 +49,8 @@ pub(super) fn top(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Timeouts {
         client_body: get("client_body_timeout", raw.client_body_timeout, 60),
         client_idle: get("client_idle_timeout", raw.client_idle_timeout, 60),
         tunnel_idle: get("tunnel_idle_timeout", raw.tunnel_idle_timeout, 600),
+        client_send: get("client_send_timeout", raw.client_send_timeout, 60),
+        tls_handshake: get("tls_handshake_timeout", raw.tls_handshake_timeout, 10),
     }
 }
 

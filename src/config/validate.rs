@@ -250,6 +250,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         timeouts::seconds(ctx, &top, "graceful_shutdown_timeout", raw.graceful_shutdown_timeout, Bound::ZeroAllowed)
             .unwrap_or(Duration::from_secs(30));
     let timeouts = timeouts::top(ctx, &raw);
+    let limits = super::limits::limits(ctx, &raw, http_max_header_size);
     let ca_file = ctx.path(&top, "ca_file", raw.ca_file.as_deref());
     let retry = resilience::retry(ctx, raw.retry.as_ref());
     let passive_health = resilience::passive_health(ctx, raw.passive_health.as_ref());
@@ -266,6 +267,7 @@ fn validate(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         workers,
         max_request_body_size,
         http_max_header_count,
+        limits,
         graceful_shutdown_timeout,
         timeouts,
         ca_file,

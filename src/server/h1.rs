@@ -86,7 +86,15 @@ pub async fn serve<S: Split>(
                 tracing::debug!(error = %err, "rejected request head");
                 let resp = ProxyError::from(err).into_response(ErrorStyle::Plain);
                 crate::proxy::log::rejected(resp.status.as_u16(), peer);
-                let _ = write_response(&mut conn.wr, resp, &Method::GET, Version::HTTP_11, true).await;
+                let _ = write_response(
+                    &mut conn.wr,
+                    resp,
+                    &Method::GET,
+                    Version::HTTP_11,
+                    true,
+                    limits.client_send_timeout,
+                )
+                .await;
                 break;
             }
             Next::Head(head) => {
@@ -303,7 +311,8 @@ async fn relay<S: Split>(
             || !body_done.load(Ordering::Relaxed)
             || (!reply.from_upstream && streaming);
         answered.store(true, Ordering::Relaxed);
-        (write_response(wr, reply.response, &req.method, req.version, close).await, reply.tunnel_log)
+        let stall = req.limits.client_send_timeout;
+        (write_response(wr, reply.response, &req.method, req.version, close, stall).await, reply.tunnel_log)
     };
     tokio::pin!(respond);
     let (written, tunnel_log) = tokio::select! {
@@ -384,7 +393,8 @@ async fn refuse<S: Split>(conn: &mut Conn<S>, req: &ReqFacts, resp: Response) ->
         _ => false,
     };
     let close = !(req.keep_alive && skipped);
-    matches!(write_response(&mut conn.wr, resp, &req.method, req.version, close).await, Ok(Written::Complete))
+    let written = write_response(&mut conn.wr, resp, &req.method, req.version, close, req.limits.client_send_timeout);
+    matches!(written.await, Ok(Written::Complete))
 }
 
 /// Reads the request body off the socket into the channel. Returns true when

@@ -2,6 +2,8 @@
 //! (decided by the one response-framing rule), the head in one write with a
 //! small body folded in, then the body frame by frame.
 
+use std::time::Duration;
+
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Version};
 use tokio::io::AsyncWrite;
@@ -26,13 +28,15 @@ pub enum Written {
 
 /// Writes `resp` for a request made with `method` by a client speaking `version`.
 /// A [`CopyError::Source`] means the response body broke after the head left:
-/// the caller must close the connection so the client sees a cut body.
+/// the caller must close the connection so the client sees a cut body. A
+/// client that takes nothing of a write for `stall` is given up on.
 pub async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
     resp: Response,
     method: &Method,
     version: Version,
     close: bool,
+    stall: Duration,
 ) -> Result<Written, CopyError> {
     let Response { status, mut headers, body } = resp;
     let (body, upgraded) = match body {
@@ -69,7 +73,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     // long body (an SSE stream) instead of holding it to the end.
     drop(headers);
     let body = inline_small(&mut out, body);
-    write_body(wr, body, framing == BodyFraming::Chunked, out).await?;
+    write_body(wr, body, framing == BodyFraming::Chunked, out, Some(stall)).await?;
     Ok(match upgraded {
         Some(conn) => Written::Upgraded(conn),
         None if close => Written::CompleteClose,

@@ -24,8 +24,6 @@ use crate::message::{RequestHead, Response};
 use crate::proxy;
 use crate::state::{App, Limits};
 
-/// Streams one client may have open at once (RFC 9113 §5.1.2).
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Per-stream and per-connection receive windows: enough for fast uploads,
 /// small enough that a stalled upstream pins little memory per stream.
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -109,9 +107,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     h2::server::Builder::new()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // HPACK counts 32 bytes of overhead per field (RFC 9113 §6.5.2); allow for it.
-        .max_header_list_size((limits.max_header_size * 2) as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_size)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         // Rapid-reset defences (CVE-2023-44487), stated rather than implied: a
@@ -185,7 +182,8 @@ async fn handle_stream(
         // the handler, which stops the upstream request and logs 499.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
-    if let Err(e) = send_response(&mut respond, response, is_head).await {
+    let stall = app.snapshot.load().limits.client_send_timeout;
+    if let Err(e) = send_response(&mut respond, response, is_head, stall).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }
 }
@@ -218,6 +216,7 @@ pub(super) async fn send_response(
     respond: &mut SendResponse<Bytes>,
     resp: Response,
     is_head: bool,
+    stall: Duration,
 ) -> Result<(), CopyError> {
     let Response { status, mut headers, body } = resp;
     let method = if is_head { Method::HEAD } else { Method::GET };
@@ -241,10 +240,15 @@ pub(super) async fn send_response(
     if end_now {
         return Ok(());
     }
-    let result = send_body(&mut send, body).await;
-    if let Err(CopyError::Source(e)) = &result {
-        tracing::warn!(error = %e, "upstream body broke mid-response; resetting the stream");
-        send.send_reset(h2::Reason::INTERNAL_ERROR);
+    let result = send_body(&mut send, body, Some(stall)).await;
+    match &result {
+        Err(CopyError::Source(e)) => {
+            tracing::warn!(error = %e, "upstream body broke mid-response; resetting the stream");
+            send.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+        // A client that stopped taking the answer (or already reset it).
+        Err(CopyError::Sink(_)) => send.send_reset(h2::Reason::CANCEL),
+        Ok(()) => {}
     }
     result
 }

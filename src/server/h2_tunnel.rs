@@ -50,13 +50,13 @@ pub async fn serve(
         Some(_) => {
             let unknown =
                 ProxyError::NotImplemented("only the websocket protocol is supported for extended CONNECT".into());
-            return finish(&mut respond, unknown.into_response(ErrorStyle::Plain)).await;
+            return finish(&app, &mut respond, unknown.into_response(ErrorStyle::Plain)).await;
         }
     };
     let accept = websocket.then(|| as_upgrade(&mut head));
     let admitted = match proxy::admit(&app, head) {
         Ok(admitted) => admitted,
-        Err(refusal) => return finish(&mut respond, *refusal).await,
+        Err(refusal) => return finish(&app, &mut respond, *refusal).await,
     };
     let reply = tokio::select! {
         reply = admitted.respond(&app, Body::Empty) => reply,
@@ -66,7 +66,7 @@ pub async fn serve(
     let Reply { response: Response { status, mut headers, body }, mut tunnel_log, .. } = reply;
     let Body::Upgraded(upstream) = body else {
         // A refusal (401, 426, an error of ours): an ordinary answer.
-        return finish(&mut respond, Response { status, headers, body }).await;
+        return finish(&app, &mut respond, Response { status, headers, body }).await;
     };
     // We made the key, so we check the answer to it (RFC 6455 §4.1).
     if accept.is_some_and(|accept| headers.get(SEC_WEBSOCKET_ACCEPT).is_none_or(|v| v.as_bytes() != accept.as_bytes()))
@@ -76,7 +76,7 @@ pub async fn serve(
         if let Some(log) = tunnel_log.as_mut() {
             log.set_status(response.status.as_u16());
         }
-        return finish(&mut respond, response).await;
+        return finish(&app, &mut respond, response).await;
     }
     crate::headers::strip_hop_by_hop(&mut headers);
     headers.remove(UPGRADE);
@@ -115,8 +115,10 @@ fn lock(send: &Mutex<SendStream<Bytes>>) -> std::sync::MutexGuard<'_, SendStream
     send.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn finish(respond: &mut SendResponse<Bytes>, response: Response) {
-    if let Err(e) = send_response(respond, response, false).await {
+/// Answers a tunnel that did not open (a refusal or an upstream's error).
+async fn finish(app: &App, respond: &mut SendResponse<Bytes>, response: Response) {
+    let stall = app.snapshot.load().limits.client_send_timeout;
+    if let Err(e) = send_response(respond, response, false, stall).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{h1, h2, Shutdown};
+use super::{gate, h1, h2, Shutdown};
 use crate::state::App;
 use crate::tls::ALPN_H2;
 
@@ -108,6 +108,19 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        // A place under max_connections first (the admin listener needs none:
+        // an operator must be able to look at a full proxy).
+        let place = match scheme {
+            Scheme::Admin => None,
+            Scheme::Http | Scheme::Https => {
+                let limit = || app.snapshot.load().limits.max_connections;
+                tokio::select! {
+                    place = gate::place(limit) => Some(place),
+                    _ = shutdown.signalled() => break,
+                    _ = stop.wait_for(|stop| *stop) => break,
+                }
+            }
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.signalled() => {
@@ -115,15 +128,17 @@ pub async fn serve(
                 // be reset when the socket closes: take them in, and their
                 // requests are answered with `Connection: close`.
                 while let Poll::Ready(Ok((stream, peer))) = listener.poll_accept(&mut Context::from_waker(Waker::noop())) {
-                    spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone());
+                    spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone(), None);
                 }
                 break;
             }
             _ = stop.wait_for(|stop| *stop) => break,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone()),
+            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone(), place),
             Err(e) => {
+                // Out of file descriptors (EMFILE, ENFILE) or memory: pause
+                // rather than spin; the client waits in the backlog.
                 tracing::warn!(error = %e, "accept failed; pausing before the next");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -131,7 +146,16 @@ pub async fn serve(
     }
 }
 
-fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Arc<App>, shutdown: Shutdown) {
+/// Runs one client connection in a task of its own, holding its `place`
+/// under `max_connections` until it ends.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    scheme: Scheme,
+    app: Arc<App>,
+    shutdown: Shutdown,
+    place: Option<gate::Place>,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
@@ -139,10 +163,20 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, scheme: Scheme, app: Ar
     // Two tasks of their own types: a task is as large as its future, and a
     // plain connection should not carry the room a TLS handshake needs.
     match scheme {
-        Scheme::Http => drop(tokio::spawn(h1::serve(stream, app, 80, Some(peer), shutdown).instrument(span))),
-        Scheme::Https => drop(tokio::spawn(serve_tls(stream, app, Some(peer), shutdown).instrument(span))),
+        Scheme::Http => {
+            let serve = h1::serve(stream, app, 80, Some(peer), shutdown);
+            drop(tokio::spawn(holding(place, serve).instrument(span)))
+        }
+        Scheme::Https => {
+            drop(tokio::spawn(holding(place, serve_tls(stream, app, Some(peer), shutdown)).instrument(span)))
+        }
         Scheme::Admin => drop(tokio::spawn(super::admin::serve(stream, app).instrument(span))),
     }
+}
+
+async fn holding(place: Option<gate::Place>, serve: impl std::future::Future<Output = ()>) {
+    serve.await;
+    drop(place);
 }
 
 pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, peer: Option<SocketAddr>, shutdown: Shutdown) {

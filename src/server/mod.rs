@@ -4,6 +4,7 @@
 //! it returns; nothing about routes, keys or upstreams is decided here.
 
 mod admin;
+pub mod gate;
 pub mod h1;
 mod h1_write;
 pub mod h2;

@@ -24,8 +24,9 @@ impl Snapshot {
         let mut errors = Vec::new();
         let mut tls_configs: HashMap<Option<PathBuf>, ClientTls> = HashMap::new();
         let mut providers = Vec::with_capacity(config.providers.len());
+        let mut connecting = HashMap::new();
         for cfg in &config.providers {
-            match provider(cfg, &config, &mut tls_configs, health) {
+            match provider(cfg, &config, &mut tls_configs, &mut connecting, health) {
                 Ok(p) => providers.push(Arc::new(p)),
                 Err(e) => errors.push(format!("{}: {e}", cfg.label())),
             }
@@ -83,6 +84,7 @@ fn provider(
     cfg: &ProviderConfig,
     config: &Config,
     tls_configs: &mut HashMap<Option<PathBuf>, ClientTls>,
+    connecting: &mut HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>,
     health: &HealthRegistry,
 ) -> Result<Provider, String> {
     let tls = if cfg.tls {
@@ -99,7 +101,10 @@ fn provider(
     } else {
         None
     };
-    let endpoint = Endpoint::new(&cfg.endpoint, cfg.port, tls.as_ref().map(|(c, r)| (c.clone(), r.as_str())))?;
+    let max_connecting = config.limits.upstream_max_connecting;
+    let mut endpoint =
+        Endpoint::new(&cfg.endpoint, cfg.port, tls.as_ref().map(|(c, r)| (c.clone(), r.as_str())), max_connecting)?;
+    endpoint.connecting = connecting.entry(endpoint.key.clone()).or_insert(endpoint.connecting.clone()).clone();
     let keys = cfg.api_keys.iter().map(api_key).collect::<Result<Vec<_>, _>>()?;
     let mut route_label = cfg.host.clone();
     if let Some(port) = cfg.host_port {

@@ -42,6 +42,13 @@ pub struct Limits {
     pub max_header_count: usize,
     /// Largest request body taken (`max_request_body_size`), if any.
     pub max_request_body: Option<u64>,
+    /// A write to a client that makes no progress for this long gives up
+    /// on the client (`client_send_timeout`).
+    pub client_send_timeout: Duration,
+    /// Client connections open at once across the proxy listeners.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_size: u32,
 }
 
 impl Limits {
@@ -56,10 +63,14 @@ impl Limits {
             client_idle_timeout: config.timeouts.client_idle,
             client_header_timeout: config.timeouts.client_header,
             client_body_timeout: config.timeouts.client_body,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: config.timeouts.tls_handshake,
             tunnel_idle_timeout: config.timeouts.tunnel_idle,
             max_request_body: config.max_request_body_size,
             max_header_count: config.http_max_header_count,
+            client_send_timeout: config.timeouts.client_send,
+            max_connections: config.limits.max_connections,
+            h2_max_concurrent_streams: config.limits.h2_max_concurrent_streams,
+            h2_max_header_list_size: config.limits.h2_max_header_list_size,
         }
     }
 }

@@ -21,7 +21,14 @@ pub enum Purpose {
 }
 
 pub async fn connect(endpoint: &Endpoint, timeout: Duration, purpose: Purpose) -> Result<Stream, UpstreamError> {
-    match tokio::time::timeout(timeout, connect_inner(endpoint, purpose)).await {
+    let attempt = async {
+        // A burst of requests to a cold endpoint waits its turn, in its own
+        // connect time, instead of opening thousands of sockets at once. The
+        // semaphore is never closed.
+        let _permit = endpoint.connecting.acquire().await;
+        connect_inner(endpoint, purpose).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(UpstreamError::ConnectTimeout { peer: endpoint.peer.clone() }),
     }

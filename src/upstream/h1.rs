@@ -89,10 +89,12 @@ async fn send_and_receive(conn: &mut Conn, wire: Wire<'_>, body: Body) -> Result
             return Err(UpstreamError::Write(std::io::ErrorKind::WriteZero.into()));
         }
         wr.write_all(&head[first..]).await.map_err(UpstreamError::Write)?;
-        write_body(&mut wr, body, framing == BodyFraming::Chunked, BytesMut::new()).await.map_err(|e| match e {
-            CopyError::Source(e) => UpstreamError::ClientBody(e),
-            CopyError::Sink(e) => UpstreamError::Write(e),
-        })?;
+        write_body(&mut wr, body, framing == BodyFraming::Chunked, BytesMut::new(), None).await.map_err(
+            |e| match e {
+                CopyError::Source(e) => UpstreamError::ClientBody(e),
+                CopyError::Sink(e) => UpstreamError::Write(e),
+            },
+        )?;
         wr.flush().await.map_err(UpstreamError::Write)
     };
     let recv = read_head(&mut rd, buf, settings.max_head, method, upgrade);

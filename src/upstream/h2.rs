@@ -81,7 +81,7 @@ pub async fn exchange(
     let body = body.watched(progress.clone());
     let mut upload = Upload((!end).then(|| {
         tokio::spawn(async move {
-            let result = send_body(&mut stream, body).await;
+            let result = send_body(&mut stream, body, None).await;
             if let Err(CopyError::Source(_)) = &result {
                 stream.send_reset(h2::Reason::CANCEL);
             }

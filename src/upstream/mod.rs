@@ -70,11 +70,20 @@ pub struct Endpoint {
     pub host_header: HeaderValue,
     /// Pool key: host, port, TLS and which roots it trusts.
     pub key: Arc<str>,
+    /// Connection attempts in flight to this endpoint: one permit each
+    /// (`upstream_max_connecting`), shared by every provider with the same key.
+    pub connecting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Endpoint {
-    /// `tls` is the client config and a name for the roots it trusts (part of the pool key).
-    pub fn new(host: &str, port: u16, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> Result<Self, String> {
+    /// `tls` is the client config and a name for the roots it trusts (part
+    /// of the pool key); `max_connecting` bounds connection attempts in flight.
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: Option<(Arc<rustls::ClientConfig>, &str)>,
+        max_connecting: usize,
+    ) -> Result<Self, String> {
         let default_port = if tls.is_some() { 443 } else { 80 };
         let bracketed = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
         let authority = if port == default_port { bracketed.clone() } else { format!("{bracketed}:{port}") };
@@ -96,7 +105,8 @@ impl Endpoint {
             h1.alpn_protocols = vec![crate::tls::ALPN_HTTP11.to_vec()];
             Arc::new(h1)
         });
-        Ok(Endpoint { host: host.to_string(), port, peer, tls, tls_h1, server_name, host_header, key })
+        let connecting = Arc::new(tokio::sync::Semaphore::new(max_connecting));
+        Ok(Endpoint { host: host.to_string(), port, peer, tls, tls_h1, server_name, host_header, key, connecting })
     }
 }
 

@@ -17,6 +17,7 @@ mod http1_framing;
 mod http1_strict;
 mod https_h2;
 mod https_limits;
+mod limits;
 mod logging;
 mod observability_edges;
 mod routing;
