@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::support::tls::TestCa;
 use crate::support::*;
 
 async fn metrics(admin: u16) -> HashMap<String, f64> {
@@ -199,4 +200,90 @@ fn stream_usage_is_checked_in_the_config() {
     assert!(!out.status.success());
     assert!(text.contains("stream_usage can be `inject` only for openai providers"), "{text}");
     assert!(text.contains("stream_usage must be `pass` or `inject`") && !text.contains("always"), "{text}");
+}
+
+const ANTHROPIC_STREAM: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+/// An HTTP/2 upstream (TLS, ALPN h2) that answers `?cut=N` with
+/// [`ANTHROPIC_STREAM`] in two DATA frames cut at byte N, and `?cut=1by1`
+/// with one frame per byte.
+async fn h2_frames_upstream(ca: &TestCa) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[b"h2"]));
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // Small frames written one by one would otherwise wait for ACKs.
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut conn) = h2::server::handshake(tls).await else { return };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let cut = request.uri().query().and_then(|q| q.strip_prefix("cut=")).unwrap_or("0").to_string();
+                        let mut upload = request.into_body();
+                        while let Some(Ok(data)) = upload.data().await {
+                            let _ = upload.flow_control().release_capacity(data.len());
+                        }
+                        let response = http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(response, false) else { return };
+                        let body = bytes::Bytes::from_static(ANTHROPIC_STREAM.as_bytes());
+                        let pieces: Vec<bytes::Bytes> = match cut.parse::<usize>() {
+                            Ok(at) => vec![body.slice(..at), body.slice(at..)],
+                            Err(_) => (0..body.len()).map(|i| body.slice(i..i + 1)).collect(),
+                        };
+                        for piece in pieces {
+                            send.reserve_capacity(piece.len());
+                            let _ = std::future::poll_fn(|cx| send.poll_capacity(cx)).await;
+                            if send.send_data(piece, false).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = send.send_data(bytes::Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn usage_split_across_http2_frames_at_every_byte_is_read_whole() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, _, _) = ca.write(dir.path());
+    let (port, upstream) = h2_frames_upstream(&ca).await;
+    let admin = free_port();
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nadmin_port: {admin}\nca_file: {}\n\
+         auth_keys: [{{key: client-key, name: team-a}}]\nproviders:\n  \
+         - {{type: anthropic, name: claude, host: a.local, endpoint: \"localhost:{port}\", api_key: real-key}}\n",
+        ca_file.display()
+    );
+    let proxy = TestProxy::start(&yaml);
+    let mut client = Client::connect(proxy.addr).await;
+    let auth = [("host", "a.local"), ("x-api-key", "client-key"), ("anthropic-version", "2023-06-01")];
+    let cuts: Vec<String> = (1..ANTHROPIC_STREAM.len()).map(|c| c.to_string()).chain(["1by1".to_string()]).collect();
+    for cut in &cuts {
+        let (status, _, body) = client.send("POST", &format!("/v1/messages?cut={cut}"), &auth, "{}").await;
+        assert_eq!((status, body.as_str()), (200, ANTHROPIC_STREAM), "cut at {cut}");
+    }
+    let n = cuts.len() as f64;
+    let series = |direction: &str| {
+        format!(r#"openproxy_tokens_total{{direction="{direction}",provider="claude",model="claude-x",client="team-a"}}"#)
+    };
+    let m = metrics_until(admin, "every answer counted", |m| m.get(&series("output")) == Some(&(15.0 * n))).await;
+    assert_eq!(m[&series("input")], 25.0 * n);
+    upstream.abort();
 }
