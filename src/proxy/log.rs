@@ -130,6 +130,26 @@ impl AccessLog {
         }
     }
 
+    /// Replaces each path segment that is a client key (a client that put
+    /// its key where Gemini's model goes, say) with `redacted`: the log is
+    /// read by more people than the keys are meant for.
+    pub fn scrub_path(&mut self, keys: &[Box<[u8]>]) {
+        let is_key = |segment: &str| keys.iter().any(|k| k.len() == segment.len() && **k == *segment.as_bytes());
+        if !self.path.split(['/', ':']).any(is_key) {
+            return;
+        }
+        let mut scrubbed = String::with_capacity(self.path.len());
+        let mut rest = self.path.as_str();
+        while let Some(end) = rest.find(['/', ':']) {
+            let (segment, separator) = (&rest[..end], &rest[end..=end]);
+            scrubbed.push_str(if is_key(segment) { "redacted" } else { segment });
+            scrubbed.push_str(separator);
+            rest = &rest[end + 1..];
+        }
+        scrubbed.push_str(if is_key(rest) { "redacted" } else { rest });
+        self.path = scrubbed;
+    }
+
     pub fn provider(&mut self, provider: &Provider) {
         self.provider = Some(provider.index);
         self.kind = Some(provider.kind);
@@ -360,5 +380,27 @@ mod tests {
         assert_eq!(super::redacted_query("/v1/x"), None);
         let redacted = super::redacted_query("/v1/x?model=gpt&key=sk-secret&sk-other&alt=sse").unwrap();
         assert_eq!(redacted, "model=*&key=*&*=*&alt=*");
+    }
+
+    #[test]
+    fn path_segments_that_are_client_keys_are_redacted() {
+        let keys: Vec<Box<[u8]>> = vec![b"sk-client"[..].into(), b"k2"[..].into()];
+        let scrubbed = |path: &str| {
+            let head = crate::message::RequestHead {
+                method: http::Method::GET,
+                authority: None,
+                target: path.to_string(),
+                headers: http::HeaderMap::new(),
+                default_port: 80,
+                peer: None,
+                protocol: "HTTP/1.1",
+            };
+            let mut log = super::AccessLog::start(&head);
+            log.scrub_path(&keys);
+            log.path.clone()
+        };
+        assert_eq!(scrubbed("/v1beta/models/sk-client:generateContent"), "/v1beta/models/redacted:generateContent");
+        assert_eq!(scrubbed("/k2/x/k2"), "/redacted/x/redacted");
+        assert_eq!(scrubbed("/v1/sk-client-not/k"), "/v1/sk-client-not/k");
     }
 }

@@ -85,6 +85,7 @@ pub async fn handle(app: &App, head: RequestHead, body: Body) -> Response {
 pub fn admit(app: &App, mut head: RequestHead) -> Result<Admitted, Box<Response>> {
     let mut log = AccessLog::start(&head);
     let snapshot = app.snapshot.load_full();
+    log.scrub_path(&snapshot.every_client_key);
     if let Err(error) = safe_request(&snapshot, &mut head) {
         log.finish(error.status().as_u16());
         return Err(Box::new(error.into_response(ErrorStyle::Plain)));

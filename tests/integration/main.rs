@@ -21,6 +21,7 @@ mod limits;
 mod logging;
 mod observability_edges;
 mod routing;
+mod secrets;
 mod selection;
 mod streaming;
 mod timeouts;

@@ -232,10 +232,8 @@ async fn h2_frames_upstream(ca: &TestCa) -> (u16, tokio::task::JoinHandle<()>) {
                         while let Some(Ok(data)) = upload.data().await {
                             let _ = upload.flow_control().release_capacity(data.len());
                         }
-                        let response = http::Response::builder()
-                            .header("content-type", "text/event-stream")
-                            .body(())
-                            .unwrap();
+                        let response =
+                            http::Response::builder().header("content-type", "text/event-stream").body(()).unwrap();
                         let Ok(mut send) = respond.send_response(response, false) else { return };
                         let body = bytes::Bytes::from_static(ANTHROPIC_STREAM.as_bytes());
                         let pieces: Vec<bytes::Bytes> = match cut.parse::<usize>() {
@@ -281,7 +279,9 @@ async fn usage_split_across_http2_frames_at_every_byte_is_read_whole() {
     }
     let n = cuts.len() as f64;
     let series = |direction: &str| {
-        format!(r#"openproxy_tokens_total{{direction="{direction}",provider="claude",model="claude-x",client="team-a"}}"#)
+        format!(
+            r#"openproxy_tokens_total{{direction="{direction}",provider="claude",model="claude-x",client="team-a"}}"#
+        )
     };
     let m = metrics_until(admin, "every answer counted", |m| m.get(&series("output")) == Some(&(15.0 * n))).await;
     assert_eq!(m[&series("input")], 25.0 * n);

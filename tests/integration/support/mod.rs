@@ -40,6 +40,11 @@ impl TestProxy {
     /// and waits (bounded) until it accepts connections and has logged that it
     /// started (its last step before it installs its signal handlers).
     pub fn start(yaml: &str) -> TestProxy {
+        TestProxy::start_logging(yaml, "debug")
+    }
+
+    /// [`TestProxy::start`] with `RUST_LOG` set to `level`.
+    pub fn start_logging(yaml: &str, level: &str) -> TestProxy {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
@@ -48,7 +53,7 @@ impl TestProxy {
         let child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
             .args(["start", "-c"])
             .arg(&config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
