@@ -176,3 +176,51 @@ async fn tls_handshake_timeout_drops_a_silent_client_and_streams_are_advertised(
     // Known once the server's SETTINGS arrived, which the answer came after.
     assert_eq!(client.current_max_send_streams(), 7);
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
+    use std::os::unix::process::CommandExt;
+    let up = MockUpstream::start("ok").await;
+    let yaml = one_provider("openai", "h.local", up.port(), "").replace("auth_keys:", "workers: 1\nauth_keys:");
+    let proxy = TestProxy::start_with(&yaml, "info", |command| {
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes one system call, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    // More connections than descriptors: the kernel completes them all, the
+    // proxy runs out taking them in.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    wait_for_log(&proxy, "accept failed; pausing", Duration::from_secs(5)).await;
+    let (before, started) = (cpu_ticks(proxy.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(proxy.pid()) - before;
+    let ticks_per_second = 100; // USER_HZ on Linux
+    let share = used as f64 / (started.elapsed().as_secs_f64() * f64::from(ticks_per_second));
+    assert!(share < 0.3, "the proxy used {:.0}% of a core while out of descriptors", share * 100.0);
+    // Once descriptors free up, it serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        if ask(&mut stream, Duration::from_secs(2)).await.as_deref() == Some("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving after descriptors were freed");
+    }
+}

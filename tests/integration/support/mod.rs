@@ -45,19 +45,21 @@ impl TestProxy {
 
     /// [`TestProxy::start`] with `RUST_LOG` set to `level`.
     pub fn start_logging(yaml: &str, level: &str) -> TestProxy {
+        TestProxy::start_with(yaml, level, |_| {})
+    }
+
+    /// [`TestProxy::start_logging`], with `setup` applied to the command first.
+    pub fn start_with(yaml: &str, level: &str, setup: impl FnOnce(&mut Command)) -> TestProxy {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
         std::fs::write(&config, yaml.replace("{port}", &port.to_string())).unwrap();
         let log = dir.path().join("proxy.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
-            .args(["start", "-c"])
-            .arg(&config)
-            .env("RUST_LOG", level)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_openproxy"));
+        command.args(["start", "-c"]).arg(&config).env("RUST_LOG", level);
+        command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        setup(&mut command);
+        let child = command.spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut proxy = TestProxy { child, addr, dir, log };
         let started = format!("openproxy {} started", env!("CARGO_PKG_VERSION"));
