@@ -448,21 +448,41 @@ class MockUpstream:
             )
             return
 
+        # As OpenAI does when asked for usage: every chunk carries "usage":
+        # null, and one more chunk with no choices carries the usage.
+        with_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+
         def chunk(delta: dict, finish: str | None) -> bytes:
-            return _sse(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_e2e",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                }
-            )
+            body = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_e2e",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if with_usage:
+                body["usage"] = None
+            return _sse(body)
 
         events = [chunk({"role": "assistant", "content": "", "refusal": None}, None)]
         events += [chunk({"content": piece}, None) for piece in openai_stream_pieces(prompt)]
         events.append(chunk({}, "stop"))
+        if with_usage:
+            usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+            events.append(
+                _sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": "fp_e2e",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
         events.append(_sse("[DONE]"))
         h.send_sse(events, delay)
 

@@ -14,7 +14,9 @@ from conftest import (
     OPENAI_REAL_KEY,
     WRONG_KEY,
     assert_no_client_secret,
+    free_port,
     openai_stream_pieces,
+    wait_until,
 )
 
 MESSAGES = [{"role": "user", "content": "ping through the proxy"}]
@@ -148,3 +150,49 @@ def test_upstream_error_status_passes_through(proxy, mocks):
         c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert "mock openai says 429" in info.value.message
     assert len(mocks.openai.requests) == 1
+
+
+def test_stream_usage_inject_counts_tokens_the_sdk_never_asked_for(start_proxy, mocks):
+    """With `stream_usage: inject`, a stream the SDK did not ask usage for is
+    asked upstream, counted, and reaches the SDK exactly as it would have
+    without the option; a stream that asks for usage gets it."""
+    admin = free_port()
+    p = start_proxy(
+        {
+            "admin_port": admin,
+            "auth_keys": [{"key": CLIENT_KEY, "name": "sdk"}],
+            "providers": [
+                {
+                    "type": "openai",
+                    "name": "oai",
+                    "host": "127.0.0.1",
+                    "endpoint": mocks.openai.endpoint,
+                    "tls": False,
+                    "api_key": OPENAI_REAL_KEY,
+                    "stream_usage": "inject",
+                }
+            ],
+        }
+    )
+    sdk = client(p, prefix="")
+    chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert all(c.choices for c in chunks), "the usage-only chunk reached the SDK"
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(openai_stream_pieces("ping through the proxy"))
+    sent = mocks.openai.only_request().json()
+    assert sent["stream_options"] == {"include_usage": True}
+
+    def tokens():
+        text = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+        series = 'openproxy_tokens_total{direction="output",provider="oai",model="gpt-4o-mini",client="sdk"} 3'
+        return series in text and 'direction="input",provider="oai",model="gpt-4o-mini",client="sdk"} 9' in text
+
+    wait_until(tokens, timeout=10, what="the injected usage to be counted")
+
+    mocks.reset()
+    asked = list(
+        sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert asked[-1].choices == [] and asked[-1].usage.prompt_tokens == 9
