@@ -326,7 +326,7 @@ fn accepted<'r, 'p>(
 pub async fn forward(app: &App, plan: &Plan, head: RequestHead, body: Body) -> Result<Response, ProxyError> {
     let RequestHead { method, mut headers, .. } = head;
     let to = retry::Target { snapshot: &plan.snapshot, target: &plan.target, method: &method, upgrade: false };
-    retry::attempt(app, to, &plan.chosen.provider, &mut headers, body, &[]).await.0
+    retry::attempt(app, to, &plan.chosen.provider, &mut headers, body, &[], None).await.0
 }
 
 /// One exchange, repeated once on a fresh connection when a pooled one turns

@@ -56,8 +56,8 @@ pub(super) async fn run(app: &App, plan: Plan, head: RequestHead, body: Body, lo
         if let Some(original) = original.as_ref().filter(|_| tried_providers.len() > 1 || !tried_keys.is_empty()) {
             headers = original.clone();
         }
-        let (result, key) = attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys).await;
-        log.attempted(key);
+        let (result, key) =
+            attempt(app, to, &chosen.provider, &mut headers, this_body, &tried_keys, Some(&mut *log)).await;
         record_health(&mut chosen, &result, &snapshot.passive_health);
         let Some(key_specific) = (left > 0).then(|| wants_retry(&result, rules, &method)).flatten() else {
             return result;
@@ -105,7 +105,8 @@ pub(super) struct Target<'a> {
 /// One attempt: a key in rotation (not in `tried_keys`), the head rewritten
 /// for `provider`, the exchange, and the key's bookkeeping (a 429 rests it; a
 /// 401 has it checked on its own, see `verify`). Returns the outcome and which
-/// key was used.
+/// key was used; `log` counts the attempt as it starts, so a request its
+/// client abandons mid-attempt still shows it.
 pub(super) async fn attempt(
     app: &App,
     to: Target<'_>,
@@ -113,9 +114,13 @@ pub(super) async fn attempt(
     headers: &mut HeaderMap,
     body: Body,
     tried_keys: &[usize],
+    log: Option<&mut AccessLog>,
 ) -> (Outcome, Option<usize>) {
     let now = Instant::now();
     let key = provider.pick_key(&mut rand::thread_rng(), now, tried_keys);
+    if let Some(log) = log {
+        log.attempted(key.map(|(i, _)| i));
+    }
     if key.is_none() && !provider.keys.is_empty() {
         return (Err(choose::no_key(provider, now)), None);
     }

@@ -149,3 +149,36 @@ async fn a_gemini_model_label_is_the_paths_and_never_a_client_key() {
     assert!(text.contains(r#"model="gemini-2.0-flash""#), "{text}");
     assert!(!text.contains("chosen-by-the-llm") && !text.contains("client-key"), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_abandoned_mid_attempt_shows_the_attempt() {
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = arrived.clone();
+    let up = RawUpstream::start(move |mut stream| {
+        let signal = signal.clone();
+        async move {
+            read_head(&mut stream).await;
+            signal.notify_one();
+            // Never answers: the client gives up first.
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
+        }
+    })
+    .await;
+    let yaml = format!(
+        "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nlog_format: json\nauth_keys: [client-key]\nproviders:\n  \
+         - {{type: openai, name: oai, host: h.local, endpoint: \"127.0.0.1:{}\", tls: false, api_key: real-key}}\n",
+        up.port()
+    );
+    let proxy = TestProxy::start(&yaml);
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = "GET /v1/models HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\r\n";
+    client.write_all(request.as_bytes()).await.unwrap();
+    arrived.notified().await;
+    drop(client);
+    wait_for_log(&proxy, "\"status\":499", Duration::from_secs(10)).await;
+    let logs = proxy.logs();
+    let line = logs.lines().find(|l| l.contains("\"status\":499")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!((line["attempts"].as_u64(), line["key_slot"].as_u64()), (Some(1), Some(0)), "{line}");
+}
