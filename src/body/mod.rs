@@ -162,6 +162,9 @@ pub struct Counted {
 pub trait Observe: Send + Sync {
     fn data(&mut self, _bytes: &[u8]) {}
 
+    /// The body broke before its end (its source failed or was cut).
+    fn broken(&mut self) {}
+
     /// The body's reader let go of it before its end (the client left): how
     /// long the rest is worth reading for the observer alone, if at all.
     fn reader_gone(&mut self) -> Option<std::time::Duration> {
@@ -280,6 +283,9 @@ impl Body {
             Body::Counted(c) => {
                 let frame = c.inner.next_uncounted().await;
                 c.ended |= !matches!(frame, Some(Ok(_)));
+                if let (Some(Err(_)), Some(observer)) = (&frame, c.observer.as_mut()) {
+                    observer.broken();
+                }
                 if let Some(Ok(Frame::Data(data))) = &frame {
                     c.taken += data.len() as u64;
                     if let Some(limit) = c.limit.filter(|limit| c.taken > *limit) {

@@ -54,6 +54,9 @@ pub struct AccessLog {
     usage: Option<crate::usage::Scanner>,
     /// When the client let go of the answer before its end.
     client_gone: Option<std::time::Duration>,
+    /// The answer's body broke before its end (the upstream cut it, or a
+    /// timeout did): the status is what the head said, the answer is short.
+    incomplete: bool,
 }
 
 /// How long the rest of an answer is read for its token usage after the
@@ -68,6 +71,10 @@ impl crate::body::Observe for AccessLog {
         if let Some(usage) = self.usage.as_mut() {
             usage.feed(bytes);
         }
+    }
+
+    fn broken(&mut self) {
+        self.incomplete = true;
     }
 
     /// Tokens the provider bills for are counted even when the client did not
@@ -120,6 +127,7 @@ impl AccessLog {
             tunnel: None,
             usage: None,
             client_gone: None,
+            incomplete: false,
             kind: None,
             detail: Detail {
                 peer: head.peer,
@@ -253,6 +261,7 @@ impl Drop for AccessLog {
             bytes_out = body.map(|b| b.1),
             bytes_up = tunnel.map(|t| t.0),
             bytes_down = tunnel.map(|t| t.1),
+            incomplete = self.incomplete.then_some(true),
         );
     }
 }
@@ -290,7 +299,7 @@ impl AccessLog {
         let _ = write!(out, ",\"ttfb_ms\":{}", self.first_byte.map_or("null".to_string(), |d| Millis(d).to_string()));
         let _ = write!(out, ",\"attempts\":{},\"client_key\":", detail.attempts);
         json_text(&mut out, detail.client_key.as_deref());
-        let _ = write!(out, ",\"tunnel\":{},\"model\":", self.tunnel.is_some());
+        let _ = write!(out, ",\"tunnel\":{},\"complete\":{},\"model\":", self.tunnel.is_some(), !self.incomplete);
         json_text(&mut out, usage.model.as_deref());
         let _ = write!(out, ",\"input_tokens\":{}", json_number(usage.input));
         let _ = writeln!(out, ",\"output_tokens\":{}}}", json_number(usage.output));

@@ -182,3 +182,26 @@ async fn a_request_abandoned_mid_attempt_shows_the_attempt() {
     let line: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!((line["attempts"].as_u64(), line["key_slot"].as_u64()), (Some(1), Some(0)), "{line}");
 }
+
+#[tokio::test]
+async fn an_answer_the_upstream_cuts_is_logged_incomplete() {
+    let up = RawUpstream::start(|mut stream| async move {
+        read_head(&mut stream).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..").await;
+    })
+    .await;
+    for (format, needle) in [("json", "\"complete\":false"), ("text", "incomplete=true")] {
+        let yaml = format!(
+            "http_port: {{port}}\nhttp_bind_address: 127.0.0.1\nlog_format: {format}\nauth_keys: [client-key]\n\
+             providers:\n  - {{type: openai, host: h.local, endpoint: \"127.0.0.1:{}\", tls: false, api_key: real-key}}\n",
+            up.port()
+        );
+        let proxy = TestProxy::start(&yaml);
+        let request = "GET /v1/cut HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\r\n";
+        let answer = raw_exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("only ten.."), "{answer}");
+        wait_for_log(&proxy, "/v1/cut", Duration::from_secs(5)).await;
+        let line = proxy.logs().lines().find(|l| l.contains("/v1/cut")).unwrap().to_string();
+        assert!(line.contains(needle), "{line}");
+    }
+}
