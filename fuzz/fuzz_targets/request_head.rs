@@ -7,6 +7,7 @@
 //! - a head we accept, written back out by our encoder as we send it
 //!   upstream, parses to the same method, target, fields and framing: what
 //!   the upstream sees is what we judged.
+//!
 //! The response parser runs on the same bytes for the first two checks.
 #![no_main]
 
