@@ -216,4 +216,4 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use validate::{force_health_checks, from_yaml_str, load_file, ConfigError, ConfigErrors};
+pub use validate::{force_health_checks, from_yaml_str, from_yaml_str_with, load_file, ConfigError, ConfigErrors};

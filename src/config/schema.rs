@@ -109,7 +109,10 @@ fn check_map(map: &mut Mapping, fields: &[Field], path: &str, extensions: bool, 
     let mut wrong = Vec::new();
     for (key, value) in map.iter_mut() {
         let Some(name) = key.as_str() else {
-            errors.push(ConfigError::new(path, format!("{label}a key must be text, found {}", found(key))));
+            // At the top level there is no path to name: without this the
+            // error had an empty key and a message that did not say where.
+            let (at, place) = if path.is_empty() { ("(document)", " at the top level") } else { (path, "") };
+            errors.push(ConfigError::new(at, format!("{label}a key{place} must be text, found {}", found(key))));
             wrong.push(key.clone());
             continue;
         };
@@ -374,6 +377,21 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let (errors, _) = problems("retry: {x-note: 1}\n");
         assert_eq!(errors.len(), 1, "x- keys only at the top and in providers: {errors:?}");
+    }
+
+    #[test]
+    fn keys_that_are_not_text_say_where_they_are() {
+        // Found by the config fuzz target: the top-level case had key "".
+        let (errors, _) = problems("~: 1\n3: x\nretry: {[a]: 1}\nproviders:\n  - {host: a.local, true: 1}\n");
+        assert_eq!(
+            errors,
+            [
+                "(document) | a key at the top level must be text, found nothing",
+                "(document) | a key at the top level must be text, found the number 3",
+                "retry | retry: a key must be text, found a list",
+                "providers[0] | providers[0] (host \"a.local\"): a key must be text, found true",
+            ]
+        );
     }
 
     #[test]

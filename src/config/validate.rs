@@ -55,8 +55,9 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
-/// [`from_yaml_str`] with the environment given as a function, for tests.
-pub(crate) fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+/// [`from_yaml_str`] with the environment given as a function, for tests and
+/// the fuzz target (which need a fixed one).
+pub fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     parse(text, env, None)
 }
 

@@ -12,6 +12,8 @@ pub mod encode;
 mod fields;
 pub mod framing;
 pub mod parse;
+#[cfg(test)]
+mod roundtrip_tests;
 
 pub use decode::{BodyDecoder, DecodeError, DecodeEvent, MAX_TRAILERS};
 pub use encode::{
