@@ -29,3 +29,4 @@ mod upstream_reuse;
 mod usage;
 mod websocket;
 mod zero_downtime;
+mod review;
