@@ -378,4 +378,10 @@ mod shape_review {
             assert!(!found.iter().any(|m| m.contains("SECRETVALUE")), "{text}: {found:#?}");
         }
     }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let config = super::ok(&format!("\u{feff}{}", super::with_provider("http_port: 8080")));
+        assert_eq!(config.http.map(|a| a.port()), Some(8080));
+    }
 }

@@ -63,6 +63,9 @@ pub fn from_yaml_str_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
 
 /// Parses and validates; relative file paths are joined to `base` when given.
 fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    // Editors on Windows start UTF-8 files with a byte order mark, which the
+    // YAML parser would take for part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw::Parsed { raw, errors, positions } = raw::parse(text)?;
     let Some(raw) = raw else {
         return Err(placed(errors, &positions, 0));
