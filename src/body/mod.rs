@@ -156,6 +156,10 @@ pub struct Counted {
     limit: Option<u64>,
     /// Read to its end or to an error: nothing is left for the observer.
     ended: bool,
+    /// The rest read for the observer alone (see `Drop`): dropped, it is
+    /// done, however it ends — a runtime shutting down drops a spawned task
+    /// at once, and must not be handed another.
+    lingering: bool,
 }
 
 /// Sees a body's data as it is taken.
@@ -174,7 +178,7 @@ pub trait Observe: Send + Sync {
 
 impl Counted {
     fn new(inner: Body, count: Option<Arc<AtomicU64>>, observer: Option<Box<dyn Observe>>) -> Counted {
-        Counted { inner, count, observer, taken: 0, limit: None, ended: false }
+        Counted { inner, count, observer, taken: 0, limit: None, ended: false, lingering: false }
     }
 }
 
@@ -183,19 +187,18 @@ impl Drop for Counted {
     /// stream whose client left) gets it from a task of its own, for as
     /// long as it said; then it is dropped as it would have been now.
     fn drop(&mut self) {
-        if self.ended {
+        if self.ended || self.lingering {
             return;
         }
         let Some(linger) = self.observer.as_mut().and_then(|o| o.reader_gone()) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let inner = std::mem::replace(&mut self.inner, Body::Empty);
-        let mut rest = Body::Counted(Box::new(Counted::new(inner, None, self.observer.take())));
+        let mut rest = Counted::new(inner, None, self.observer.take());
+        rest.lingering = true;
+        let mut rest = Body::Counted(Box::new(rest));
         runtime.spawn(async move {
             let read = async { while let Some(Ok(_)) = rest.next_frame().await {} };
             let _ = tokio::time::timeout(linger, read).await;
-            if let Body::Counted(c) = &mut rest {
-                c.ended = true;
-            }
         });
     }
 }

@@ -80,7 +80,8 @@ impl crate::body::Observe for AccessLog {
     /// Tokens the provider bills for are counted even when the client did not
     /// wait for them; the line's time and bytes stay the client's.
     fn reader_gone(&mut self) -> Option<std::time::Duration> {
-        self.client_gone = Some(self.started.elapsed());
+        let started = self.started;
+        self.client_gone.get_or_insert_with(|| started.elapsed());
         let wanted = self.usage.as_ref().is_some_and(|u| u.usage().output.is_none() || u.usage().input.is_none());
         wanted.then_some(USAGE_LINGER)
     }
@@ -108,12 +109,13 @@ pub struct Transferred {
 }
 
 impl AccessLog {
-    pub fn start(head: &RequestHead) -> AccessLog {
+    /// The line of a request; `client_keys` are the keys no line may show.
+    pub fn start(head: &RequestHead, client_keys: &[Box<[u8]>]) -> AccessLog {
         let path = head.target.split('?').next().unwrap_or("/");
         AccessLog {
             method: head.method.clone(),
             host: head.authority.as_deref().map(|h| truncated(h, MAX_HOST)),
-            path: truncated(path, MAX_PATH),
+            path: logged_path(path, client_keys),
             started: Instant::now(),
             provider: None,
             metrics: None,
@@ -136,26 +138,6 @@ impl AccessLog {
                 ..Detail::default()
             },
         }
-    }
-
-    /// Replaces each path segment that is a client key (a client that put
-    /// its key where Gemini's model goes, say) with `redacted`: the log is
-    /// read by more people than the keys are meant for.
-    pub fn scrub_path(&mut self, keys: &[Box<[u8]>]) {
-        let is_key = |segment: &str| keys.iter().any(|k| k.len() == segment.len() && **k == *segment.as_bytes());
-        if !self.path.split(['/', ':']).any(is_key) {
-            return;
-        }
-        let mut scrubbed = String::with_capacity(self.path.len());
-        let mut rest = self.path.as_str();
-        while let Some(end) = rest.find(['/', ':']) {
-            let (segment, separator) = (&rest[..end], &rest[end..=end]);
-            scrubbed.push_str(if is_key(segment) { "redacted" } else { segment });
-            scrubbed.push_str(separator);
-            rest = &rest[end + 1..];
-        }
-        scrubbed.push_str(if is_key(rest) { "redacted" } else { rest });
-        self.path = scrubbed;
     }
 
     pub fn provider(&mut self, provider: &Provider) {
@@ -364,6 +346,33 @@ fn unrouted() -> Arc<ProviderMetrics> {
 }
 
 /// At most `max` characters of `text`, in one allocation.
+/// The path as the line shows it: each segment that is a client key (a
+/// client that put its key where Gemini's model goes, say) written
+/// `redacted` — the log is read by more people than the keys are meant for —
+/// and a long path cut back to a segment boundary, so no part of a segment
+/// (of a key) is shown either.
+fn logged_path(path: &str, keys: &[Box<[u8]>]) -> String {
+    let is_key = |segment: &str| keys.iter().any(|k| k.len() == segment.len() && **k == *segment.as_bytes());
+    let mut logged = String::with_capacity(path.len());
+    let mut rest = path;
+    loop {
+        let end = rest.find(['/', ':']).unwrap_or(rest.len());
+        let segment = &rest[..end];
+        logged.push_str(if is_key(segment) { "redacted" } else { segment });
+        if end == rest.len() {
+            break;
+        }
+        logged.push_str(&rest[end..=end]);
+        rest = &rest[end + 1..];
+    }
+    if logged.chars().nth(MAX_PATH).is_none() {
+        return logged;
+    }
+    let cut = truncated(&logged, MAX_PATH);
+    let end = cut.rfind(['/', ':']).map_or(0, |i| i + 1);
+    cut[..end].to_string()
+}
+
 fn truncated(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => text[..end].to_owned(),
@@ -404,12 +413,12 @@ mod tests {
                 peer: None,
                 protocol: "HTTP/1.1",
             };
-            let mut log = super::AccessLog::start(&head);
-            log.scrub_path(&keys);
-            log.path.clone()
+            super::AccessLog::start(&head, &keys).path.clone()
         };
         assert_eq!(scrubbed("/v1beta/models/sk-client:generateContent"), "/v1beta/models/redacted:generateContent");
         assert_eq!(scrubbed("/k2/x/k2"), "/redacted/x/redacted");
         assert_eq!(scrubbed("/v1/sk-client-not/k"), "/v1/sk-client-not/k");
+        let long = format!("/{}/sk-client-and-more", "a".repeat(500));
+        assert_eq!(scrubbed(&long), format!("/{}/", "a".repeat(500)), "a cut segment is left out whole");
     }
 }

@@ -83,9 +83,8 @@ pub async fn handle(app: &App, head: RequestHead, body: Body) -> Response {
 /// returned ready to write.
 /// (Boxed: refusals are the cold path, and a `Response` is large.)
 pub fn admit(app: &App, mut head: RequestHead) -> Result<Admitted, Box<Response>> {
-    let mut log = AccessLog::start(&head);
     let snapshot = app.snapshot.load_full();
-    log.scrub_path(&snapshot.every_client_key);
+    let mut log = AccessLog::start(&head, &snapshot.every_client_key);
     if let Err(error) = safe_request(&snapshot, &mut head) {
         log.finish(error.status().as_u16());
         return Err(Box::new(error.into_response(ErrorStyle::Plain)));
@@ -162,7 +161,8 @@ impl Admitted {
         if from_upstream && reports_usage(&headers) && log.provider_kind().is_some_and(|k| k != ProviderType::Forward) {
             log.read_usage(gemini_model.as_deref());
         }
-        let strip = asked_usage && from_upstream && is_event_stream(&headers);
+        // A compressed stream is passed on as it is (its events cannot be seen).
+        let strip = asked_usage && from_upstream && is_event_stream(&headers) && reports_usage(&headers);
         // The line is written when the answer's body is done with, so its
         // time and bytes cover the whole answer, streams included.
         // The log counts the answer's bytes itself, as it sees them (before
