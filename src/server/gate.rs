@@ -1,9 +1,12 @@
-//! `max_connections`: client connections open at once across the proxy
+//! `max_connections`: client connections served at once across the proxy
 //! listeners (admin connections not counted). An accept loop takes a place
-//! before it accepts; at the limit it stops accepting — new clients wait in
-//! the kernel's backlog, connections already open are not touched — until a
+//! for each connection it accepted before serving it; at the limit it waits
+//! with that one connection and accepts no more — new clients wait in the
+//! kernel's backlog, connections already open are not touched — until a
 //! connection ends and gives its place back. One count for the process, so
-//! the limit holds whatever worker a connection lands on.
+//! the limit holds whatever worker a connection lands on. (Taking the place
+//! before accepting would let idle loops hold places: with more loops than
+//! places, a client hashed to another loop's socket would wait forever.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

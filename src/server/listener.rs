@@ -108,19 +108,6 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        // A place under max_connections first (the admin listener needs none:
-        // an operator must be able to look at a full proxy).
-        let place = match scheme {
-            Scheme::Admin => None,
-            Scheme::Http | Scheme::Https => {
-                let limit = || app.snapshot.load().limits.max_connections;
-                tokio::select! {
-                    place = gate::place(limit) => Some(place),
-                    _ = shutdown.signalled() => break,
-                    _ = stop.wait_for(|stop| *stop) => break,
-                }
-            }
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.signalled() => {
@@ -134,15 +121,32 @@ pub async fn serve(
             }
             _ = stop.wait_for(|stop| *stop) => break,
         };
-        match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone(), place),
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors (EMFILE, ENFILE) or memory: pause
                 // rather than spin; the client waits in the backlog.
                 tracing::warn!(error = %e, "accept failed; pausing before the next");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        // A place under max_connections before it is served. At the limit
+        // this loop waits with the one connection it took, accepting no more
+        // (the rest wait in the kernel's backlog). The admin listener needs
+        // none: an operator must be able to look at a full proxy.
+        let place = match scheme {
+            Scheme::Admin => None,
+            Scheme::Http | Scheme::Https => {
+                let limit = || app.snapshot.load().limits.max_connections;
+                tokio::select! {
+                    place = gate::place(limit) => Some(place),
+                    _ = shutdown.signalled() => None,
+                    _ = stop.wait_for(|stop| *stop) => None,
+                }
+            }
+        };
+        spawn_connection(stream, peer, scheme, app.clone(), shutdown.clone(), place);
     }
 }
 
