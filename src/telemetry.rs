@@ -294,8 +294,22 @@ fn write_out(text: &[u8], deadline: Option<Instant>) {
             Ok(0) => break,
             Ok(n) => rest = &rest[n..],
             Err(nix::errno::Errno::EINTR) => {}
+            // A stderr someone made non-blocking: wait for room as a
+            // blocking one would (within the deadline, if any).
+            Err(nix::errno::Errno::EAGAIN) => {
+                let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+                if !room_before(stderr.as_fd(), until) && deadline.is_some() {
+                    break;
+                }
+            }
             Err(_) => break,
         }
+    }
+    // Whatever could not be written is counted, like lines that never fit.
+    let lost = rest.iter().filter(|&&b| b == b'\n').count() as u64;
+    if lost > 0 {
+        SINK.dropped.fetch_add(lost, Ordering::Relaxed);
+        crate::metrics::metrics().log_lines_dropped(lost);
     }
 }
 
