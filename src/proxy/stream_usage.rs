@@ -6,7 +6,10 @@
 //! (the access log has read it by then), and so is the `"usage":null` that
 //! every other chunk then carries.
 
+use std::collections::HashMap;
+
 use http::Method;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::Plan;
@@ -42,35 +45,42 @@ fn completions(target: &str) -> bool {
 }
 
 /// The request asking for usage, if it is a stream that does not say either
-/// way. The client's own bytes are kept when nothing of theirs must change.
+/// way. Only the member (or the field inside `stream_options`) is added: the
+/// client's other bytes go as they came.
 fn asking(body: &[u8]) -> Option<Vec<u8>> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object()?;
-    if object.get("stream") != Some(&Value::Bool(true)) {
+    let members: HashMap<String, &RawValue> = serde_json::from_slice(body).ok()?;
+    if !serde_json::from_str::<bool>(members.get("stream")?.get()).ok()? {
         return None;
     }
-    match object.get("stream_options") {
-        None => {
-            let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
-            let mut out = Vec::with_capacity(body.len() + 40);
-            out.extend_from_slice(&body[..=open]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-            out.extend_from_slice(&body[open + 1..]);
-            Some(out)
+    let (at, insert): (usize, &[u8]) = match members.get("stream_options") {
+        None => (body.iter().position(|b| !b.is_ascii_whitespace())?, br#""stream_options":{"include_usage":true},"#),
+        Some(options) => {
+            let fields: serde_json::Map<String, Value> = serde_json::from_str(options.get()).ok()?;
+            if fields.contains_key("include_usage") {
+                return None;
+            }
+            // The raw value is a slice of `body`: its offset is where it starts.
+            let at = (options.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+            let insert: &[u8] =
+                if fields.is_empty() { br#""include_usage":true"# } else { br#""include_usage":true,"# };
+            (at, insert)
         }
-        Some(Value::Object(options)) if !options.contains_key("include_usage") => {
-            let mut value = value.clone();
-            value["stream_options"]["include_usage"] = Value::Bool(true);
-            serde_json::to_vec(&value).ok()
-        }
-        Some(_) => None,
+    };
+    if body.get(at) != Some(&b'{') {
+        return None;
     }
+    let mut out = Vec::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..=at]);
+    out.extend_from_slice(insert);
+    out.extend_from_slice(&body[at + 1..]);
+    Some(out)
 }
 
 /// Edits one event of an answer to a request [`ask`] changed. Inside a JSON
 /// string a quote is escaped, so the patterns below only match JSON itself.
 pub(super) fn strip(event: &[u8], out: &mut Vec<u8>) {
-    if contains(event, br#""choices":[]"#) && contains(event, br#""usage":{"#) {
+    let no_choices = contains(event, br#""choices":[]"#) || contains(event, br#""choices": []"#);
+    if no_choices && (contains(event, br#""usage":{"#) || contains(event, br#""usage": {"#)) {
         return;
     }
     let unasked: &[u8] = match () {
@@ -108,9 +118,14 @@ mod tests {
             text(asking(br#" {"model":"m","stream":true}"#)).as_deref(),
             Some(r#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#)
         );
-        let merged: serde_json::Value =
-            serde_json::from_slice(&asking(br#"{"stream":true,"stream_options":{"x":1}}"#).unwrap()).unwrap();
-        assert_eq!(merged["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        assert_eq!(
+            text(asking(br#"{"stream":true,"seed":123456789012345678901234,"stream_options": {"x":1}}"#)).as_deref(),
+            Some(r#"{"stream":true,"seed":123456789012345678901234,"stream_options": {"include_usage":true,"x":1}}"#)
+        );
+        assert_eq!(
+            text(asking(br#"{"stream_options":{ },"stream":true}"#)).as_deref(),
+            Some(r#"{"stream_options":{"include_usage":true },"stream":true}"#)
+        );
         for unchanged in [
             &br#"{"stream":false}"#[..],
             br#"{"model":"m"}"#,
@@ -131,6 +146,7 @@ mod tests {
             String::from_utf8(out).unwrap()
         };
         assert_eq!(edit("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"), "");
+        assert_eq!(edit("data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 1}}\n\n"), "");
         assert_eq!(edit("data: {\"choices\":[{\"i\":0}],\"usage\":null}\n\n"), "data: {\"choices\":[{\"i\":0}]}\n\n");
         assert_eq!(edit("data: {\"choices\":[], \"usage\": null}\n\n"), "data: {\"choices\":[]}\n\n");
         let quoted = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"choices\\\":[] \\\"usage\\\":{\"}}]}\n\n";
