@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -221,28 +223,94 @@ pub async fn write_body<W: AsyncWrite + Unpin>(
     send(wr, &mut out, None, stall).await
 }
 
-/// [`write_now`] within `stall`, if given. The timer is made (on the heap,
-/// so an idle connection's task stays small) only when the write cannot
-/// finish at once.
+/// [`write_now`], given up on (with `TimedOut`) once a whole `stall` passes
+/// in which the peer took no byte: a slow reader that keeps taking is never
+/// cut, one that stopped is. The timer is made (on the heap, so an idle
+/// connection's task stays small) only when the write cannot finish at once.
 async fn send<W: AsyncWrite + Unpin>(
     wr: &mut W,
     out: &mut BytesMut,
     data: Option<Bytes>,
     stall: Option<Duration>,
 ) -> Result<(), CopyError> {
-    let mut write = std::pin::pin!(write_now(wr, out, data));
-    let Some(stall) = stall else { return write.await };
+    let Some(stall) = stall else { return write_now(wr, out, data).await };
+    // Atomic only to be `Sync` (the future is `Send`): one task writes and
+    // reads it, so plain loads and stores do.
+    let taken = AtomicU64::new(0);
+    let mut counting = Counting { inner: wr, taken: &taken };
+    let mut write = std::pin::pin!(write_now(&mut counting, out, data));
     // Polled once without a waker of ours: a future must take the waker of
     // its latest poll, so polling it again below is sound.
     if let Poll::Ready(written) = write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return written;
     }
-    match Box::pin(tokio::time::timeout(stall, write)).await {
-        Ok(written) => written,
-        Err(_) => Err(CopyError::Sink(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the peer took nothing of a write in time",
-        ))),
+    // Boxed: the timer and this wait are needed only by a write that waits.
+    Box::pin(progressing(write, &taken, stall)).await
+}
+
+/// Drives `write`, failing once `stall` passes with `taken` unchanged.
+async fn progressing<F>(mut write: Pin<&mut F>, taken: &AtomicU64, stall: Duration) -> Result<(), CopyError>
+where
+    F: Future<Output = Result<(), CopyError>>,
+{
+    let mut timer = std::pin::pin!(tokio::time::sleep(stall));
+    let mut seen = taken.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            biased;
+            written = write.as_mut() => return written,
+            () = timer.as_mut() => {}
+        }
+        if taken.load(Ordering::Relaxed) == seen {
+            let why = "the peer took nothing of a write in time";
+            return Err(CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
+        }
+        seen = taken.load(Ordering::Relaxed);
+        timer.as_mut().reset(tokio::time::Instant::now() + stall);
+    }
+}
+
+/// A writer that counts the bytes its peer took.
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    taken: &'a AtomicU64,
+}
+
+impl<W> Counting<'_, W> {
+    fn count(&self, polled: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.taken.store(self.taken.load(Ordering::Relaxed) + *n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<'_, W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        self.count(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
+        self.count(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 
