@@ -1,6 +1,8 @@
-//! Hostile review of the changes since a4940f8: each test here shows a bug
-//! (marked `#[ignore = "bug: ..."]` until fixed) or pins a behaviour the
-//! review checked.
+//! Found by a hostile review of the limits, log writer and usage work: a
+//! stack overflow at shutdown with a stream open, idle accept loops holding
+//! max_connections places, a key cut by the path limit, log lines lost on a
+//! non-blocking stderr, inject rewriting a client's body; and a slow but
+//! steady reader that must not be cut. Each failed before its fix.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,8 @@ fn stream_config(upstream: u16, extra: &str) -> String {
     )
 }
 
-const STREAM_REQUEST: &str = "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
+const STREAM_REQUEST: &str =
+    "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
                               content-length: 2\r\n\r\n{}";
 
 /// Sends [`STREAM_REQUEST`] and reads until the first event arrived.
@@ -58,7 +61,6 @@ async fn open_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 /// spawns a task to read on, which the closed runtime drops at once, whose
 /// `Counted` spawns again... until the stack overflows.
 #[tokio::test]
-#[ignore = "bug: Counted::drop respawns forever while the worker runtime shuts down (stack overflow, SIGABRT)"]
 async fn review_stream_cut_at_the_graceful_deadline_exits_cleanly() {
     let up = endless_stream().await;
     let mut proxy = TestProxy::start(&stream_config(up.port(), "graceful_shutdown_timeout: 0.3"));
@@ -74,7 +76,6 @@ async fn review_stream_cut_at_the_graceful_deadline_exits_cleanly() {
 /// and a SIGTERM meanwhile must still end in a clean exit with the access
 /// line written.
 #[tokio::test]
-#[ignore = "bug: a usage-linger task cancelled at shutdown respawns itself forever (stack overflow, SIGABRT)"]
 async fn review_sigterm_while_reading_on_for_usage_exits_cleanly() {
     let up = endless_stream().await;
     let admin = free_port();
@@ -106,7 +107,6 @@ async fn review_sigterm_while_reading_on_for_usage_exits_cleanly() {
 /// it, so a client the kernel gives another worker's socket waits forever
 /// although the proxy has no connection open at all.
 #[tokio::test]
-#[ignore = "bug: accept loops hold places while idle; a client on another worker's socket starves"]
 async fn review_max_connections_smaller_than_the_accept_loops_still_serves_everyone() {
     let proxy = TestProxy::start(
         "http_port: {port}\nhttp_bind_address: 127.0.0.1\nworkers: 2\nmax_connections: 1\n\
@@ -130,7 +130,6 @@ async fn review_max_connections_smaller_than_the_accept_loops_still_serves_every
 /// `redacted`, so the cut key no longer matches and all but its last
 /// character are logged.
 #[tokio::test]
-#[ignore = "bug: scrub_path runs after the path was truncated to 512 chars; a cut key is logged"]
 async fn review_a_client_key_cut_by_the_path_limit_is_not_logged() {
     let up = MockUpstream::start("ok").await;
     let config = one_provider("openai", "h.local", up.port(), "").replace("\"client-key\"", "\"client-key-SECRET\"");
@@ -154,7 +153,6 @@ async fn review_a_client_key_cut_by_the_path_limit_is_not_logged() {
 /// re-serialised through `serde_json::Value` instead: keys come out sorted
 /// and an integer past u64 becomes a float.
 #[tokio::test]
-#[ignore = "bug: inject re-serialises the whole body when stream_options is an object (key order, big integers)"]
 async fn review_inject_keeps_the_clients_other_bytes_when_stream_options_is_an_object() {
     let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
     let proxy = TestProxy::start(&one_provider("openai", "h.local", up.port(), "    stream_usage: inject\n"));
@@ -174,7 +172,6 @@ async fn review_inject_keeps_the_clients_other_bytes_when_stream_options_is_an_o
 /// the writer thread throws the whole batch away: lines vanish without
 /// being counted in `openproxy_log_lines_dropped_total` or warned about.
 #[tokio::test]
-#[ignore = "bug: EAGAIN on a non-blocking stderr drops the writer's batch silently (not counted as dropped)"]
 async fn review_every_access_line_is_written_or_counted_on_a_nonblocking_stderr() {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::io::Read;
@@ -244,7 +241,8 @@ async fn review_a_slow_but_steady_reader_is_not_cut_by_client_send_timeout() {
     let up = RawUpstream::start(|mut stream| async move {
         read_head(&mut stream).await;
         let size = 4 * 1024 * 1024;
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n");
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n");
         let _ = stream.write_all(head.as_bytes()).await;
         let _ = stream.write_all(&vec![b'x'; size]).await;
     })
