@@ -27,7 +27,7 @@ async fn a_stderr_nobody_reads_never_holds_up_a_request() {
         up.port()
     );
     std::fs::write(&config, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+    let child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
         .args(["start", "-c"])
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -35,8 +35,9 @@ async fn a_stderr_nobody_reads_never_holds_up_a_request() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = Killed(child);
     // Not read until the end: a pipe holds 64 KiB, then every write to it blocks.
-    let mut stderr = child.stderr.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let admin_addr = format!("127.0.0.1:{admin}");
@@ -88,7 +89,16 @@ async fn a_stderr_nobody_reads_never_holds_up_a_request() {
     for line in access {
         assert!(line.contains(&path) && line.contains("bytes_out="), "cut line: {line:.120}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let _ = reader.join();
+}
+
+/// The proxy process, killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
