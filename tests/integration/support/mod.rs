@@ -49,7 +49,20 @@ impl TestProxy {
     }
 
     /// [`TestProxy::start_logging`], with `setup` applied to the command first.
-    pub fn start_with(yaml: &str, level: &str, setup: impl FnOnce(&mut Command)) -> TestProxy {
+    /// A "free" port can be taken by another test's proxy between our probe
+    /// and the bind: then it starts again on another.
+    pub fn start_with(yaml: &str, level: &str, setup: impl Fn(&mut Command)) -> TestProxy {
+        let mut tries = 0;
+        loop {
+            match TestProxy::try_start(yaml, level, &setup) {
+                Ok(proxy) => return proxy,
+                Err(logs) if logs.contains("Address already in use") && tries < 5 => tries += 1,
+                Err(logs) => panic!("the proxy did not start:\n{logs}"),
+            }
+        }
+    }
+
+    fn try_start(yaml: &str, level: &str, setup: &impl Fn(&mut Command)) -> Result<TestProxy, String> {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
@@ -66,12 +79,14 @@ impl TestProxy {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() || !proxy.logs().contains(&started) {
             if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("proxy exited with {status}:\n{}", proxy.logs());
+                return Err(format!("exited with {status}:\n{}", proxy.logs()));
             }
-            assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs());
+            if Instant::now() > deadline {
+                return Err(format!("not started within 10 s:\n{}", proxy.logs()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        proxy
+        Ok(proxy)
     }
 
     pub fn logs(&self) -> String {
