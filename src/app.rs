@@ -151,11 +151,16 @@ pub async fn start(path: &Path, pid_file: Option<&Path>, mut handover: Handover)
     ExitCode::SUCCESS
 }
 
-/// Stops accepting, gives what is in flight `graceful_shutdown_timeout`,
-/// then ends the workers.
+/// Stops accepting, gives what is in flight `graceful_shutdown_timeout`
+/// (streams whose client left still being read for their token usage
+/// included), then ends the workers.
 async fn drain_and_stop(drain: Drain, workers: Workers, app: &App) {
     let grace = app.snapshot.load().limits.graceful_shutdown_timeout;
-    if tokio::time::timeout(grace, drain.wait()).await.is_err() {
+    let in_flight = async {
+        drain.wait().await;
+        crate::body::lingering_done().await;
+    };
+    if tokio::time::timeout(grace, in_flight).await.is_err() {
         tracing::warn!(seconds = grace.as_secs(), "graceful shutdown timed out; closing remaining connections");
     }
     workers.stop();

@@ -15,7 +15,7 @@ mod sse;
 pub use sse::EditEvent;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,6 +182,45 @@ impl Counted {
     }
 }
 
+/// Bodies being read on for their observer alone (see `Counted`'s drop).
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+/// Woken when the last of them ends.
+static NONE_LINGERING: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Counts one lingering read until dropped.
+struct Lingering;
+
+impl Lingering {
+    fn start() -> Lingering {
+        LINGERING.fetch_add(1, Ordering::AcqRel);
+        Lingering
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if LINGERING.fetch_sub(1, Ordering::AcqRel) == 1 {
+            NONE_LINGERING.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once no body is being read on for its observer: a graceful
+/// shutdown waits for them (each is bounded by its own time) so the token
+/// usage they are waiting for is not lost.
+pub async fn lingering_done() {
+    loop {
+        let done = NONE_LINGERING.notified();
+        tokio::pin!(done);
+        // Registered before the check, so an end in between still wakes us.
+        done.as_mut().enable();
+        if LINGERING.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        done.await;
+    }
+}
+
 impl Drop for Counted {
     /// An observer that still wants the rest (the final token usage of a
     /// stream whose client left) gets it from a task of its own, for as
@@ -196,7 +235,9 @@ impl Drop for Counted {
         let mut rest = Counted::new(inner, None, self.observer.take());
         rest.lingering = true;
         let mut rest = Body::Counted(Box::new(rest));
+        let lingering = Lingering::start();
         runtime.spawn(async move {
+            let _lingering = lingering;
             let read = async { while let Some(Ok(_)) = rest.next_frame().await {} };
             let _ = tokio::time::timeout(linger, read).await;
         });

@@ -47,6 +47,20 @@ const TOKENS_OUT: &str = r#"openproxy_tokens_total{direction="output",provider="
 
 #[tokio::test]
 async fn usage_is_still_counted_when_the_client_leaves_before_the_last_event() {
+    client_leaves_before_the_usage(false).await;
+}
+
+// Multi-threaded: waiting for the exit blocks this thread, and the upstream
+// must go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_waits_for_the_usage_of_a_stream_whose_client_left() {
+    client_leaves_before_the_usage(true).await;
+}
+
+/// A client reads the first event of a stream and leaves; the upstream sends
+/// the usage only once the proxy has let go of the client (and, with
+/// `shutdown`, once the proxy was told to stop).
+async fn client_leaves_before_the_usage(shutdown: bool) {
     // The stream goes on, an event every 20 ms, until the test says the
     // client is gone; only then comes the usage event.
     let client_gone = Arc::new(Notify::new());
@@ -74,7 +88,7 @@ async fn usage_is_still_counted_when_the_client_leaves_before_the_last_event() {
     })
     .await;
     let admin = free_port();
-    let proxy = TestProxy::start(&config(up.port(), admin, ""));
+    let mut proxy = TestProxy::start(&config(up.port(), admin, ""));
 
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let request = "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
@@ -93,6 +107,14 @@ async fn usage_is_still_counted_when_the_client_leaves_before_the_last_event() {
         m.get(r#"openproxy_client_connections{protocol="http1"}"#) == Some(&0.0)
     })
     .await;
+    if shutdown {
+        proxy.signal("TERM");
+        wait_for_log(&proxy, "shutting down gracefully", Duration::from_secs(5)).await;
+        client_gone.notify_one();
+        assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0), "{}", proxy.logs());
+        assert!(proxy.logs().contains("\"output_tokens\":22"), "the usage was lost:\n{}", proxy.logs());
+        return;
+    }
     client_gone.notify_one();
     let m = metrics_until(admin, "tokens counted", |m| m.contains_key(TOKENS_OUT)).await;
     assert_eq!((m[TOKENS_IN], m[TOKENS_OUT]), (11.0, 22.0));
