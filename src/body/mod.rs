@@ -445,10 +445,11 @@ impl Body {
 
     /// This event stream with each whole event replaced by what `edit`
     /// writes for it.
-    pub fn sse_edited(self, edit: sse::EditEvent) -> Body {
+    /// `removed` counts the bytes the edits took out.
+    pub fn sse_edited(self, edit: sse::EditEvent, removed: Arc<AtomicU64>) -> Body {
         match self {
             Body::Empty | Body::Upgraded(_) => self,
-            inner => Body::Sse(Box::new(sse::SseEdit::new(inner, edit))),
+            inner => Body::Sse(Box::new(sse::SseEdit::new(inner, edit, removed))),
         }
     }
 

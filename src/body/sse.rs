@@ -4,6 +4,9 @@
 //! function that writes what the client gets instead; an unfinished event
 //! waits for the rest of itself, and nothing else is held back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{Body, BodyError, Frame};
@@ -18,6 +21,8 @@ pub type EditEvent = fn(event: &[u8], out: &mut Vec<u8>);
 pub struct SseEdit {
     inner: Body,
     edit: EditEvent,
+    /// Bytes the edits took out (what came in less what went out).
+    removed: Arc<AtomicU64>,
     pending: BytesMut,
     /// Editing stopped (an event past [`MAX_EVENT`]).
     passthrough: bool,
@@ -27,8 +32,8 @@ pub struct SseEdit {
 }
 
 impl SseEdit {
-    pub(super) fn new(inner: Body, edit: EditEvent) -> SseEdit {
-        SseEdit { inner, edit, pending: BytesMut::new(), passthrough: false, held: None, ended: false }
+    pub(super) fn new(inner: Body, edit: EditEvent, removed: Arc<AtomicU64>) -> SseEdit {
+        SseEdit { inner, edit, removed, pending: BytesMut::new(), passthrough: false, held: None, ended: false }
     }
 
     pub(super) fn inner(&self) -> &Body {
@@ -76,7 +81,10 @@ impl SseEdit {
         let mut out = Vec::new();
         while let Some(end) = event_end(&self.pending) {
             let event = self.pending.split_to(end);
+            let before = out.len();
             (self.edit)(&event, &mut out);
+            let kept = (out.len() - before) as u64;
+            self.removed.fetch_add((event.len() as u64).saturating_sub(kept), Ordering::Relaxed);
         }
         if self.pending.len() > MAX_EVENT {
             out.extend_from_slice(&self.pending);
@@ -114,7 +122,7 @@ mod tests {
             tx.send(Ok(Some(Frame::Data(Bytes::copy_from_slice(piece))))).await.unwrap();
         }
         tx.send(Ok(None)).await.unwrap();
-        let mut edit = SseEdit::new(body, drop_odd);
+        let mut edit = SseEdit::new(body, drop_odd, Arc::default());
         let mut out = Vec::new();
         while let Some(frame) = edit.next_frame().await {
             if let Frame::Data(data) = frame.unwrap() {

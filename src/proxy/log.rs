@@ -38,8 +38,11 @@ pub struct AccessLog {
     tunnel_open: Option<Open>,
     /// Body bytes from the client and to it (tunnels count in `tunnel`).
     bytes_in: Arc<AtomicU64>,
-    /// Counted as the answer's body passes (see `Observe`).
+    /// Counted as the answer's body passes (see `Observe`), before any edit.
     bytes_out: u64,
+    /// Bytes an edit of the answer took out after they were counted
+    /// (`stream_usage: inject`): the client never got them.
+    edited_out: Option<Arc<AtomicU64>>,
     /// Counts the request against its provider's requests in flight.
     in_flight: Option<InFlight>,
     status: Option<u16>,
@@ -125,6 +128,7 @@ impl AccessLog {
             in_flight: None,
             bytes_in: Arc::default(),
             bytes_out: 0,
+            edited_out: None,
             status: None,
             tunnel: None,
             usage: None,
@@ -170,6 +174,11 @@ impl AccessLog {
     /// What to call the client key the request came with.
     pub fn client_key(&mut self, label: Option<Arc<str>>) {
         self.detail.client_key = label;
+    }
+
+    /// The counter of the bytes an edit of the answer takes out.
+    pub fn edited_out(&mut self) -> Arc<AtomicU64> {
+        self.edited_out.get_or_insert_with(Arc::default).clone()
     }
 
     /// The counter of the request body's bytes.
@@ -229,7 +238,7 @@ impl Drop for AccessLog {
         let tunnel = self.tunnel.as_ref().map(|t| (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)));
         let body = match tunnel {
             Some(_) => None,
-            None => Some((self.bytes_in.load(Ordering::Relaxed), self.bytes_out)),
+            None => Some((self.bytes_in.load(Ordering::Relaxed), self.client_bytes_out())),
         };
         tracing::info!(
             target: "openproxy::access",
@@ -249,11 +258,17 @@ impl Drop for AccessLog {
 }
 
 impl AccessLog {
+    /// Body bytes the client was sent.
+    fn client_bytes_out(&self) -> u64 {
+        let removed = self.edited_out.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
+        self.bytes_out.saturating_sub(removed)
+    }
+
     /// The line as one JSON object (`log_format: json`).
     fn write_json(&self, status: u16, took: std::time::Duration, provider: &str, usage: &crate::usage::Usage) {
         let (bytes_in, bytes_out) = match &self.tunnel {
             Some(t) => (t.up.load(Ordering::Relaxed), t.down.load(Ordering::Relaxed)),
-            None => (self.bytes_in.load(Ordering::Relaxed), self.bytes_out),
+            None => (self.bytes_in.load(Ordering::Relaxed), self.client_bytes_out()),
         };
         let path = match &self.detail.query {
             Some(query) => format!("{}?{query}", self.path),

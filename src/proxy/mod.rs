@@ -167,8 +167,12 @@ impl Admitted {
         // time and bytes cover the whole answer, streams included.
         // The log counts the answer's bytes itself, as it sees them (before
         // the usage chunk it asked for is taken out).
+        let removed = strip.then(|| log.edited_out());
         let body = body.counted(None, Some(Box::new(log)));
-        let body = if strip { body.sse_edited(stream_usage::strip) } else { body };
+        let body = match removed {
+            Some(removed) => body.sse_edited(stream_usage::strip, removed),
+            None => body,
+        };
         Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: None }
     }
 }

@@ -186,6 +186,12 @@ async fn stream_usage_inject_asks_upstream_and_hides_the_answer_from_the_client(
     );
     let m = metrics_until(admin, "tokens counted", |m| m.contains_key(TOKENS_OUT)).await;
     assert_eq!((m[TOKENS_IN], m[TOKENS_OUT]), (3.0, 4.0));
+    // The line counts what the client got, not the chunk taken out.
+    wait_for_log(&proxy, "\"input_tokens\":3", Duration::from_secs(5)).await;
+    let logs = proxy.logs();
+    let line: serde_json::Value =
+        serde_json::from_str(logs.lines().find(|l| l.contains("\"input_tokens\":3")).unwrap()).unwrap();
+    assert_eq!(line["bytes_out"].as_u64(), Some(plain.len() as u64), "{line}");
 
     // A client that asks itself gets what it asked for, its bytes unchanged.
     let request = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
