@@ -21,6 +21,7 @@ mod limits;
 mod logging;
 mod observability_edges;
 mod review;
+mod review2;
 mod routing;
 mod secrets;
 mod selection;
