@@ -148,7 +148,7 @@ impl Write for LineWriter {
         if queued.is_err() {
             // A thread's last words after its locals are gone: write them now.
             let _out = lock(&SINK.out);
-            write_out(buf, None);
+            let _ = write_out(buf, None);
         }
         Ok(())
     }
@@ -215,12 +215,14 @@ impl Sink {
                 spare = batch;
                 continue;
             }
-            write_out(&batch, None);
+            let written = write_out(&batch, None);
             drop(out);
             batch.clear();
             spare = if batch.capacity() > BUFFER_CAP { Vec::new() } else { batch };
             let dropped = self.dropped.load(Ordering::Relaxed);
-            if dropped != reported {
+            // Said only once stderr takes lines again: on a stderr that takes
+            // none, the warning would be one more line lost, and another.
+            if dropped != reported && written {
                 // Queued like any line (in the writer's own buffer), so it
                 // has the format the operator chose.
                 tracing::warn!(lines = dropped - reported, "stderr was too slow: log lines were dropped");
@@ -268,7 +270,7 @@ pub fn flush() {
         }
     };
     let batch = SINK.take(Vec::new());
-    write_out(&batch, Some(deadline));
+    let _ = write_out(&batch, Some(deadline));
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -280,7 +282,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// upgrade) keeps each line whole. With a deadline, waits for room only until
 /// then; without, as long as stderr takes (the writer thread's case). A sink
 /// that is gone costs the lines, never a panic. The caller holds `SINK.out`.
-fn write_out(text: &[u8], deadline: Option<Instant>) {
+/// Returns whether all of `text` was written.
+fn write_out(text: &[u8], deadline: Option<Instant>) -> bool {
     let stderr = std::io::stderr();
     let mut rest = text;
     while !rest.is_empty() {
@@ -311,6 +314,7 @@ fn write_out(text: &[u8], deadline: Option<Instant>) {
         SINK.dropped.fetch_add(lost, Ordering::Relaxed);
         crate::metrics::metrics().log_lines_dropped(lost);
     }
+    rest.is_empty()
 }
 
 /// Whether `fd` can take a write before `deadline`.

@@ -374,7 +374,9 @@ fn logged_path(path: &str, keys: &[Box<[u8]>]) -> String {
         let end = rest.find(['/', ':']).unwrap_or(rest.len());
         let segment = &rest[..end];
         logged.push_str(if is_key(segment) { "redacted" } else { segment });
-        if end == rest.len() {
+        // Past what the line can show (a char is at most 4 bytes), the rest
+        // is cut anyway: no need to compare it with every key.
+        if end == rest.len() || logged.len() > 4 * MAX_PATH {
             break;
         }
         logged.push_str(&rest[end..=end]);

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use http::Method;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::Plan;
 use crate::body::Body;
@@ -55,7 +55,8 @@ fn asking(body: &[u8]) -> Option<Vec<u8>> {
     let (at, insert): (usize, &[u8]) = match members.get("stream_options") {
         None => (body.iter().position(|b| !b.is_ascii_whitespace())?, br#""stream_options":{"include_usage":true},"#),
         Some(options) => {
-            let fields: serde_json::Map<String, Value> = serde_json::from_str(options.get()).ok()?;
+            // Only the names matter (a value such as 1e400 must not stop it).
+            let fields: HashMap<String, IgnoredAny> = serde_json::from_str(options.get()).ok()?;
             if fields.contains_key("include_usage") {
                 return None;
             }
@@ -121,6 +122,10 @@ mod tests {
         assert_eq!(
             text(asking(br#"{"stream":true,"seed":123456789012345678901234,"stream_options": {"x":1}}"#)).as_deref(),
             Some(r#"{"stream":true,"seed":123456789012345678901234,"stream_options": {"include_usage":true,"x":1}}"#)
+        );
+        assert_eq!(
+            text(asking(br#"{"stream":true,"stream_options":{"x":1e400}}"#)).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true,"x":1e400}}"#)
         );
         assert_eq!(
             text(asking(br#"{"stream_options":{ },"stream":true}"#)).as_deref(),

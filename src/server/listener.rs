@@ -138,11 +138,24 @@ pub async fn serve(
         let place = match scheme {
             Scheme::Admin => None,
             Scheme::Http | Scheme::Https => {
-                let limit = || app.snapshot.load().limits.max_connections;
+                let limit = {
+                    let app = app.clone();
+                    move || app.snapshot.load().limits.max_connections
+                };
                 tokio::select! {
-                    place = gate::place(limit) => Some(place),
+                    place = gate::place(limit.clone()) => Some(place),
+                    // Drained with `Connection: close`, like the backlog.
                     _ = shutdown.signalled() => None,
-                    _ = stop.wait_for(|stop| *stop) => None,
+                    _ = stop.wait_for(|stop| *stop) => {
+                        // This listener is going away, not the connection it
+                        // took: that waits for its place on its own.
+                        let (app, shutdown) = (app.clone(), shutdown.clone());
+                        drop(tokio::spawn(async move {
+                            let place = gate::place(limit).await;
+                            spawn_connection(stream, peer, scheme, app, shutdown, Some(place));
+                        }));
+                        break;
+                    }
                 }
             }
         };

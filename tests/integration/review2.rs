@@ -25,7 +25,6 @@ async fn dropped_lines(admin: std::net::SocketAddr) -> f64 {
 /// line fails too and is counted, which makes the next warning... The writer
 /// never sleeps again: every 5 ms one more line is "dropped" on an idle proxy.
 #[tokio::test]
-#[ignore = "bug: on a failing stderr the writer's dropped-lines warning feeds itself forever"]
 async fn review2_an_idle_proxy_on_a_broken_stderr_drops_no_lines() {
     let up = MockUpstream::start("ok").await;
     let admin = free_port();
@@ -156,7 +155,6 @@ async fn review2_a_slow_but_steady_tls_reader_is_not_cut_by_client_send_timeout(
 /// held connection with no place at all: two connections served at once
 /// under a limit of one (and the count no longer covers it).
 #[tokio::test]
-#[ignore = "bug: a connection waiting for a place is served without one when a reload stops its listener"]
 async fn review2_a_reload_does_not_serve_a_waiting_connection_past_max_connections() {
     let up = MockUpstream::start("ok").await;
     let yaml = |port: &str| {
