@@ -173,3 +173,26 @@ impl AsyncWrite for WritePart<'_> {
         }
     }
 }
+
+/// How many bytes sent on the TCP socket `fd` its peer has acknowledged
+/// (Linux's `TCP_INFO`): what a client actually took, which the kernel's
+/// socket buffer hides from a writer (it takes bytes in bursts, a third of
+/// a buffer of up to 4 MiB at a time). `None` where the kernel does not say.
+pub fn bytes_acked(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a live, writable buffer of exactly `len` bytes, and
+    // `len` is what the kernel is told it may write (it writes at most that
+    // and stores how much it wrote). A bad or reused descriptor only makes
+    // the call fail or describe another socket; it never touches our memory.
+    let failed =
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) != 0 };
+    let wanted = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    if failed || (len as usize) < wanted {
+        return None;
+    }
+    // SAFETY: the buffer was zeroed, and a tcp_info is integers only, so any
+    // bytes the kernel wrote over the zeroes leave a valid value.
+    let info = unsafe { info.assume_init() };
+    Some(info.tcpi_bytes_acked)
+}

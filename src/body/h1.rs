@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{within, Body, BodyError, CopyError, Frame};
+use super::{within, Body, BodyError, CopyError, Frame, SendStall};
 use crate::headers::strip_trailer_fields;
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, MAX_TRAILERS};
 use crate::net::{Conn, Recycle};
@@ -165,15 +165,15 @@ pub fn inline_small(head: &mut BytesMut, body: Body) -> Body {
 /// that is at hand already, else on their own at once. Each piece is flushed
 /// as it goes, so SSE events never wait in a buffer.
 ///
-/// With `stall`, a write the peer takes nothing of for that long ends the
-/// body with a [`CopyError::Sink`] of kind `TimedOut` (a client that stopped
-/// reading must not hold its stream and upstream connection forever).
+/// With `stall`, a peer that takes nothing for that long ends the body with a
+/// [`CopyError::Sink`] of kind `TimedOut` (a client that stopped reading must
+/// not hold its stream and upstream connection forever).
 pub async fn write_body<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut body: Body,
     chunked: bool,
     mut out: BytesMut,
-    stall: Option<Duration>,
+    stall: Option<SendStall>,
 ) -> Result<(), CopyError> {
     let mut ended = false;
     loop {
@@ -223,15 +223,15 @@ pub async fn write_body<W: AsyncWrite + Unpin>(
     send(wr, &mut out, None, stall).await
 }
 
-/// [`write_now`], given up on (with `TimedOut`) once a whole `stall` passes
-/// in which the peer took no byte: a slow reader that keeps taking is never
-/// cut, one that stopped is. The timer is made (on the heap, so an idle
+/// [`write_now`], given up on (with `TimedOut`) once a whole `stall.after`
+/// passes in which the peer took no byte: a slow reader that keeps taking is
+/// never cut, one that stopped is. The timer is made (on the heap, so an idle
 /// connection's task stays small) only when the write cannot finish at once.
 async fn send<W: AsyncWrite + Unpin>(
     wr: &mut W,
     out: &mut BytesMut,
     data: Option<Bytes>,
-    stall: Option<Duration>,
+    stall: Option<SendStall>,
 ) -> Result<(), CopyError> {
     let Some(stall) = stall else { return write_now(wr, out, data).await };
     // Atomic only to be `Sync` (the future is `Send`): one task writes and
@@ -248,25 +248,28 @@ async fn send<W: AsyncWrite + Unpin>(
     Box::pin(progressing(write, &taken, stall)).await
 }
 
-/// Drives `write`, failing once `stall` passes with `taken` unchanged.
-async fn progressing<F>(mut write: Pin<&mut F>, taken: &AtomicU64, stall: Duration) -> Result<(), CopyError>
+/// Drives `write`, failing once `stall.after` passes with neither `taken`
+/// nor the bytes the peer acknowledged moving.
+async fn progressing<F>(mut write: Pin<&mut F>, taken: &AtomicU64, stall: SendStall) -> Result<(), CopyError>
 where
     F: Future<Output = Result<(), CopyError>>,
 {
-    let mut timer = std::pin::pin!(tokio::time::sleep(stall));
-    let mut seen = taken.load(Ordering::Relaxed);
+    let mut timer = std::pin::pin!(tokio::time::sleep(stall.after));
+    let progress = || (taken.load(Ordering::Relaxed), stall.acked());
+    let mut seen = progress();
     loop {
         tokio::select! {
             biased;
             written = write.as_mut() => return written,
             () = timer.as_mut() => {}
         }
-        if taken.load(Ordering::Relaxed) == seen {
+        let now = progress();
+        if now == seen {
             let why = "the peer took nothing of a write in time";
             return Err(CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
         }
-        seen = taken.load(Ordering::Relaxed);
-        timer.as_mut().reset(tokio::time::Instant::now() + stall);
+        seen = now;
+        timer.as_mut().reset(tokio::time::Instant::now() + stall.after);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use super::{within, Body, BodyError, CopyError, Frame};
+use super::{within, Body, BodyError, CopyError, Frame, SendStall};
 use crate::headers::strip_trailer_fields;
 
 #[derive(Debug)]
@@ -114,9 +114,14 @@ impl H2Body {
 }
 
 /// Sends `body` on `send`, ending the stream (with trailers when there are
-/// some). With `stall`, a peer that grants no window for that long ends the
-/// body with a [`CopyError::Sink`] of kind `TimedOut`.
-pub async fn send_body(send: &mut SendStream<Bytes>, mut body: Body, stall: Option<Duration>) -> Result<(), CopyError> {
+/// some). With `stall`, a peer that neither grants window nor acknowledges
+/// bytes for `stall.after` ends the body with a [`CopyError::Sink`] of kind
+/// `TimedOut`.
+pub async fn send_body(
+    send: &mut SendStream<Bytes>,
+    mut body: Body,
+    stall: Option<SendStall>,
+) -> Result<(), CopyError> {
     while let Some(frame) = body.next_frame().await {
         match frame.map_err(CopyError::Source)? {
             Frame::Data(data) => send_data(send, data, stall).await?,
@@ -133,16 +138,27 @@ fn sink(e: h2::Error) -> CopyError {
     CopyError::Sink(std::io::Error::other(e))
 }
 
-/// Sends `data` as window capacity becomes available.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, stall: Option<Duration>) -> Result<(), CopyError> {
+/// Sends `data` as window capacity becomes available. Capacity also waits
+/// for the connection's send buffer, which a slow but steady reader drains
+/// in the kernel's bursts: acknowledged bytes count as progress too.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, stall: Option<SendStall>) -> Result<(), CopyError> {
+    let mut acked = stall.and_then(|s| s.acked());
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let capacity = poll_fn(|cx| send.poll_capacity(cx));
         let granted = match stall {
             None => capacity.await,
-            Some(stall) => tokio::time::timeout(stall, capacity).await.map_err(|_| {
-                CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer granted no window in time"))
-            })?,
+            Some(stall) => match tokio::time::timeout(stall.after, capacity).await {
+                Ok(granted) => granted,
+                Err(_) if stall.acked() != acked => {
+                    acked = stall.acked();
+                    continue;
+                }
+                Err(_) => {
+                    let why = "the peer granted no window in time";
+                    return Err(CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
+                }
+            },
         };
         let granted = match granted {
             Some(granted) => granted.map_err(sink)?,

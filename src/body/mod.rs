@@ -144,6 +144,24 @@ pub struct Watched {
     progress: Arc<Progress>,
 }
 
+/// When to give up on a peer that takes nothing of what is written to it
+/// (`client_send_timeout`): after `after` with no progress, where progress
+/// is bytes taken by a write or, when the TCP socket is known, bytes the
+/// peer acknowledged (the kernel's buffer takes bytes in bursts, so a slow
+/// but steady reader may leave writes waiting far longer than `after`).
+#[derive(Debug, Clone, Copy)]
+pub struct SendStall {
+    pub after: Duration,
+    pub socket: Option<std::os::fd::RawFd>,
+}
+
+impl SendStall {
+    /// Bytes the peer acknowledged so far, when known.
+    pub fn acked(&self) -> Option<u64> {
+        self.socket.and_then(crate::net::bytes_acked)
+    }
+}
+
 /// A body whose data bytes are counted as they are taken, and shown to an
 /// observer (an access-log line) that lives until the body is done with,
 /// read whole or dropped.

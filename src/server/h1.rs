@@ -17,7 +17,7 @@ use super::h1_write::{write_response, Written};
 use super::halves::{ReadSide, Split};
 use super::tunnel;
 use super::Shutdown;
-use crate::body::{Body, BodyError, CopyError, Frame, FrameSender};
+use crate::body::{Body, BodyError, CopyError, Frame, FrameSender, SendStall};
 use crate::error::{ErrorStyle, ProxyError};
 use crate::http1::{self, BodyDecoder, BodyFraming, DecodeEvent, HeadError, RequestHead as H1Head, MAX_TRAILERS};
 use crate::message::{RequestHead, Response};
@@ -52,6 +52,8 @@ struct Reader<R> {
 struct Conn<S: Split> {
     reader: Reader<S::Read>,
     wr: S::Write,
+    /// The TCP socket, for what the client acknowledged (`SendStall`).
+    socket: Option<std::os::fd::RawFd>,
 }
 
 /// A request body about to stream: what the handler reads, and the sending
@@ -76,8 +78,9 @@ pub async fn serve<S: Split>(
     mut shutdown: Shutdown,
 ) {
     let _open = crate::metrics::metrics().connection("http1");
+    let socket = io.tcp_fd();
     let (rd, wr) = io.split_io();
-    let mut conn = Conn::<S> { reader: Reader { rd, buf: BytesMut::new() }, wr };
+    let mut conn = Conn::<S> { reader: Reader { rd, buf: BytesMut::new() }, wr, socket };
     loop {
         let limits = app.snapshot.load().limits;
         match next_head(&mut conn.reader, &limits, &mut shutdown).await {
@@ -86,19 +89,15 @@ pub async fn serve<S: Split>(
                 tracing::debug!(error = %err, "rejected request head");
                 let resp = ProxyError::from(err).into_response(ErrorStyle::Plain);
                 crate::proxy::log::rejected(resp.status.as_u16(), peer);
-                let _ = write_response(
-                    &mut conn.wr,
-                    resp,
-                    &Method::GET,
-                    Version::HTTP_11,
-                    true,
-                    limits.client_send_timeout,
-                )
-                .await;
+                let stall = SendStall { after: limits.client_send_timeout, socket: conn.socket };
+                // Boxed: a cold path, which inline would size every
+                // connection's task for a response write.
+                let _ = Box::pin(write_response(&mut conn.wr, resp, &Method::GET, Version::HTTP_11, true, stall)).await;
                 break;
             }
             Next::Head(head) => {
-                let req = ReqFacts::new(&head, &shutdown, &limits, default_port, peer);
+                let mut req = ReqFacts::new(&head, &shutdown, &limits, default_port, peer);
+                req.socket = conn.socket;
                 // Boxed: a request's state is large and lives only while it
                 // runs; inline, every idle connection would carry it.
                 match Box::pin(exchange(&mut conn, &app, *head, req, &shutdown)).await {
@@ -182,9 +181,14 @@ struct ReqFacts {
     default_port: u16,
     peer: Option<std::net::SocketAddr>,
     limits: Limits,
+    socket: Option<std::os::fd::RawFd>,
 }
 
 impl ReqFacts {
+    fn stall(&self) -> SendStall {
+        SendStall { after: self.limits.client_send_timeout, socket: self.socket }
+    }
+
     fn new(
         h1: &H1Head,
         shutdown: &Shutdown,
@@ -202,6 +206,7 @@ impl ReqFacts {
             default_port,
             peer,
             limits: *limits,
+            socket: None,
         }
     }
 
@@ -287,7 +292,7 @@ async fn relay<S: Split>(
     req: &ReqFacts,
     shutdown: &Shutdown,
 ) -> After {
-    let Conn { reader, wr } = conn;
+    let Conn { reader, wr, .. } = conn;
     let Upload { body, tx } = upload;
     let streaming = tx.is_some();
     let body_done = AtomicBool::new(!streaming);
@@ -311,7 +316,7 @@ async fn relay<S: Split>(
             || !body_done.load(Ordering::Relaxed)
             || (!reply.from_upstream && streaming);
         answered.store(true, Ordering::Relaxed);
-        let stall = req.limits.client_send_timeout;
+        let stall = req.stall();
         (write_response(wr, reply.response, &req.method, req.version, close, stall).await, reply.tunnel_log)
     };
     tokio::pin!(respond);
@@ -393,7 +398,7 @@ async fn refuse<S: Split>(conn: &mut Conn<S>, req: &ReqFacts, resp: Response) ->
         _ => false,
     };
     let close = !(req.keep_alive && skipped);
-    let written = write_response(&mut conn.wr, resp, &req.method, req.version, close, req.limits.client_send_timeout);
+    let written = write_response(&mut conn.wr, resp, &req.method, req.version, close, req.stall());
     matches!(written.await, Ok(Written::Complete))
 }
 

@@ -2,14 +2,12 @@
 //! (decided by the one response-framing rule), the head in one write with a
 //! small body folded in, then the body frame by frame.
 
-use std::time::Duration;
-
 use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Version};
 use tokio::io::AsyncWrite;
 
 use crate::body::h1::{head_buffer, inline_small, write_body};
-use crate::body::{Body, CopyError};
+use crate::body::{Body, CopyError, SendStall};
 use crate::http1::{self, BodyFraming};
 use crate::message::Response;
 use crate::net::Conn;
@@ -36,7 +34,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     method: &Method,
     version: Version,
     close: bool,
-    stall: Duration,
+    stall: SendStall,
 ) -> Result<Written, CopyError> {
     let Response { status, mut headers, body } = resp;
     let (body, upgraded) = match body {

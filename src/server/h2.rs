@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Shutdown;
 use crate::body::h2::send_body;
-use crate::body::{Body, CopyError, H2Body};
+use crate::body::{Body, CopyError, H2Body, SendStall};
 use crate::http1::{self, BodyFraming};
 use crate::message::{RequestHead, Response};
 use crate::proxy;
@@ -34,7 +34,15 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const SEND_BUFFER: usize = 256 * 1024;
 
-pub async fn serve<S>(io: S, app: Arc<App>, peer: Option<SocketAddr>, mut shutdown: Shutdown)
+/// Who is at the other end of a connection: its address, and its TCP socket
+/// (to ask the kernel what it acknowledged; see `SendStall`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client {
+    pub peer: Option<SocketAddr>,
+    pub socket: Option<std::os::fd::RawFd>,
+}
+
+pub async fn serve<S>(io: S, app: Arc<App>, client: Client, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -89,7 +97,7 @@ where
                 let guard = OpenStream::new(&streams);
                 let app = app.clone();
                 tokio::spawn(async move {
-                    handle_stream(request, respond, app, peer).await;
+                    handle_stream(request, respond, app, client).await;
                     drop(guard);
                 });
             }
@@ -159,8 +167,9 @@ async fn handle_stream(
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
     app: Arc<App>,
-    peer: Option<SocketAddr>,
+    client: Client,
 ) {
+    let peer = client.peer;
     let (mut parts, recv) = request.into_parts();
     if parts.method == Method::CONNECT {
         let protocol = parts.extensions.remove::<h2::ext::Protocol>();
@@ -182,7 +191,7 @@ async fn handle_stream(
         // the handler, which stops the upstream request and logs 499.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
-    let stall = app.snapshot.load().limits.client_send_timeout;
+    let stall = SendStall { after: app.snapshot.load().limits.client_send_timeout, socket: client.socket };
     if let Err(e) = send_response(&mut respond, response, is_head, stall).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }
@@ -216,7 +225,7 @@ pub(super) async fn send_response(
     respond: &mut SendResponse<Bytes>,
     resp: Response,
     is_head: bool,
-    stall: Duration,
+    stall: SendStall,
 ) -> Result<(), CopyError> {
     let Response { status, mut headers, body } = resp;
     let method = if is_head { Method::HEAD } else { Method::GET };

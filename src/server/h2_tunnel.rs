@@ -117,7 +117,9 @@ fn lock(send: &Mutex<SendStream<Bytes>>) -> std::sync::MutexGuard<'_, SendStream
 
 /// Answers a tunnel that did not open (a refusal or an upstream's error).
 async fn finish(app: &App, respond: &mut SendResponse<Bytes>, response: Response) {
-    let stall = app.snapshot.load().limits.client_send_timeout;
+    // A refusal or an error answer is small: the window a client starts
+    // with takes it, so bytes written are the only progress to watch.
+    let stall = crate::body::SendStall { after: app.snapshot.load().limits.client_send_timeout, socket: None };
     if let Err(e) = send_response(respond, response, false, stall).await {
         tracing::debug!(error = %e, "HTTP/2 response not completed");
     }

@@ -20,6 +20,9 @@ pub trait Split: Send + 'static {
     type Read: ReadSide;
     type Write: AsyncWrite + Send + Unpin + 'static;
     fn split_io(self) -> (Self::Read, Self::Write);
+
+    /// The client's TCP socket, to ask the kernel what the client took.
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd>;
 }
 
 /// The read side of a client connection.
@@ -42,6 +45,10 @@ impl Split for TcpStream {
     type Write = OwnedWriteHalf;
     fn split_io(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
+    }
+
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 }
 
@@ -85,20 +92,23 @@ where
 
 /// Tokio's split for the transports that cannot split otherwise.
 macro_rules! locked_split {
-    ($($ty:ty),*) => {$(
+    ($($ty:ty => $fd:expr),*) => {$(
         impl Split for $ty {
             type Read = ReadHalf<$ty>;
             type Write = WriteHalf<$ty>;
             fn split_io(self) -> (Self::Read, Self::Write) {
                 tokio::io::split(self)
             }
+            fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+                ($fd)(self)
+            }
         }
     )*};
 }
 
-locked_split!(TlsStream<TcpStream>);
+locked_split!(TlsStream<TcpStream> => |tls: &TlsStream<TcpStream>| Some(std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0)));
 #[cfg(test)]
-locked_split!(DuplexStream);
+locked_split!(DuplexStream => |_: &DuplexStream| None);
 
 impl<S: AsyncRead + Send + 'static> ReadSide for ReadHalf<S> {
     async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {

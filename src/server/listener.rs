@@ -212,7 +212,8 @@ pub(super) async fn serve_tls(stream: TcpStream, app: Arc<App>, peer: Option<Soc
     };
     // Boxed for the same reason: only one of the two drivers ever runs.
     if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
-        Box::pin(h2::serve(tls, app, peer, shutdown)).await;
+        let socket = Some(std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0));
+        Box::pin(h2::serve(tls, app, h2::Client { peer, socket }, shutdown)).await;
     } else {
         Box::pin(h1::serve(tls, app, 443, peer, shutdown)).await;
     }

@@ -145,7 +145,7 @@ async fn h1_a_refused_body_not_yet_read_closes_the_connection() {
 /// Starts the HTTP/2 driver on one end of a pipe and a client on the other.
 async fn h2_client(app: &Arc<App>, drain: &Drain) -> ::h2::client::SendRequest<Bytes> {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
+    tokio::spawn(h2::serve(server, app.clone(), h2::Client::default(), drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     tokio::spawn(conn);
     send
@@ -181,7 +181,7 @@ async fn h2_connections_without_streams_close_after_the_idle_timeout() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
     app.set_limits(|l| l.client_idle_timeout = Duration::from_secs(10));
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
+    let served = tokio::spawn(h2::serve(server, app.clone(), h2::Client::default(), drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     let started = Instant::now();
     let (_, done) = tokio::join!(conn, served);
@@ -197,7 +197,7 @@ async fn h2_the_idle_clock_restarts_when_the_last_stream_ends() {
     let (app, drain) = (Arc::new(App::from_yaml(CONFIG)), Drain::new());
     app.set_limits(|l| l.client_idle_timeout = Duration::from_secs(10));
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(h2::serve(server, app.clone(), None, drain.handle()));
+    let served = tokio::spawn(h2::serve(server, app.clone(), h2::Client::default(), drain.handle()));
     let (send, conn) = ::h2::client::handshake(client).await.unwrap();
     let conn = tokio::spawn(conn);
     let started = Instant::now();
