@@ -104,6 +104,9 @@ const PIPE_BUF: usize = 4096;
 /// Lines one thread may have waiting before its new lines are dropped.
 const BUFFER_CAP: usize = 512 * 1024;
 
+/// Largest buffer the writer keeps for reuse.
+const SPARE_CAP: usize = 64 * 1024;
+
 /// How long the writer lets lines gather while they keep coming: one
 /// `write(2)` then carries many lines.
 const GATHER: Duration = Duration::from_millis(5);
@@ -218,7 +221,9 @@ impl Sink {
             let written = write_out(&batch, None);
             drop(out);
             batch.clear();
-            spare = if batch.capacity() > BUFFER_CAP { Vec::new() } else { batch };
+            // A burst's large buffer is not kept: it would be memory held
+            // for good (the buffer goes to a thread at the next swap).
+            spare = if batch.capacity() > SPARE_CAP { Vec::new() } else { batch };
             let dropped = self.dropped.load(Ordering::Relaxed);
             // Said only once stderr takes lines again: on a stderr that takes
             // none, the warning would be one more line lost, and another.
