@@ -1,8 +1,9 @@
 //! Found by a hostile review of the limits, log writer and usage work: a
 //! stack overflow at shutdown with a stream open, idle accept loops holding
 //! max_connections places, a key cut by the path limit, log lines lost on a
-//! non-blocking stderr, inject rewriting a client's body; and a slow but
-//! steady reader that must not be cut. Each failed before its fix.
+//! non-blocking stderr, inject rewriting a client's body. Each failed before
+//! its fix. (Slow but steady readers are in `review2.rs`, which looks at
+//! the access line: a client cannot see that it was cut.)
 
 use std::time::{Duration, Instant};
 
@@ -229,38 +230,4 @@ async fn review_every_access_line_is_written_or_counted_on_a_nonblocking_stderr(
         REQUESTS,
         "{written} access lines written, {dropped} counted as dropped, of {REQUESTS}"
     );
-}
-
-/// `client_send_timeout` bounds each write of a piece (up to 16 KiB plus
-/// what is coalesced), not "a write making no progress". Checked: a client
-/// reading steadily 1 KiB every 20 ms through a 4 KiB receive buffer is not
-/// cut at 0.5 s (kernel buffers absorb it); a much slower reader of large
-/// pieces could be.
-#[tokio::test]
-async fn review_a_slow_but_steady_reader_is_not_cut_by_client_send_timeout() {
-    let up = RawUpstream::start(|mut stream| async move {
-        read_head(&mut stream).await;
-        let size = 4 * 1024 * 1024;
-        let head =
-            format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n");
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(&vec![b'x'; size]).await;
-    })
-    .await;
-    let proxy = TestProxy::start(&stream_config(up.port(), "client_send_timeout: 0.5"));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = socket.connect(proxy.addr).await.unwrap();
-    let request = "GET /v1/files/big HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\r\n";
-    client.write_all(request.as_bytes()).await.unwrap();
-    // 1 KiB every 20 ms: 50 KiB/s, never a pause near 0.5 s.
-    let started = Instant::now();
-    let mut total = 0;
-    while started.elapsed() < Duration::from_secs(4) {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "the proxy cut a client reading 50 KiB/s after {total} bytes, {:?}", started.elapsed());
-        total += n;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
