@@ -90,7 +90,7 @@ impl Scanner {
             }
             // Between values only a `:` can end a name: jump from one to the
             // next, keeping just the bytes a name could span.
-            let Some(colon) = rest.iter().position(|&b| b == b':') else {
+            let Some(colon) = memchr::memchr(b':', rest) else {
                 self.keep(rest);
                 return;
             };
