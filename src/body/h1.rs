@@ -249,14 +249,16 @@ async fn send<W: AsyncWrite + Unpin>(
 }
 
 /// Drives `write`, failing once `stall.after` passes with neither `taken`
-/// nor the bytes the peer acknowledged moving.
+/// nor the bytes the peer acknowledged moving. The kernel is asked only when
+/// the timer fires (the first time, for a baseline), so a stalled peer is
+/// given up on after one to two `stall.after`.
 async fn progressing<F>(mut write: Pin<&mut F>, taken: &AtomicU64, stall: SendStall) -> Result<(), CopyError>
 where
     F: Future<Output = Result<(), CopyError>>,
 {
     let mut timer = std::pin::pin!(tokio::time::sleep(stall.after));
-    let progress = || (taken.load(Ordering::Relaxed), stall.acked());
-    let mut seen = progress();
+    let progress = || Some((taken.load(Ordering::Relaxed), stall.acked()));
+    let mut seen = None;
     loop {
         tokio::select! {
             biased;

@@ -141,8 +141,12 @@ fn sink(e: h2::Error) -> CopyError {
 /// Sends `data` as window capacity becomes available. Capacity also waits
 /// for the connection's send buffer, which a slow but steady reader drains
 /// in the kernel's bursts: acknowledged bytes count as progress too.
+///
+/// The acknowledged count is asked of the kernel only once a wait ran out
+/// (the first time, as a baseline), never per piece sent: so a stalled peer
+/// is given up on after one to two `stall.after`.
 async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, stall: Option<SendStall>) -> Result<(), CopyError> {
-    let mut acked = stall.and_then(|s| s.acked());
+    let mut acked: Option<Option<u64>> = None;
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let capacity = poll_fn(|cx| send.poll_capacity(cx));
@@ -150,11 +154,12 @@ async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, stall: Option<
             None => capacity.await,
             Some(stall) => match tokio::time::timeout(stall.after, capacity).await {
                 Ok(granted) => granted,
-                Err(_) if stall.acked() != acked => {
-                    acked = stall.acked();
-                    continue;
-                }
                 Err(_) => {
+                    let now = Some(stall.acked());
+                    if now != acked {
+                        acked = now;
+                        continue;
+                    }
                     let why = "the peer granted no window in time";
                     return Err(CopyError::Sink(std::io::Error::new(std::io::ErrorKind::TimedOut, why)));
                 }
