@@ -3,50 +3,26 @@
 //! counted, and once stderr takes lines again the writer says how many.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-async fn dropped_lines(admin: u16) -> Option<f64> {
-    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let (_, _, text) = send(addr, "GET", "/metrics", &[("host", "admin")], "").await;
-    text.lines().find_map(|l| l.strip_prefix("openproxy_log_lines_dropped_total ")).and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn a_stderr_nobody_reads_never_holds_up_a_request() {
     let up = MockUpstream::start("ok").await;
     let (port, admin) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yml");
     let yaml = format!(
         "http_port: {port}\nhttp_bind_address: 127.0.0.1\nadmin_port: {admin}\nworkers: 1\nauth_keys: [client-key]\n\
          providers:\n  - {{type: openai, host: h.local, endpoint: \"127.0.0.1:{}\", tls: false, api_key: real-key}}\n",
         up.port()
     );
-    std::fs::write(&config, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Killed(child);
-    // Not read until the end: a pipe holds 64 KiB, then every write to it blocks.
-    let mut stderr = child.0.stderr.take().unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let admin_addr = format!("127.0.0.1:{admin}");
-    while tokio::net::TcpStream::connect(&admin_addr).await.is_err()
-        || tokio::net::TcpStream::connect(addr).await.is_err()
-    {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut proxy = Spawned::start(&yaml, Stdio::piped(), &[addr, admin_addr]).await;
+    // Not read until the end: a pipe holds 64 KiB, then every write to it blocks.
+    let mut stderr = proxy.child.stderr.take().unwrap();
 
     // Each access line carries the path (up to 512 bytes): 2,500 such lines
     // are far more than the pipe and the writer's buffer hold.
@@ -59,7 +35,7 @@ async fn a_stderr_nobody_reads_never_holds_up_a_request() {
             .unwrap_or_else(|_| panic!("request {i} waited for the log"));
         assert_eq!(status, 200);
     }
-    let dropped = dropped_lines(admin).await.unwrap();
+    let dropped = scrape(admin).await["openproxy_log_lines_dropped_total"];
     assert!(dropped > 0.0, "nothing dropped: the test did not fill the pipe");
 
     // Read stderr now: the writer goes on and reports the lines it dropped.
@@ -89,16 +65,6 @@ async fn a_stderr_nobody_reads_never_holds_up_a_request() {
     for line in access {
         assert!(line.contains(&path) && line.contains("bytes_out="), "cut line: {line:.120}");
     }
-    drop(child);
+    drop(proxy);
     let _ = reader.join();
-}
-
-/// The proxy process, killed when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

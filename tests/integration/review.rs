@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -38,24 +38,6 @@ fn stream_config(upstream: u16, extra: &str) -> String {
     )
 }
 
-const STREAM_REQUEST: &str =
-    "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
-                              content-length: 2\r\n\r\n{}";
-
-/// Sends [`STREAM_REQUEST`] and reads until the first event arrived.
-async fn open_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    client.write_all(STREAM_REQUEST.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("\"hi\"") {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed early");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    client
-}
-
 /// A stream still running when `graceful_shutdown_timeout` runs out is cut,
 /// and the proxy exits 0 having said `stopped`. The worker runtime drops the
 /// connection task; its answer body (`Counted`) sees its reader gone,
@@ -65,7 +47,7 @@ async fn open_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 async fn review_stream_cut_at_the_graceful_deadline_exits_cleanly() {
     let up = endless_stream().await;
     let mut proxy = TestProxy::start(&stream_config(up.port(), "graceful_shutdown_timeout: 0.3"));
-    let _client = open_stream(proxy.addr).await;
+    let _client = crate::usage::open_stream(proxy.addr).await;
     proxy.signal("TERM");
     let code = proxy.wait_exit(Duration::from_secs(10));
     let logs = proxy.logs();
@@ -82,7 +64,7 @@ async fn review_sigterm_while_reading_on_for_usage_exits_cleanly() {
     let admin = free_port();
     let mut proxy =
         TestProxy::start(&stream_config(up.port(), &format!("graceful_shutdown_timeout: 2\nadmin_port: {admin}")));
-    let client = open_stream(proxy.addr).await;
+    let client = crate::usage::open_stream(proxy.addr).await;
     drop(client);
     // The proxy lets go of the client once a write to it fails (events come
     // every 50 ms); its connection count says so.
@@ -179,26 +161,12 @@ async fn review_every_access_line_is_written_or_counted_on_a_nonblocking_stderr(
     let up = MockUpstream::start("ok").await;
     let admin = free_port();
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yml");
     let yaml = one_provider("openai", "h.local", up.port(), "").replace("{port}", &port.to_string());
-    std::fs::write(&config, format!("admin_port: {admin}\n{yaml}")).unwrap();
     let (read_end, write_end) = nix::unistd::pipe().unwrap();
     fcntl(std::os::fd::AsRawFd::as_raw_fd(&write_end), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_openproxy"))
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(write_end))
-        .spawn()
-        .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut proxy =
+        Spawned::start(&format!("admin_port: {admin}\n{yaml}"), std::process::Stdio::from(write_end), &[addr]).await;
     // Nobody reads the pipe yet: 64 KiB of it fill up after a few hundred lines.
     const REQUESTS: usize = 1500;
     let mut client = Client::connect(addr).await;
@@ -215,14 +183,10 @@ async fn review_every_access_line_is_written_or_counted_on_a_nonblocking_stderr(
         String::from_utf8_lossy(&all).into_owned()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let (_, _, metrics) = send(admin_addr, "GET", "/metrics", &[("host", "admin")], "").await;
-    let dropped: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("openproxy_log_lines_dropped_total "))
-        .map_or(0.0, |v| v.trim().parse().unwrap());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let _ = child.wait();
+    let dropped = scrape(admin).await.get("openproxy_log_lines_dropped_total").copied().unwrap_or(0.0);
+    let pid = nix::unistd::Pid::from_raw(proxy.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let _ = proxy.child.wait();
     let logs = reader.join().unwrap();
     let written = logs.lines().filter(|l| l.contains("path=/v1/models")).count();
     assert_eq!(

@@ -4,20 +4,13 @@
 //! client_send_timeout (the kernel takes bytes in bursts; over TLS the
 //! flush drains rustls's buffer uncounted too).
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::tls::*;
 use crate::support::*;
-
-async fn dropped_lines(admin: std::net::SocketAddr) -> f64 {
-    let (_, _, metrics) = send(admin, "GET", "/metrics", &[("host", "admin")], "").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("openproxy_log_lines_dropped_total "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
 
 /// stderr a pipe whose reader is gone (a log shipper that died, `| head`):
 /// each write fails with EPIPE and its lines are now counted as dropped. The
@@ -28,35 +21,19 @@ async fn dropped_lines(admin: std::net::SocketAddr) -> f64 {
 async fn review2_an_idle_proxy_on_a_broken_stderr_drops_no_lines() {
     let up = MockUpstream::start("ok").await;
     let admin = free_port();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yml");
-    let yaml = one_provider("openai", "h.local", up.port(), "").replace("{port}", &port.to_string());
-    std::fs::write(&config, format!("admin_port: {admin}\n{yaml}")).unwrap();
+    let yaml = one_provider("openai", "h.local", up.port(), "").replace("{port}", &free_port().to_string());
     let (read_end, write_end) = nix::unistd::pipe().unwrap();
     // The reader is gone before the proxy writes its first line.
     drop(read_end);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_openproxy"))
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(write_end))
-        .spawn()
-        .unwrap();
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(admin_addr).is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let proxy = Spawned::start(&format!("admin_port: {admin}\n{yaml}"), Stdio::from(write_end), &[admin_addr]).await;
+    let dropped = || async { scrape(admin).await.get("openproxy_log_lines_dropped_total").copied().unwrap_or(0.0) };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = dropped_lines(admin_addr).await;
+    let before = dropped().await;
     // No request in between: nothing is logged but what the writer says itself.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = dropped_lines(admin_addr).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let after = dropped().await;
+    drop(proxy);
     assert!(after - before <= 2.0, "an idle proxy dropped {} lines in 0.5 s ({before} -> {after})", after - before);
 }
 

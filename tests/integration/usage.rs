@@ -12,20 +12,11 @@ use tokio::sync::Notify;
 use crate::support::tls::TestCa;
 use crate::support::*;
 
-async fn metrics(admin: u16) -> HashMap<String, f64> {
-    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let (_, _, text) = send(addr, "GET", "/metrics", &[("host", "admin")], "").await;
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(series, value)| (series.to_string(), value.parse().unwrap())))
-        .collect()
-}
-
 /// Polls the metrics (bounded) until `done` holds for them.
 async fn metrics_until(admin: u16, what: &str, done: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = metrics(admin).await;
+        let m = scrape(admin).await;
         if done(&m) {
             return m;
         }
@@ -40,6 +31,24 @@ fn config(upstream: u16, admin: u16, extra: &str) -> String {
          auth_keys: [{{key: client-key, name: team-a}}]\nproviders:\n  \
          - {{type: openai, name: oai, host: h.local, endpoint: \"127.0.0.1:{upstream}\", tls: false, api_key: real-key{extra}}}\n"
     )
+}
+
+pub(crate) const STREAM_REQUEST: &str =
+    "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
+                              content-length: 2\r\n\r\n{}";
+
+/// Sends [`STREAM_REQUEST`] and reads until the first event arrived.
+pub(crate) async fn open_stream(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(STREAM_REQUEST.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"hi\"") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    client
 }
 
 const TOKENS_IN: &str = r#"openproxy_tokens_total{direction="input",provider="oai",model="gpt-4o",client="team-a"}"#;
@@ -90,17 +99,7 @@ async fn client_leaves_before_the_usage(shutdown: bool) {
     let admin = free_port();
     let mut proxy = TestProxy::start(&config(up.port(), admin, ""));
 
-    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let request = "POST /v1/chat/completions HTTP/1.1\r\nhost: h.local\r\nauthorization: Bearer client-key\r\n\
-                   content-length: 2\r\n\r\n{}";
-    client.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("\"hi\"") {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let client = open_stream(proxy.addr).await;
     drop(client);
     // The proxy lets go of the client once a write to it fails.
     metrics_until(admin, "the client connection closed", |m| {

@@ -161,6 +161,58 @@ impl Drop for TestProxy {
     }
 }
 
+/// The proxy binary started on a config file already holding its ports,
+/// with stderr going where the test wants (a pipe it reads late, or never);
+/// killed on drop, however the test ends.
+pub struct Spawned {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// Starts it on `yaml` and waits (bounded) until each of `ready` accepts.
+    pub async fn start(yaml: &str, stderr: Stdio, ready: &[SocketAddr]) -> Spawned {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, yaml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_openproxy"))
+            .args(["start", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let spawned = Spawned { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for addr in ready {
+            while TcpStream::connect(addr).await.is_err() {
+                assert!(Instant::now() < deadline, "the proxy did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        spawned
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The admin listener's `/metrics`, sample lines by series (name and labels
+/// as written).
+pub async fn scrape(admin: u16) -> std::collections::HashMap<String, f64> {
+    let addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let (_, _, text) = send(addr, "GET", "/metrics", &[("host", "admin")], "").await;
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, value)| (series.to_string(), value.parse().unwrap())))
+        .collect()
+}
+
 /// Waits (bounded by `limit`) until the proxy's log contains `needle`.
 pub async fn wait_for_log(proxy: &TestProxy, needle: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
