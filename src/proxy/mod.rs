@@ -123,16 +123,12 @@ impl Admitted {
             }
         });
         let upgrade = crate::headers::is_websocket_upgrade(&head.method, &head.headers);
-        let mut asked_usage = false;
-        let outcome = if head.method == Method::CONNECT {
-            connect::open(app, plan).await
+        let (outcome, asked_usage) = if head.method == Method::CONNECT {
+            (connect::open(app, plan).await, false)
         } else {
             match stream_usage::ask(&plan, &head, body).await {
-                Ok((body, asked)) => {
-                    asked_usage = asked;
-                    retry::run(app, plan, head, body, &mut log).await
-                }
-                Err(e) => Err(e),
+                Ok((body, asked)) => (retry::run(app, plan, head, body, &mut log).await, asked),
+                Err(e) => (Err(e), false),
             }
         };
         if outcome.is_ok() {
@@ -158,11 +154,12 @@ impl Admitted {
         if let Body::Upgraded(_) = body {
             return Reply { response: Response { status, headers, body }, from_upstream, tunnel_log: Some(log) };
         }
-        if from_upstream && reports_usage(&headers) && log.provider_kind().is_some_and(|k| k != ProviderType::Forward) {
+        let readable = from_upstream && reports_usage(&headers);
+        if readable && log.provider_kind().is_some_and(|k| k != ProviderType::Forward) {
             log.read_usage(gemini_model.as_deref());
         }
         // A compressed stream is passed on as it is (its events cannot be seen).
-        let strip = asked_usage && from_upstream && is_event_stream(&headers) && reports_usage(&headers);
+        let strip = asked_usage && readable && is_event_stream(&headers);
         // The line is written when the answer's body is done with, so its
         // time and bytes cover the whole answer, streams included.
         // The log counts the answer's bytes itself, as it sees them (before

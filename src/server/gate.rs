@@ -27,11 +27,6 @@ impl Drop for Place {
     }
 }
 
-/// Connections open (and places held by accept loops) now.
-pub fn open() -> usize {
-    OPEN.load(Ordering::Relaxed)
-}
-
 /// A place, once there is one under `limit()` (read again at each wake-up,
 /// so a reload that changes it takes effect).
 ///
